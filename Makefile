@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with only Python: `make run` and `make test`.
+# Each creates the virtual environment and installs what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+DATA_DIR ?= ../shared/grocery-store-dataset
+BIN := $(VENV)/bin
+# Re-install when the project's dependencies change.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The torch builds this project is tested with (CPU-capable; CUDA when a GPU is present).
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+# Until the job service lands: train the default recipe for one epoch, then evaluate it.
+run: $(STAMP)
+	$(BIN)/grocery train --data-dir $(DATA_DIR) --output runs/quick --epochs 1
+	$(BIN)/grocery evaluate --model runs/quick --split val
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_training.py --data-dir $(DATA_DIR)
+	$(BIN)/python benchmarks/bench_prediction.py --data-dir $(DATA_DIR)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,125 @@
+"""Self-describing model artifacts: a directory with weights and metadata.
+
+``model.safetensors`` holds the weights (no pickle, so loading runs no code);
+``metadata.json`` holds everything else needed to use them: arch, class names in
+id order, label level, preprocessing, training parameters, metrics, a fingerprint
+of the training data and library versions. ``load_artifact`` needs nothing else.
+"""
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import grocery
+from grocery.models import create_model
+from grocery.transforms import Preprocessing
+
+WEIGHTS_NAME = "model.safetensors"
+METADATA_NAME = "metadata.json"
+ONNX_NAMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A directory that is not a usable model artifact."""
+
+
+@dataclass
+class Artifact:
+    path: Path
+    metadata: dict
+
+    @property
+    def arch(self) -> str:
+        return self.metadata["arch"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.metadata["class_names"]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.metadata["preprocessing"])
+
+    def onnx_path(self, fmt: str = "onnx") -> Path:
+        return self.path / ONNX_NAMES[fmt]
+
+    def build_model(self) -> nn.Module:
+        model = create_model(len(self.class_names), self.arch, "none")
+        model.load_state_dict(load_file(str(self.path / WEIGHTS_NAME)))
+        return model.eval()
+
+
+def save_artifact(
+    directory: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    class_names: list[str],
+    label_level: str,
+    preprocessing: Preprocessing,
+    training: dict,
+    metrics: dict,
+    history: list[dict],
+    data_fingerprint: str,
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors wants plain contiguous tensors; channels_last weights are strided.
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(directory / WEIGHTS_NAME))
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "label_level": label_level,
+        "preprocessing": preprocessing.to_dict(),
+        "training": training,
+        "metrics": metrics,
+        "history": history,
+        "data_fingerprint": data_fingerprint,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": library_versions(),
+    }
+    (directory / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
+    return directory
+
+
+def read_artifact(directory: str | Path) -> Artifact:
+    """Read and check an artifact's metadata; weights are loaded by ``build_model``."""
+    directory = Path(directory)
+    meta_path = directory / METADATA_NAME
+    if not meta_path.is_file() or not (directory / WEIGHTS_NAME).is_file():
+        raise ArtifactError(f"{directory} is not a model artifact (needs {METADATA_NAME} and {WEIGHTS_NAME})")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{meta_path}: invalid JSON ({e})") from None
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{meta_path}: unsupported format_version {metadata.get('format_version')!r}")
+    return Artifact(directory, metadata)
+
+
+def load_artifact(directory: str | Path) -> tuple[nn.Module, Artifact]:
+    artifact = read_artifact(directory)
+    return artifact.build_model(), artifact
+
+
+def library_versions() -> dict:
+    import timm
+    import torchvision
+
+    return {
+        "grocery": grocery.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,282 @@
+"""The ``grocery`` command: train, evaluate, predict, export."""
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from grocery.index import LABEL_LEVELS
+
+PREDICTION_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imported here so `grocery --help` answers without loading torch.
+    from grocery.artifact import ArtifactError
+    from grocery.index import DatasetError
+    from grocery.models import WeightsError
+
+    try:
+        return args.run(args) or 0
+    except (DatasetError, WeightsError, ArtifactError, FileNotFoundError, ValueError) as e:
+        print(f"grocery: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grocery", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model and write an artifact")
+    train.add_argument("--data-dir", required=True, help="dataset root holding classes.csv and <split>.txt")
+    train.add_argument("--output", required=True, help="artifact directory (also holds checkpoint.pt)")
+    train.add_argument("--arch", choices=["efficientnet_lite0", "mobilenet_v3_small"])
+    train.add_argument("--weights", help="none | imagenet | PATH to a state-dict file")
+    train.add_argument("--label-level", choices=LABEL_LEVELS)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--freeze", type=int, help="backbone stages (stem first) kept frozen")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
+    train.add_argument("--val-limit", type=int)
+    train.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
+    train.add_argument(
+        "--no-decode-cache",
+        dest="decode_cache",
+        action="store_const",
+        const=False,
+        help="decode every image every epoch instead of once per run",
+    )
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="CHECKPOINT",
+        help="continue from a checkpoint (default: OUTPUT/checkpoint.pt)",
+    )
+    train.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also export model.onnx for ONNX Runtime prediction (default: on)",
+    )
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy of a model on a split")
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--data-dir", help="default: the directory the model was trained on")
+    evaluate.add_argument("--split", default="val", help="any split whose DATA_DIR/<split>.txt exists")
+    evaluate.add_argument("--output-dir", help="where the confusion matrix goes (default: MODEL/eval-SPLIT)")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    _add_runtime_options(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files and folders")
+    predict.add_argument("--model", required=True)
+    predict.add_argument("paths", nargs="+", metavar="PATH")
+    predict.add_argument("--output", help="a .csv or .jsonl file (default: JSONL on stdout)")
+    predict.add_argument("--no-recursive", dest="recursive", action="store_false")
+    _add_runtime_options(predict)
+    predict.set_defaults(run=run_predict)
+
+    export = commands.add_parser("export", help="write the model for ONNX Runtime into its artifact")
+    export.add_argument("--model", required=True)
+    export.add_argument("--format", default="onnx", choices=["onnx", "onnx-int8"])
+    export.add_argument("--data-dir", help="calibration images for onnx-int8 (default: the training data)")
+    export.add_argument("--calibration-images", type=int, default=128)
+    export.set_defaults(run=run_export)
+    return parser
+
+
+def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
+        help="auto: ONNX Runtime when the artifact has model.onnx, else torch",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="inference threads (default: the cores this process may use)")
+    parser.add_argument("--decode-threads", type=int, default=1)
+
+
+def run_train(args) -> int:
+    from grocery.engine import TrainConfig, checkpoint_config, fit
+
+    resume = None
+    if args.resume is not None:
+        resume = Path(args.resume or args.output)
+        settings = checkpoint_config(resume)
+    else:
+        settings = {}
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = TrainConfig.from_dict({**settings, **given})
+    progress = TrainingProgress()
+    result = fit(config, args.output, resume=resume, callback=progress)
+    progress.close()
+    if result.status == "completed" and args.onnx:
+        from grocery.export import export
+
+        export(args.output, "onnx")
+    print(
+        json.dumps(
+            {
+                "status": result.status,
+                "epochs": result.epochs_done,
+                "output": args.output,
+                **{k: v for k, v in result.metrics.items() if k != "epoch"},
+            }
+        )
+    )
+    return 0
+
+
+class TrainingProgress:
+    """Per-step bar on a terminal, one line per epoch always (stderr)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, event: dict) -> bool:
+        if event["kind"] == "step" and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}", leave=False)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event['loss']:.3f}")
+        elif event["kind"] == "epoch":
+            self.close()
+            print(
+                f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f} "
+                f"acc {event['train_acc']:.3f}, val top1 {event['val_top1']:.3f} top5 {event['val_top5']:.3f} "
+                f"({event['train_seconds']:.0f}s, {event['train_images_per_s']:.1f} img/s)",
+                file=sys.stderr,
+            )
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _predictor(args):
+    from grocery.predict import Predictor
+
+    return Predictor.from_path(
+        args.model,
+        runtime=args.runtime,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        decode_threads=args.decode_threads,
+    )
+
+
+def run_evaluate(args) -> int:
+    from grocery import evaluation, index
+
+    predictor = _predictor(args)
+    meta = predictor.artifact.metadata
+    data_dir = Path(args.data_dir or meta["training"]["data_dir"])
+    samples = index.read_split(data_dir, args.split, meta["label_level"], len(predictor.class_names))
+    predictions = list(_with_progress(predictor.predict_files([s.path for s in samples]), len(samples)))
+    top5 = [[t["class_id"] for t in p.top5] if p.top5 else None for p in predictions]
+    metrics = evaluation.classification_metrics([s.label for s in samples], top5, predictor.class_names)
+    out_dir = Path(args.output_dir or Path(args.model) / f"eval-{args.split}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.write_confusion_csv(out_dir / "confusion.csv", metrics["confusion"], predictor.class_names)
+    evaluation.write_confusion_png(out_dir / "confusion.png", metrics["confusion"], predictor.class_names)
+    summary = {
+        "split": args.split,
+        "data_dir": str(data_dir),
+        "runtime": predictor.runtime,
+        **{k: v for k, v in metrics.items() if k != "confusion"},
+        "confusion_csv": str(out_dir / "confusion.csv"),
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(
+        f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
+        f"({metrics['count']} images, {metrics['errors']} unreadable, runtime {predictor.runtime})"
+    )
+    width = max(len(n) for n in predictor.class_names)
+    for name, stats in metrics["per_class"].items():
+        accuracy = "   n/a" if stats["accuracy"] is None else f"{stats['accuracy']:.3f}"
+        print(f"  {name:<{width}}  {accuracy}  ({stats['support']})")
+    print(f"confusion matrix: {out_dir / 'confusion.csv'}, {out_dir / 'confusion.png'}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from grocery.predict import iter_image_files
+
+    predictor = _predictor(args)
+    paths = list(iter_image_files(args.paths, recursive=args.recursive))
+    rows = _with_progress(predictor.predict_files(paths), len(paths))
+    failed = 0
+    with PredictionWriter(args.output) as writer:
+        for row in rows:
+            failed += row.error is not None
+            writer.write(row.to_dict())
+    print(f"{len(paths)} files, {failed} failed", file=sys.stderr)
+    return 0
+
+
+def _with_progress(rows, total: int):
+    if not sys.stderr.isatty():
+        return rows
+    from tqdm import tqdm
+
+    return tqdm(rows, total=total, unit="img")
+
+
+class PredictionWriter:
+    """Rows as CSV (by a .csv extension) or JSON lines, to a file or stdout."""
+
+    def __init__(self, output: str | None):
+        self.output = output
+        self.csv = output is not None and output.lower().endswith(".csv")
+
+    def __enter__(self):
+        self.file = open(self.output, "w", newline="") if self.output else sys.stdout
+        if self.csv:
+            self.writer = csv.DictWriter(self.file, PREDICTION_COLUMNS)
+            self.writer.writeheader()
+        return self
+
+    def write(self, row: dict) -> None:
+        if self.csv:
+            self.writer.writerow(
+                {
+                    **row,
+                    "top5": json.dumps(row["top5"]) if row["top5"] else "",
+                    "error": f"{row['error']['code']}: {row['error']['message']}" if row["error"] else "",
+                }
+            )
+        else:
+            self.file.write(json.dumps(row) + "\n")
+
+    def __exit__(self, *exc):
+        if self.output:
+            self.file.close()
+
+
+def run_export(args) -> int:
+    from grocery.export import export
+
+    path = export(args.model, args.format, data_dir=args.data_dir, calibration_images=args.calibration_images)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Image decoding that never crashes a batch: every failure is a typed ImageError.
+
+JPEGs (nearly all photos) take torchvision's libjpeg-turbo decoder, about twice as
+fast as PIL; anything else, or a JPEG that decoder rejects, goes through PIL.
+Both paths apply EXIF orientation and yield uint8 RGB tensors (3, H, W).
+"""
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+
+# Pillow's own default (about 89 megapixels); configurable per call.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+ERROR_CODES = ("not_found", "unreadable", "empty_file", "not_an_image", "truncated", "corrupt", "too_large")
+
+
+class ImageError(Exception):
+    """A file that cannot become an image; ``code`` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+def read_bytes(path: str | Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ImageError("not_found", f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageError("unreadable", f"{path}: {e.strerror or e}") from None
+    if not data:
+        raise ImageError("empty_file", f"{path}: file is empty (0 bytes)")
+    return data
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> torch.Tensor:
+    """Decode encoded image bytes to a uint8 RGB tensor (3, H, W)."""
+    if not data:
+        raise ImageError("empty_file", f"{name}: file is empty (0 bytes)")
+    image_format = _check_header(data, max_pixels, name)
+    if image_format == "JPEG":
+        try:
+            encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except RuntimeError:
+            pass  # let PIL decide: it decodes some JPEGs libjpeg-turbo refuses, and names the fault
+    return _decode_with_pil(data, name)
+
+
+def load(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    return decode(read_bytes(path), max_pixels=max_pixels, name=str(path))
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Squash to size x size like the workshop's Resize((224, 224)), antialiased, staying uint8."""
+    return F.resize(image, [size, size], antialias=True)
+
+
+def load_resized(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    return resize(load(path, max_pixels=max_pixels), size)
+
+
+def _check_header(data: bytes, max_pixels: int, name: str) -> str:
+    """Identify the format and refuse oversized images before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                image_format = im.format
+    except UnidentifiedImageError:
+        raise ImageError("not_an_image", f"{name}: not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("too_large", f"{name}: image exceeds the pixel limit of {max_pixels}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(_error_code(e), f"{name}: unreadable image header ({e})") from None
+    if width * height > max_pixels:
+        raise ImageError("too_large", f"{name}: {width}x{height} exceeds the pixel limit of {max_pixels}")
+    return image_format
+
+
+def _decode_with_pil(data: bytes, name: str) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            rgb = to_rgb(im)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(_error_code(e), f"{name}: {e}") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def _error_code(error: Exception) -> str:
+    # PIL reports a short file as OSError("image file is truncated") or "Truncated File Read".
+    return "truncated" if "truncated" in str(error).lower() else "corrupt"
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparency is composited on white, as a shop photo background would be."""
+    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode.startswith("I;16"):
+        # 16-bit greyscale: keep the high byte instead of letting convert() clip at 255.
+        im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
+    return im.convert("RGB")

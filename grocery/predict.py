@@ -1,0 +1,170 @@
+"""Batched prediction over files, folders and in-memory images.
+
+Decoding runs on a small thread pool while the model infers the previous batch,
+so a bad file costs one error row, never the batch. Two runtimes: torch eager
+and ONNX Runtime (needs the artifact's exported ``model.onnx``).
+"""
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from grocery import images
+from grocery.artifact import Artifact, read_artifact
+from grocery.transforms import normalize
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None = None
+    class_id: int | None = None
+    confidence: float | None = None
+    top5: list[dict] | None = None
+    error: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:
+    """Files as given, and image files found in folders (sorted, so runs are repeatable)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            yield from sorted(p for p in path.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        else:
+            yield path  # named explicitly: tried whatever it is, so a typo becomes an error row
+
+
+class Predictor:
+    def __init__(
+        self,
+        artifact: Artifact,
+        *,
+        runtime: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+        decode_threads: int = 1,
+        max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    ):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        self.artifact = artifact
+        self.pre = artifact.preprocessing
+        self.class_names = artifact.class_names
+        self.batch_size = batch_size
+        self.decode_threads = max(1, decode_threads)
+        self.max_pixels = max_pixels
+        self.threads = threads or len(os.sched_getaffinity(0))
+        if runtime == "auto":
+            runtime = "onnx" if artifact.onnx_path().is_file() else "torch"
+        self.runtime = runtime
+        self._infer = self._torch_model() if runtime == "torch" else self._onnx_session(runtime)
+
+    @classmethod
+    def from_path(cls, model_dir: str | Path, **options) -> "Predictor":
+        return cls(read_artifact(model_dir), **options)
+
+    def _torch_model(self):
+        torch.set_num_threads(self.threads)
+        model = self.artifact.build_model().to(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def infer(batch_u8: torch.Tensor) -> torch.Tensor:
+            inputs = normalize(batch_u8, self.pre).contiguous(memory_format=torch.channels_last)
+            return model(inputs).softmax(1)
+
+        return infer
+
+    def _onnx_session(self, fmt: str):
+        import onnxruntime as ort
+
+        path = self.artifact.onnx_path(fmt)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: run `grocery export --model {self.artifact.path} --format {fmt}` first"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Spinning ORT threads would steal the cores the decode threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def infer(batch_u8: torch.Tensor) -> torch.Tensor:
+            (logits,) = session.run(None, {"input": normalize(batch_u8, self.pre).numpy()})
+            return torch.from_numpy(logits).softmax(1)
+
+        return infer
+
+    def predict_batch(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for uint8 images (N, 3, S, S) already resized."""
+        return self._infer(batch_u8)
+
+    def predict_bytes(self, data: bytes, name: str = "upload") -> Prediction:
+        try:
+            image = images.resize(images.decode(data, max_pixels=self.max_pixels, name=name), self.pre.input_size)
+        except images.ImageError as e:
+            return Prediction(name, error=e.as_dict())
+        return self._rows([name], image[None])[0]
+
+    def predict_files(self, paths: Iterable[str | Path]) -> Iterator[Prediction]:
+        """One Prediction per path, in input order, streaming: memory stays bounded by a few batches."""
+        with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
+            pending = deque()
+            for chunk in _chunks(paths, self.batch_size):
+                pending.append(pool.submit(self._decode_chunk, chunk))
+                if len(pending) > self.decode_threads:
+                    yield from self._finish(*pending.popleft().result())
+            while pending:
+                yield from self._finish(*pending.popleft().result())
+
+    def _decode_chunk(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
+        size = self.pre.input_size
+        batch = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+        errors, ok = {}, []
+        for i, path in enumerate(paths):
+            try:
+                batch[len(ok)] = images.load_resized(path, size, max_pixels=self.max_pixels)
+                ok.append(i)
+            except images.ImageError as e:
+                errors[i] = e.as_dict()
+        return [str(p) for p in paths], batch[: len(ok)], errors
+
+    def _finish(self, names: list[str], batch: torch.Tensor, errors: dict[int, dict]) -> list[Prediction]:
+        good_names = [n for i, n in enumerate(names) if i not in errors]
+        rows = iter(self._rows(good_names, batch) if good_names else [])
+        return [Prediction(n, error=errors[i]) if i in errors else next(rows) for i, n in enumerate(names)]
+
+    def _rows(self, names: list[str], batch: torch.Tensor) -> list[Prediction]:
+        probs = self.predict_batch(batch)
+        top = probs.topk(min(5, probs.shape[1]), dim=1)
+        values, indices = top.values.tolist(), top.indices.tolist()
+        rows = []
+        for name, vals, idxs in zip(names, values, indices, strict=True):
+            top5 = [
+                {"label": self.class_names[c], "class_id": c, "confidence": round(v, 6)}
+                for v, c in zip(vals, idxs, strict=False)
+            ]
+            rows.append(Prediction(name, self.class_names[idxs[0]], idxs[0], round(vals[0], 6), top5))
+        return rows
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(Path(item))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

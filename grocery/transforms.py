@@ -1,0 +1,55 @@
+"""Preprocessing presets shared by training, evaluation and prediction.
+
+Images are decoded and resized once to uint8 (see grocery.images); the float
+conversion and normalisation happen per batch in one fused step. Prediction must
+use the preprocessing the model was trained with (swapping the resize method
+flipped 3.4% of predictions), so the preset is recorded in every artifact.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes model input: recorded in artifacts, rebuilt from them."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "squash-bilinear-antialias"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            resize=d.get("resize", cls.resize),
+        )
+
+
+def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """uint8 (N, 3, H, W) to normalised float32, as (x / 255 - mean) / std in one pass."""
+    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (batch.to(torch.float32) - mean) / std
+
+
+def train_augmentation(pre: Preprocessing) -> v2.Compose:
+    """Augmentation on uint8 images already resized to input_size."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(pre.input_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        ]
+    )

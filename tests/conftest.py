@@ -1,0 +1,104 @@
+"""Fixtures: a tiny generated dataset in the real layout, and a model trained on it."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATASET = Path(
+    os.environ.get(
+        "GROCERY_TEST_DATASET", Path(__file__).resolve().parents[1].parent / "shared" / "grocery-store-dataset"
+    )
+)
+
+# (fine name, coarse name, coarse id, colour): the colour makes the class learnable in one epoch.
+TINY_CLASSES = [
+    ("Red-Apple", "Apple", 0, (200, 30, 30)),
+    ("Pink-Apple", "Apple", 0, (230, 120, 150)),
+    ("Green-Pear", "Pear", 1, (40, 180, 40)),
+    ("Blue-Milk", "Milk", 2, (40, 60, 200)),
+]
+
+
+def write_tiny_dataset(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """A dataset in the Grocery Store layout with noisy solid-colour images."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),"
+        "Iconic Image Path (str),Product Description Path (str)"
+    ]
+    for fine_id, (fine, coarse, coarse_id, colour) in enumerate(TINY_CLASSES):
+        iconic = Path("iconic-images-and-descriptions") / coarse / fine
+        (root / iconic).mkdir(parents=True, exist_ok=True)
+        _noisy_image(rng, colour, 48).save(root / iconic / f"{fine}_Iconic.jpg")
+        (root / iconic / f"{fine}_Description.txt").write_text(f"A {fine.lower()} from the tiny set.")
+        rows.append(
+            f"{fine},{fine_id},{coarse},{coarse_id},/{iconic}/{fine}_Iconic.jpg,/{iconic}/{fine}_Description.txt"
+        )
+    (root / "classes.csv").write_text("\n".join(rows) + "\n")
+    for split, count in per_class.items():
+        lines = []
+        for fine_id, (fine, coarse, coarse_id, colour) in enumerate(TINY_CLASSES):
+            folder = root / split / coarse / fine
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                relative = f"{split}/{coarse}/{fine}/{fine}_{i:03d}.jpg"
+                _noisy_image(rng, colour, int(rng.integers(40, 90))).save(root / relative, quality=90)
+                lines.append(f"{relative}, {fine_id}, {coarse_id}")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _noisy_image(rng: np.random.Generator, colour: tuple[int, int, int], size: int) -> Image.Image:
+    pixels = np.clip(np.array(colour) + rng.normal(0, 25, (size, size + 7, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), {"train": 12, "val": 4, "test": 3})
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_dataset):
+    from grocery.engine import TrainConfig
+
+    def make(**overrides):
+        settings = dict(
+            data_dir=str(tiny_dataset),
+            arch="mobilenet_v3_small",
+            weights="none",
+            epochs=2,
+            batch_size=8,
+            learning_rate=3e-3,
+            freeze=0,
+            input_size=64,
+            warmup_epochs=0,
+            threads=2,
+        )
+        return TrainConfig(**{**settings, **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config, tmp_path_factory) -> Path:
+    """A trained artifact with its ONNX export: the pretrained backbone, frozen, at 64 px."""
+    from grocery.engine import fit
+    from grocery.export import export
+
+    output = tmp_path_factory.mktemp("model")
+    config = tiny_config(arch="efficientnet_lite0", weights="imagenet", freeze=9, epochs=3)
+    result = fit(config, output)
+    assert result.status == "completed"
+    export(output, "onnx")
+    return output
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Path:
+    if not (SHARED_DATASET / "classes.csv").is_file():
+        pytest.skip(f"the Grocery Store Dataset is not at {SHARED_DATASET}")
+    return SHARED_DATASET

@@ -1,0 +1,95 @@
+"""Training on the tiny generated dataset: artifacts, stop, resume, reproducibility."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
+from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
+
+
+def test_artifact_is_self_describing(tiny_model, tiny_dataset):
+    metadata = json.loads((tiny_model / METADATA_NAME).read_text())
+    assert metadata["arch"] == "efficientnet_lite0"
+    assert metadata["class_names"] == ["Apple", "Pear", "Milk"]
+    assert metadata["label_level"] == "coarse"
+    assert metadata["preprocessing"]["input_size"] == 64
+    assert metadata["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert metadata["training"]["epochs"] == 3 and metadata["training"]["data_dir"] == str(tiny_dataset)
+    assert [h["epoch"] for h in metadata["history"]] == [1, 2, 3]
+    assert 0 <= metadata["metrics"]["val_top1"] <= 1
+    assert len(metadata["data_fingerprint"]) == 16
+    assert {"torch", "torchvision", "timm", "grocery"} <= set(metadata["versions"])
+
+
+def test_artifact_round_trip_gives_identical_logits(tiny_model):
+    model, artifact = load_artifact(tiny_model)
+    again, _ = load_artifact(tiny_model)
+    inputs = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(model(inputs), again(inputs))
+    stored = load_file(str(tiny_model / WEIGHTS_NAME))
+    assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="not a model artifact"):
+        read_artifact(tmp_path)
+
+
+def test_training_learns_the_tiny_classes(tiny_model):
+    history = read_artifact(tiny_model).metadata["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_callback_sees_progress_and_can_stop(tiny_config, tmp_path):
+    events = []
+
+    def stop_at_third_step(event):
+        events.append(event)
+        return event["kind"] == "step" and event["step"] == 3
+
+    result = fit(tiny_config(), tmp_path, callback=stop_at_third_step)
+    assert result.status == "stopped" and result.epochs_done == 0
+    assert [e["step"] for e in events] == [1, 2, 3]
+    assert all(e["kind"] == "step" and e["epoch"] == 1 and e["loss"] > 0 for e in events)
+    assert not (tmp_path / WEIGHTS_NAME).exists()  # a stopped run registers no model
+
+
+def test_resume_continues_where_it_stopped(tiny_config, tmp_path):
+    """Stop after epoch 1, resume: epoch 2 runs and the weights equal an uninterrupted run's."""
+    config = tiny_config(decode_cache=True)
+    assert fit(config, tmp_path / "whole").status == "completed"
+    stopped = fit(config, tmp_path / "parted", callback=lambda e: e["kind"] == "epoch" and e["epoch"] == 1)
+    assert stopped.status == "stopped" and stopped.epochs_done == 1
+    assert torch.load(tmp_path / "parted" / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+
+    seen_epochs = []
+    resumed = fit(
+        config, tmp_path / "parted", resume=tmp_path / "parted", callback=lambda e: seen_epochs.append(e["epoch"])
+    )
+    assert resumed.status == "completed" and set(seen_epochs) == {2}
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    whole_weights = load_file(str(tmp_path / "whole" / WEIGHTS_NAME))
+    resumed_weights = load_file(str(tmp_path / "parted" / WEIGHTS_NAME))
+    assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
+
+
+def test_same_seed_same_model(tiny_config, tmp_path):
+    config = tiny_config(epochs=1, decode_cache=False)
+    fit(config, tmp_path / "a")
+    fit(config, tmp_path / "b")
+    a, b = (load_file(str(tmp_path / d / WEIGHTS_NAME)) for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_labels(tiny_config, tmp_path):
+    fit(tiny_config(epochs=1, label_level="fine"), tmp_path)
+    assert read_artifact(tmp_path).class_names == ["Red-Apple", "Pink-Apple", "Green-Pear", "Blue-Milk"]
+
+
+def test_unknown_parameter_is_refused(tiny_dataset):
+    with pytest.raises(ValueError, match="unknown training parameters: \\['learning_rat'\\]"):
+        TrainConfig.from_dict({"data_dir": str(tiny_dataset), "learning_rat": 0.1})
