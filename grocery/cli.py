@@ -43,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--freeze", type=int, help="backbone stages (stem first) kept frozen")
+    train.add_argument("--mix", type=float, help="share of batches given CutMix or MixUp (0 to 1)")
     train.add_argument("--seed", type=int)
     train.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     train.add_argument("--val-limit", type=int)
     train.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
+    train.add_argument("--loader-workers", type=int, help="processes that augment batches (default 0: in-line)")
     train.add_argument(
         "--no-decode-cache",
         dest="decode_cache",
@@ -105,6 +107,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="inference threads (default: the cores this process may use)")
     parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--max-pixels", type=int, help="refuse larger images (default: Pillow's limit, ~89 MP)")
 
 
 def run_train(args) -> int:
@@ -171,12 +174,14 @@ class TrainingProgress:
 def _predictor(args):
     from grocery.predict import Predictor
 
+    limits = {"max_pixels": args.max_pixels} if args.max_pixels else {}
     return Predictor.from_path(
         args.model,
         runtime=args.runtime,
         batch_size=args.batch_size,
         threads=args.threads,
         decode_threads=args.decode_threads,
+        **limits,
     )
 
 

@@ -45,11 +45,15 @@ def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
 
 
 def train_augmentation(pre: Preprocessing) -> v2.Compose:
-    """Augmentation on uint8 images already resized to input_size."""
+    """Augmentation on uint8 images already resized to input_size.
+
+    Validation photos differ from training ones in framing and light more than
+    in content, so crops and colour shifts are generous.
+    """
     return v2.Compose(
         [
-            v2.RandomResizedCrop(pre.input_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomResizedCrop(pre.input_size, scale=(0.25, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),  # no hue: it alone cost ~8 ms an image here
         ]
     )

@@ -117,3 +117,9 @@ def test_cli_predict_csv_file(tiny_model, mixed_folder, tmp_path):
     assert [r["path"] for r in rows] == [str(single), str(mixed_folder / "empty.jpg")]
     assert rows[0]["label"] in ["Apple", "Pear", "Milk"] and json.loads(rows[0]["top5"])[0]["label"] == rows[0]["label"]
     assert rows[1]["error"].startswith("empty_file: ") and rows[1]["label"] == ""
+
+
+def test_cli_pixel_limit(tiny_model, mixed_folder, capsys):
+    assert main(["predict", "--model", str(tiny_model), str(mixed_folder / "good_0.jpg"), "--max-pixels", "100"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["error"]["code"] == "too_large" and "pixel limit of 100" in row["error"]["message"]

@@ -93,3 +93,10 @@ def test_fine_labels(tiny_config, tmp_path):
 def test_unknown_parameter_is_refused(tiny_dataset):
     with pytest.raises(ValueError, match="unknown training parameters: \\['learning_rat'\\]"):
         TrainConfig.from_dict({"data_dir": str(tiny_dataset), "learning_rat": 0.1})
+
+
+@pytest.mark.parametrize("options", [{"mix": 1.0}, {"loader_workers": 1}, {"decode_cache": False}])
+def test_training_options_complete(tiny_config, tmp_path, options):
+    result = fit(tiny_config(epochs=1, **options), tmp_path)
+    assert result.status == "completed"
+    assert 0 < result.metrics["train_loss"] < 10 and 0 <= result.metrics["val_top1"] <= 1
