@@ -102,3 +102,21 @@ def shared_dataset() -> Path:
     if not (SHARED_DATASET / "classes.csv").is_file():
         pytest.skip(f"the Grocery Store Dataset is not at {SHARED_DATASET}")
     return SHARED_DATASET
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A PostgreSQL server the tests may create databases on (GROCERY_TEST_POSTGRES_URL)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    url = os.environ.get("GROCERY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as e:
+        pytest.skip(f"no PostgreSQL at {url}: {e.orig}")
+    finally:
+        engine.dispose()
+    return url

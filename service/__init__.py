@@ -1,0 +1,1 @@
+"""Shared by the API and the workers: settings and the database models."""

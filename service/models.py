@@ -1,0 +1,112 @@
+"""Database models (SQLAlchemy 2.0). Tables come from migrations/, never create_all outside tests."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_TYPES = ("train", "predict")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSONB, list: JSONB, datetime: DateTime(timezone=True)}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"type IN {JOB_TYPES}", name="jobs_type_valid"),
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
+        # Keyset pagination, newest first, optionally filtered by type and status.
+        Index("jobs_created_at_id", "created_at", "id"),
+        Index("jobs_type_status_created_at", "type", "status", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    params: Mapped[dict] = mapped_column(default=dict)
+    model_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("models.id", use_alter=True, name="jobs_model_id_fkey")
+    )
+    progress_done: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int | None]
+    progress_unit: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict] = mapped_column(default=dict)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    version: Mapped[int] = mapped_column(Integer, Identity(), unique=True)
+    arch: Mapped[str] = mapped_column(String(64))
+    label_level: Mapped[str] = mapped_column(String(16))
+    class_names: Mapped[list] = mapped_column()
+    metrics: Mapped[dict] = mapped_column(default=dict)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id"))
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("job_id", "path", name="predictions_job_id_path_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(128))
+    class_id: Mapped[int | None]
+    confidence: Mapped[float | None] = mapped_column(Float)
+    top5: Mapped[list | None]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,40 @@
+"""One settings object, read from the environment (every variable is in README and .env.example)."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "../shared/grocery-store-dataset"
+
+
+def _paths(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p).resolve() for p in value.split(":") if p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/grocery"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    model_dir: Path = Path("var/models")
+    upload_dir: Path = Path("var/uploads")
+    input_roots: tuple[Path, ...] = field(default_factory=tuple)
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("GROCERY_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
+        upload_dir = Path(env.get("GROCERY_UPLOAD_DIR", "var/uploads")).resolve()
+        roots = env.get("GROCERY_INPUT_ROOTS")
+        return cls(
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            data_dir=data_dir,
+            model_dir=Path(env.get("GROCERY_MODEL_DIR", "var/models")).resolve(),
+            upload_dir=upload_dir,
+            input_roots=_paths(roots) if roots else (data_dir, upload_dir),
+            host=env.get("GROCERY_HOST", cls.host),
+            port=int(env.get("GROCERY_PORT", cls.port)),
+        )
