@@ -120,3 +120,61 @@ def postgres_admin_url() -> str:
     finally:
         engine.dispose()
     return url
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config(str(Path(__file__).resolve().parents[1] / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+@pytest.fixture
+def empty_database(postgres_admin_url):
+    """A new, empty database on the test server, dropped afterwards."""
+    yield from _temporary_database(postgres_admin_url)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_admin_url):
+    """A database migrated to head for the whole session."""
+    from alembic import command
+
+    for url in _temporary_database(postgres_admin_url):
+        command.upgrade(alembic_config(url), "head")
+        yield url
+
+
+def _temporary_database(admin_url: str):
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"grocery_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database for the tests' queues (GROCERY_TEST_REDIS_URL), emptied first."""
+    import redis
+
+    url = os.environ.get("GROCERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as e:
+        pytest.skip(f"no Redis at {url}: {e}")
+    finally:
+        client.close()
+    return url

@@ -18,3 +18,8 @@ def test_index_and_package_are_torch_free():
     # The API reads class names through grocery.index and must not pay for torch.
     loaded = _modules_after("import grocery, grocery.index")
     assert "grocery" in loaded and "torch" not in loaded
+
+
+def test_api_never_imports_torch():
+    loaded = _modules_after("import api, api.jobs, api.schemas; api.create_app")
+    assert {"flask", "celery", "api"} <= loaded and "torch" not in loaded

@@ -1,37 +1,13 @@
 """The schema comes from migrations: one head, upgrade from empty, matches the models."""
 
-import uuid
-
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from conftest import alembic_config
+from sqlalchemy import create_engine, inspect
 
 from service.models import Base
-
-
-def alembic_config(url: str) -> Config:
-    config = Config("alembic.ini")
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
-
-
-@pytest.fixture
-def empty_database(postgres_admin_url):
-    """A new, empty database on the test server, dropped afterwards."""
-    name = f"grocery_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_single_migration_head():

@@ -1,0 +1,45 @@
+"""The Flask API: validates, writes the row, commits, then enqueues by task name. Never imports torch."""
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask, current_app
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import register_error_handlers
+from service.db import make_engine, make_session_factory
+from service.settings import Settings
+
+TASK_QUEUES = {"train": "train", "predict": "predict"}
+TASK_NAMES = {"train": "worker.tasks.run_train_job", "predict": "worker.tasks.run_predict_job"}
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    queue: Celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    engine = make_engine(settings.database_url)
+    queue = Celery("grocery", broker=settings.redis_url)
+    queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
+    app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
+    register_error_handlers(app)
+
+    from api import jobs
+
+    app.register_blueprint(jobs.blueprint)
+    return app
+
+
+def services() -> Services:
+    return current_app.extensions["grocery"]
+
+
+def enqueue(job_type: str, job_id: str) -> None:
+    """Tell a worker to look: the row, committed already, is the source of truth."""
+    services().queue.send_task(TASK_NAMES[job_type], args=[job_id], task_id=job_id, queue=TASK_QUEUES[job_type])

@@ -1,0 +1,59 @@
+"""Request schemas: they validate requests and generate the OpenAPI document."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Arch = Literal["efficientnet_lite0", "mobilenet_v3_small"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TrainParams(Strict):
+    """The training CLI's options; unset ones take the default recipe."""
+
+    arch: Arch | None = None
+    weights: str | None = Field(None, description="none | imagenet | a weights file inside the allowed roots")
+    label_level: Literal["coarse", "fine"] | None = None
+    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
+    mix: Annotated[float, Field(ge=0, le=1)] | None = None
+    freeze: Annotated[int, Field(ge=0, le=20)] | None = None
+    seed: int | None = None
+    train_limit: Annotated[int, Field(ge=1)] | None = None
+    val_limit: Annotated[int, Field(ge=1)] | None = None
+    data_dir: str | None = Field(None, description="a dataset inside the allowed input roots")
+
+
+class PredictInput(Strict):
+    folder: str | None = None
+    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = None
+    recursive: bool = True
+
+    @model_validator(mode="after")
+    def exactly_one_source(self):
+        if (self.folder is None) == (self.paths is None):
+            raise ValueError("give exactly one of 'folder' or 'paths'")
+        return self
+
+
+class TrainJobRequest(Strict):
+    type: Literal["train"]
+    params: TrainParams = TrainParams()
+
+
+class PredictJobRequest(Strict):
+    type: Literal["predict"]
+    model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
+    input: PredictInput
+
+
+JobRequest = Annotated[TrainJobRequest | PredictJobRequest, Field(discriminator="type")]
+
+
+class AliasRequest(Strict):
+    model_id: str

@@ -1,0 +1,207 @@
+"""Small keyword-only data functions over the job store. Callers own the transaction."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import FINISHED_STATUSES, Job, JobEvent, Model, ModelAlias
+
+
+def create_job(
+    session: Session,
+    *,
+    job_type: str,
+    params: dict,
+    progress_unit: str,
+    model_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Job:
+    job = Job(
+        id=uuid.uuid4(),
+        type=job_type,
+        params=params,
+        progress_unit=progress_unit,
+        model_id=model_id,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job_id=job.id, kind="state", data={"status": "queued"})
+    return job
+
+
+def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == key))
+
+
+def list_jobs(
+    session: Session,
+    *,
+    job_type: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Job]:
+    """Newest first; ``after`` is the (created_at, id) of the last job of the previous page."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if job_type:
+        query = query.where(Job.type == job_type)
+    if status:
+        query = query.where(Job.status == status)
+    if after:
+        created_at, job_id = after
+        query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
+    return list(session.scalars(query))
+
+
+def add_event(session: Session, *, job_id: uuid.UUID, kind: str, data: dict) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, data=data))
+
+
+def list_events(session: Session, *, job_id: uuid.UUID) -> list[JobEvent]:
+    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) -> int | None:
+    """queued -> running in one conditional UPDATE; returns the attempt number, or None if not claimable."""
+    attempt = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+        .values(
+            status="running",
+            attempts=Job.attempts + 1,
+            worker=worker,
+            device=device,
+            started_at=func.now(),
+            heartbeat_at=func.now(),
+        )
+        .returning(Job.attempts)
+    )
+    if attempt is not None:
+        add_event(
+            session, job_id=job_id, kind="state", data={"status": "running", "worker": worker, "attempt": attempt}
+        )
+    return attempt
+
+
+def heartbeat(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    progress_done: int | None = None,
+    progress_total: int | None = None,
+) -> bool:
+    """Record liveness (and progress); returns whether cancellation was requested."""
+    values = {"heartbeat_at": func.now()}
+    if progress_done is not None:
+        values["progress_done"] = progress_done
+    if progress_total is not None:
+        values["progress_total"] = progress_total
+    cancel = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(**values)
+        .returning(Job.cancel_requested)
+    )
+    return bool(cancel)
+
+
+def finish_job(
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: str,
+    result: dict | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """The final write, guarded by the attempt: a stale or duplicate delivery changes nothing."""
+    assert status in FINISHED_STATUSES
+    finished = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(
+            status=status, result=result, error_code=error_code, error_message=error_message, finished_at=func.now()
+        )
+        .returning(Job.id)
+    )
+    if finished is not None:
+        data = {"status": status, **({"error": {"code": error_code, "message": error_message}} if error_code else {})}
+        add_event(session, job_id=job_id, kind="state", data=data)
+    return finished is not None
+
+
+def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
+    """Cancel: a queued job ends now, a running one is flagged to stop. Returns the new status, or None if finished."""
+    cancelled = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=func.now())
+        .returning(Job.id)
+    )
+    if cancelled is not None:
+        add_event(session, job_id=job_id, kind="state", data={"status": "cancelled"})
+        return "cancelled"
+    flagged = session.scalar(
+        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True).returning(Job.id)
+    )
+    if flagged is not None:
+        add_event(session, job_id=job_id, kind="cancel_requested", data={})
+        return "running"
+    return None
+
+
+def register_model(
+    session: Session,
+    *,
+    arch: str,
+    label_level: str,
+    class_names: list[str],
+    metrics: dict,
+    artifact_path: str,
+    job_id: uuid.UUID | None,
+) -> Model:
+    model = Model(
+        id=uuid.uuid4(),
+        arch=arch,
+        label_level=label_level,
+        class_names=class_names,
+        metrics=metrics,
+        artifact_path=artifact_path,
+        job_id=job_id,
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def resolve_model(session: Session, *, reference: str) -> Model | None:
+    """A model id, ``latest`` (the newest version) or an alias name."""
+    if reference == "latest":
+        return session.scalar(select(Model).order_by(Model.version.desc()).limit(1))
+    try:
+        return session.get(Model, uuid.UUID(reference))
+    except ValueError:
+        alias = session.get(ModelAlias, reference)
+        return session.get(Model, alias.model_id) if alias else None
+
+
+def set_alias(session: Session, *, name: str, model_id: uuid.UUID) -> ModelAlias:
+    alias = session.get(ModelAlias, name)
+    if alias is None:
+        alias = ModelAlias(name=name, model_id=model_id)
+        session.add(alias)
+    else:
+        alias.model_id = model_id
+    session.flush()
+    return alias

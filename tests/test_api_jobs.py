@@ -1,0 +1,139 @@
+"""The jobs API against real PostgreSQL and Redis (no worker: what the API itself promises)."""
+
+import json
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from api import create_app
+from service.settings import Settings
+
+
+@pytest.fixture
+def app(database_url, redis_url, tmp_path):
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        model_dir=tmp_path / "models",
+        upload_dir=tmp_path / "uploads",
+        input_roots=(tmp_path,),
+    )
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+    engine.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def queued_task_ids(redis_url: str, queue: str) -> list[str]:
+    """Task ids waiting in a Celery queue (a Redis list of JSON messages)."""
+    messages = redis.Redis.from_url(redis_url).lrange(queue, 0, -1)
+    return [json.loads(m)["headers"]["id"] for m in messages]
+
+
+def job_count(database_url: str) -> int:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count = connection.execute(text("SELECT count(*) FROM jobs")).scalar_one()
+    engine.dispose()
+    return count
+
+
+def test_submit_train_job_commits_then_enqueues(client, redis_url):
+    response = client.post("/jobs", json={"type": "train", "params": {"epochs": 2, "arch": "mobilenet_v3_small"}})
+    assert response.status_code == 202
+    job = response.get_json()
+    assert response.headers["Location"] == f"/jobs/{job['id']}"
+    assert uuid.UUID(job["id"]) and job["status"] == "queued" and job["type"] == "train"
+    assert job["params"] == {"epochs": 2, "arch": "mobilenet_v3_small"}
+    assert job["progress"] == {"done": 0, "total": None, "unit": "epochs"}
+    assert job["attempts"] == 0 and job["error"] is None and job["created_at"]
+    assert queued_task_ids(redis_url, "train") == [job["id"]]
+    assert queued_task_ids(redis_url, "predict") == []
+    assert client.get(f"/jobs/{job['id']}").get_json() == job
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        ({"type": "train", "params": {"epochs": "2"}}, 422, "validation_error", "train.params.epochs"),
+        ({"type": "train", "params": {"epochs": 0}}, 422, "validation_error", "train.params.epochs"),
+        ({"type": "train", "params": {"epoch": 2}}, 422, "validation_error", "train.params.epoch"),
+        ({"type": "train", "extra": 1}, 422, "validation_error", "train.extra"),
+        ({"type": "sing"}, 422, "validation_error", ""),
+        ({"params": {}}, 422, "validation_error", ""),
+        ({"type": "predict", "input": {"folder": "x", "paths": ["y"]}}, 422, "validation_error", "predict.input"),
+        ({"type": "predict", "input": {"folder": "x"}}, 404, "model_not_found", None),
+        ({"type": "predict", "model": "production", "input": {"folder": "x"}}, 404, "model_not_found", None),
+    ],
+)
+def test_bad_submissions_are_refused_and_write_nothing(client, database_url, redis_url, body, status, code, field):
+    response = client.post("/jobs", json=body)
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code and error["message"]
+    if field is not None:
+        assert field in [d["field"] for d in error["details"]]
+    assert job_count(database_url) == 0
+    assert queued_task_ids(redis_url, "train") == queued_task_ids(redis_url, "predict") == []
+
+
+def test_non_json_body(client):
+    response = client.post("/jobs", data="epochs=2", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_malformed_and_unknown_ids(client):
+    assert client.get("/jobs/not-a-uuid").status_code == 404
+    assert client.get(f"/jobs/{uuid.uuid4()}").get_json()["error"]["code"] == "not_found"
+    assert client.post(f"/jobs/{uuid.uuid4()}/cancel").status_code == 404
+    assert client.get("/nowhere").get_json()["error"]["code"] == "not_found"
+
+
+def test_idempotency_key(client, redis_url):
+    body = {"type": "train", "params": {"epochs": 1}}
+    first = client.post("/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    again = client.post("/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert queued_task_ids(redis_url, "train") == [first.get_json()["id"]]
+    other = client.post("/jobs", json={"type": "train", "params": {"epochs": 2}}, headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_cancel_a_queued_job_and_then_again(client):
+    job_id = client.post("/jobs", json={"type": "train"}).get_json()["id"]
+    cancelled = client.post(f"/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    assert cancelled.get_json()["finished_at"]
+    again = client.post(f"/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "already ended cancelled" in again.get_json()["error"]["message"]
+    kinds = [(e["kind"], e["data"].get("status")) for e in client.get(f"/jobs/{job_id}/events").get_json()["events"]]
+    assert kinds == [("state", "queued"), ("state", "cancelled")]
+
+
+def test_listing_is_newest_first_with_keyset_pages(client):
+    ids = [client.post("/jobs", json={"type": "train", "params": {"seed": i}}).get_json()["id"] for i in range(5)]
+    client.post(f"/jobs/{ids[1]}/cancel")
+    seen, cursor = [], None
+    while True:
+        page = client.get("/jobs", query_string={"limit": 2, **({"cursor": cursor} if cursor else {})}).get_json()
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    cancelled = client.get("/jobs", query_string={"status": "cancelled"}).get_json()["jobs"]
+    assert [j["id"] for j in cancelled] == [ids[1]]
+    assert client.get("/jobs?status=done").status_code == 400
+    assert client.get("/jobs?limit=0").status_code == 400
+    assert client.get("/jobs?cursor=garbage").get_json()["error"]["code"] == "invalid_cursor"
