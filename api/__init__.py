@@ -30,9 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
 
-    from api import jobs
+    from api import health, jobs, models
 
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(models.blueprint)
+    app.register_blueprint(health.blueprint)
     return app
 
 

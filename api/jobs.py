@@ -5,6 +5,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
@@ -92,6 +93,36 @@ def submit_job():
     return jsonify(payload), 202, {"Location": f"/jobs/{payload['id']}"}
 
 
+def _checked_params(spec) -> dict:
+    """The job's params with every path resolved and checked against the allowed roots."""
+    if spec.type == "train":
+        params = spec.params.model_dump(exclude_none=True)
+        if "data_dir" in params:
+            params["data_dir"] = str(inside_roots(params["data_dir"], "params.data_dir", want_dir=True))
+        return params
+    source = spec.input.model_dump(exclude_none=True)
+    if "folder" in source:
+        source["folder"] = str(inside_roots(source["folder"], "input.folder", want_dir=True))
+    else:
+        source["paths"] = [str(inside_roots(p, "input.paths", want_dir=False)) for p in source["paths"]]
+    return {"model": spec.model, "input": source}
+
+
+def inside_roots(path: str, field: str, *, want_dir: bool) -> Path:
+    """The real path, if it lies inside an allowed input root; symlinks and '..' are resolved first."""
+    roots = services().settings.input_roots
+    real = Path(path).resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        raise APIError(
+            400,
+            "path_not_allowed",
+            f"{field}: {path!r} is outside the allowed input roots (GROCERY_INPUT_ROOTS: {':'.join(map(str, roots))})",
+        )
+    if want_dir and not real.is_dir():
+        raise APIError(400, "path_not_found", f"{field}: {path!r} is not a directory")
+    return real
+
+
 def _resolve_model_id(session, spec: PredictJobRequest) -> uuid.UUID:
     model = crud.resolve_model(session, reference=spec.model)
     if model is None:
@@ -167,3 +198,27 @@ def job_events(job_id: str):
             raise APIError(404, "not_found", f"no job {job_id}")
         events = crud.list_events(session, job_id=parsed)
         return jsonify({"events": [{"at": _iso(e.at), "kind": e.kind, "data": e.data} for e in events]})
+
+
+@blueprint.get("/jobs/<job_id>/results")
+def job_results(job_id: str):
+    parsed = parse_job_id(job_id)
+    limit = _int_arg("limit", default=100, low=1, high=1000)
+    after = _int_arg("cursor", default=0, low=0, high=2**62) or None
+    with services().sessions() as session:
+        if crud.get_job(session, job_id=parsed) is None:
+            raise APIError(404, "not_found", f"no job {job_id}")
+        rows = crud.list_predictions(session, job_id=parsed, limit=limit, after_id=after)
+        results = [
+            {
+                "path": r.path,
+                "label": r.label,
+                "class_id": r.class_id,
+                "confidence": r.confidence,
+                "top5": r.top5,
+                "error": {"code": r.error_code, "message": r.error_message} if r.error_code else None,
+            }
+            for r in rows
+        ]
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return jsonify({"results": results, "next_cursor": next_cursor})

@@ -4,9 +4,10 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.models import FINISHED_STATUSES, Job, JobEvent, Model, ModelAlias
+from service.models import FINISHED_STATUSES, Job, JobEvent, Model, ModelAlias, Prediction
 
 
 def create_job(
@@ -205,3 +206,27 @@ def set_alias(session: Session, *, name: str, model_id: uuid.UUID) -> ModelAlias
         alias.model_id = model_id
     session.flush()
     return alias
+
+
+def add_predictions(session: Session, *, job_id: uuid.UUID, rows: list[dict]) -> None:
+    """Insert per-file results in one statement; a re-run batch adds no duplicates."""
+    if rows:
+        statement = insert(Prediction).on_conflict_do_nothing(constraint="predictions_job_id_path_key")
+        session.execute(statement, [{"job_id": job_id, **row} for row in rows])
+
+
+def list_predictions(
+    session: Session, *, job_id: uuid.UUID, limit: int, after_id: int | None = None
+) -> list[Prediction]:
+    query = select(Prediction).where(Prediction.job_id == job_id).order_by(Prediction.id).limit(limit)
+    if after_id is not None:
+        query = query.where(Prediction.id > after_id)
+    return list(session.scalars(query))
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.scalars(select(Model).order_by(Model.version.desc())))
+
+
+def aliases_of(session: Session, *, model_id: uuid.UUID) -> list[str]:
+    return list(session.scalars(select(ModelAlias.name).where(ModelAlias.model_id == model_id)))

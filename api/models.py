@@ -1,0 +1,64 @@
+"""The model registry: GET /models, GET /models/<id>, PUT /models/aliases/<name>."""
+
+import uuid
+
+from flask import Blueprint, jsonify
+
+from api import services
+from api.errors import APIError
+from api.jobs import _iso, json_body
+from api.schemas import AliasRequest
+from service import crud
+from service.models import Model
+
+blueprint = Blueprint("models", __name__)
+
+
+def model_json(model: Model, aliases: list[str]) -> dict:
+    return {
+        "id": str(model.id),
+        "version": model.version,
+        "arch": model.arch,
+        "label_level": model.label_level,
+        "classes": model.class_names,
+        "metrics": model.metrics,
+        "artifact": model.artifact_path,
+        "job_id": str(model.job_id) if model.job_id else None,
+        "created_at": _iso(model.created_at),
+        "aliases": aliases,
+    }
+
+
+@blueprint.get("/models")
+def list_models():
+    with services().sessions() as session:
+        return jsonify(
+            {"models": [model_json(m, crud.aliases_of(session, model_id=m.id)) for m in crud.list_models(session)]}
+        )
+
+
+@blueprint.get("/models/<reference>")
+def get_model(reference: str):
+    with services().sessions() as session:
+        model = crud.resolve_model(session, reference=reference)
+        if model is None:
+            raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
+        return jsonify(model_json(model, crud.aliases_of(session, model_id=model.id)))
+
+
+@blueprint.put("/models/aliases/<name>")
+def move_alias(name: str):
+    request = AliasRequest.model_validate(json_body())
+    if name == "latest" or len(name) > 64:
+        raise APIError(400, "invalid_alias", "an alias is at most 64 characters and not 'latest'")
+    try:
+        model_id = uuid.UUID(request.model_id)
+    except ValueError:
+        raise APIError(422, "validation_error", f"model_id {request.model_id!r} is not a UUID") from None
+    with services().sessions() as session:
+        model = session.get(Model, model_id)
+        if model is None:
+            raise APIError(404, "model_not_found", f"no model {request.model_id}")
+        crud.set_alias(session, name=name, model_id=model_id)
+        session.commit()
+        return jsonify(model_json(model, crud.aliases_of(session, model_id=model_id)))

@@ -1,0 +1,146 @@
+"""Jobs end to end: the API, real PostgreSQL and Redis, and a real Celery worker process."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from api import create_app
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, redis_url, tiny_dataset, tmp_path_factory):
+    """A clean store, the API's test client and one worker process on both queues."""
+    model_dir = tmp_path_factory.mktemp("models")
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+    engine.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "GROCERY_MODEL_DIR": str(model_dir),
+        "GROCERY_DATA_DIR": str(tiny_dataset),
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "-Q",
+            "train,predict",
+            "--pool",
+            "solo",
+            "-n",
+            "test@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_line(worker, "ready", timeout=60)
+    settings = Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=tiny_dataset,
+        model_dir=model_dir,
+        upload_dir=model_dir / "uploads",
+        input_roots=(tiny_dataset,),
+    )
+    yield create_app(settings).test_client()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+
+
+def _wait_for_line(process: subprocess.Popen, word: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            raise RuntimeError(f"worker exited with {process.returncode}")
+        if word in line:
+            return
+    raise TimeoutError(f"worker not {word} after {timeout}s")
+
+
+def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").get_json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+TRAIN = {
+    "arch": "efficientnet_lite0",
+    "weights": "imagenet",
+    "freeze": 9,
+    "epochs": 2,
+    "batch_size": 8,
+    "learning_rate": 0.003,
+}
+
+
+def test_train_then_predict(stack, tiny_dataset):
+    client = stack
+    submitted = client.post("/jobs", json={"type": "train", "params": {**TRAIN, "data_dir": str(tiny_dataset)}})
+    assert submitted.status_code == 202
+    job = wait_for(client, submitted.get_json()["id"], FINISHED)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1 and job["worker"].startswith("test@") and job["device"] == "cpu"
+    assert job["progress"] == {"done": 2, "total": 2, "unit": "epochs"}
+    assert job["started_at"] and job["finished_at"] >= job["started_at"]
+    events = client.get(f"/jobs/{job['id']}/events").get_json()["events"]
+    assert [e["data"]["status"] for e in events if e["kind"] == "state"] == ["queued", "running", "succeeded"]
+    assert [e["data"]["epoch"] for e in events if e["kind"] == "epoch"] == [1, 2]
+    model = client.get(f"/models/{job['result']['model_id']}").get_json()
+    assert model["classes"] == ["Apple", "Pear", "Milk"] and model["job_id"] == job["id"]
+    assert client.get("/models/latest").get_json()["id"] == model["id"]
+
+    folder = tiny_dataset / "val"
+    predicted = client.post("/jobs", json={"type": "predict", "model": "latest", "input": {"folder": str(folder)}})
+    job = wait_for(client, predicted.get_json()["id"], FINISHED)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["total"] == 16 and job["result"]["failed"] == 0
+    assert sum(job["result"]["labels"].values()) == 16
+    page = client.get(f"/jobs/{job['id']}/results?limit=10").get_json()
+    rest = client.get(f"/jobs/{job['id']}/results?limit=10&cursor={page['next_cursor']}").get_json()
+    rows = page["results"] + rest["results"]
+    assert rest["next_cursor"] is None and len(rows) == 16
+    correct = sum(
+        ("Apple" in r["path"] and r["label"] == "Apple") or r["path"].split("/")[-3] == r["label"] for r in rows
+    )
+    assert correct >= 12
+
+
+def test_cancel_a_running_training(stack, tiny_dataset):
+    client = stack
+    params = {**TRAIN, "epochs": 200, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    wait_for(client, job_id, {"running"})
+    response = client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    job = wait_for(client, job_id, FINISHED, timeout=60)
+    assert job["status"] == "cancelled" and job["progress"]["done"] < 200
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 409

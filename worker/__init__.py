@@ -1,0 +1,1 @@
+"""Celery workers: tasks take a job id, call grocery, write results to PostgreSQL."""

@@ -1,0 +1,30 @@
+"""The Celery application: `celery -A worker.celery_app worker -Q train,predict`."""
+
+from celery import Celery
+
+from service.settings import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("grocery", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        # A job is acknowledged only when its task returns: a worker killed mid-job leaves it
+        # on the queue for another worker, and the attempt guard makes the redelivery safe.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # status and results live in PostgreSQL
+        task_routes={
+            "worker.tasks.run_train_job": {"queue": "train"},
+            "worker.tasks.run_predict_job": {"queue": "predict"},
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+# Creating the app connects to nothing; Celery's command line needs it at module level.
+app = make_celery(Settings.from_env())
