@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Until the job service lands: train the default recipe for one epoch, then evaluate it.
+# The whole service: embedded PostgreSQL and Redis unless DATABASE_URL and REDIS_URL are set,
+# migrations, one worker on both queues, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
 run: $(STAMP)
-	$(BIN)/grocery train --data-dir $(DATA_DIR) --output runs/quick --epochs 1
-	$(BIN)/grocery evaluate --model runs/quick --split val
+	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m service.stack
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

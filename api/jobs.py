@@ -73,11 +73,7 @@ def submit_job():
                     )
                 return jsonify(job_json(existing)), 200, {"Location": f"/jobs/{existing.id}"}
         model_id = _resolve_model_id(session, spec) if isinstance(spec, PredictJobRequest) else None
-        params = (
-            spec.params.model_dump(exclude_none=True)
-            if spec.type == "train"
-            else {"model": spec.model, "input": spec.input.model_dump(exclude_none=True)}
-        )
+        params = _checked_params(spec)
         job = crud.create_job(
             session,
             job_type=spec.type,

@@ -137,3 +137,26 @@ def test_listing_is_newest_first_with_keyset_pages(client):
     assert client.get("/jobs?status=done").status_code == 400
     assert client.get("/jobs?limit=0").status_code == 400
     assert client.get("/jobs?cursor=garbage").get_json()["error"]["code"] == "invalid_cursor"
+
+
+def test_paths_must_stay_inside_the_allowed_roots(client, tmp_path, database_url):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "escape").symlink_to("/etc")
+    cases = [
+        ({"data_dir": "/etc"}, "path_not_allowed"),
+        ({"data_dir": f"{tmp_path}/data/../../.."}, "path_not_allowed"),
+        ({"data_dir": str(tmp_path / "escape")}, "path_not_allowed"),
+        ({"data_dir": str(tmp_path / "missing")}, "path_not_found"),
+    ]
+    for params, code in cases:
+        response = client.post("/jobs", json={"type": "train", "params": params})
+        assert response.status_code == 400, params
+        error = response.get_json()["error"]
+        assert error["code"] == code and "params.data_dir" in error["message"]
+    assert (
+        "GROCERY_INPUT_ROOTS"
+        in client.post("/jobs", json={"type": "train", "params": {"data_dir": "/"}}).get_json()["error"]["message"]
+    )
+    assert job_count(database_url) == 0
+    accepted = client.post("/jobs", json={"type": "train", "params": {"data_dir": f"{tmp_path}/data/."}})
+    assert accepted.status_code == 202 and accepted.get_json()["params"]["data_dir"] == str(tmp_path / "data")

@@ -1,0 +1,101 @@
+"""`make run`: the whole service on one machine.
+
+With DATABASE_URL and REDIS_URL unset, PostgreSQL and Redis are embedded (started
+from pip packages, on Unix sockets under var/). Then: migrations, one worker on
+both queues, and the API under gunicorn. Ctrl-C stops everything.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def migrate(database_url: str) -> None:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+def main() -> int:
+    embedded = None
+    if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
+        from service.embedded import start_embedded
+
+        embedded = start_embedded(ROOT / "var" / "embedded")
+        os.environ.setdefault("DATABASE_URL", embedded.database_url)
+        os.environ.setdefault("REDIS_URL", embedded.redis_url)
+    settings = Settings.from_env()
+    migrate(settings.database_url)
+    python = sys.executable
+    children = [
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-Q",
+                "train,predict",
+                "--pool",
+                "solo",
+                "-n",
+                "cpu@%h",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+        ),
+        subprocess.Popen(
+            [
+                python,
+                "-m",
+                "gunicorn",
+                "api:create_app()",
+                "--bind",
+                f"{settings.host}:{settings.port}",
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+            ],
+            cwd=ROOT,
+        ),
+    ]
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\ngrocery-jobs is up at {url}  (Ctrl-C stops it)\n"
+        f"  curl -s -X POST {url}/jobs -H 'Content-Type: application/json' "
+        f'-d \'{{"type": "train", "params": {{"epochs": 1}}}}\'\n'
+        f"  curl -s {url}/jobs\n",
+        flush=True,
+    )
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    for child in children:
+        child.send_signal(signal.SIGTERM)  # warm shutdown: the worker finishes or requeues its job
+    for child in children:
+        child.wait()
+    if embedded is not None:
+        embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
