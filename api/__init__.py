@@ -24,17 +24,19 @@ class Services:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     engine = make_engine(settings.database_url)
     queue = Celery("grocery", broker=settings.redis_url)
     queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
 
-    from api import health, jobs, models
+    from api import health, jobs, models, workshop
 
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(models.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(workshop.blueprint)
     return app
 
 

@@ -19,9 +19,10 @@ def create_job(
     model_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> Job:
     job = Job(
-        id=uuid.uuid4(),
+        id=job_id or uuid.uuid4(),
         type=job_type,
         params=params,
         progress_unit=progress_unit,

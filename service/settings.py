@@ -21,6 +21,7 @@ class Settings:
     input_roots: tuple[Path, ...] = field(default_factory=tuple)
     host: str = "127.0.0.1"
     port: int = 8000
+    max_upload_bytes: int = 64 * 2**20
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -37,4 +38,5 @@ class Settings:
             input_roots=_paths(roots) if roots else (data_dir, upload_dir),
             host=env.get("GROCERY_HOST", cls.host),
             port=int(env.get("GROCERY_PORT", cls.port)),
+            max_upload_bytes=int(env.get("GROCERY_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
         )

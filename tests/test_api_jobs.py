@@ -1,5 +1,6 @@
 """The jobs API against real PostgreSQL and Redis (no worker: what the API itself promises)."""
 
+import io
 import json
 import uuid
 
@@ -160,3 +161,30 @@ def test_paths_must_stay_inside_the_allowed_roots(client, tmp_path, database_url
     assert job_count(database_url) == 0
     accepted = client.post("/jobs", json={"type": "train", "params": {"data_dir": f"{tmp_path}/data/."}})
     assert accepted.status_code == 202 and accepted.get_json()["params"]["data_dir"] == str(tmp_path / "data")
+
+
+def test_registry_without_models(client, tmp_path):
+    assert client.get("/models").get_json() == {"models": []}
+    assert client.get("/models/latest").status_code == 404
+    moved = client.put("/models/aliases/production", json={"model_id": str(uuid.uuid4())})
+    assert moved.status_code == 404 and moved.get_json()["error"]["code"] == "model_not_found"
+    assert client.put("/models/aliases/production", json={"model_id": "x"}).status_code == 422
+    assert client.put("/models/aliases/production", json={"model": "x"}).status_code == 422
+    assert client.put("/models/aliases/latest", json={"model_id": str(uuid.uuid4())}).status_code == 400
+    no_model = client.post("/predict", data={"file": (io.BytesIO(b"x"), "x.jpg")})
+    assert no_model.status_code == 503 and no_model.get_json()["error"]["code"] == "no_model"
+
+
+def test_health(client, app):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_not_ready_without_schema_or_redis(empty_database, tmp_path):
+    settings = Settings(database_url=empty_database, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    response = create_app(settings).test_client().get("/readyz")
+    assert response.status_code == 503
+    checks = response.get_json()["checks"]
+    assert "migrations' head is ['0001']" in checks["database"]
+    assert checks["redis"].startswith("error: ")

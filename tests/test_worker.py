@@ -1,5 +1,6 @@
 """Jobs end to end: the API, real PostgreSQL and Redis, and a real Celery worker process."""
 
+import io
 import os
 import signal
 import subprocess
@@ -144,3 +145,30 @@ def test_cancel_a_running_training(stack, tiny_dataset):
     job = wait_for(client, job_id, FINISHED, timeout=60)
     assert job["status"] == "cancelled" and job["progress"]["done"] < 200
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_workshop_endpoints_and_the_production_alias(stack, tiny_dataset):
+    client = stack
+    assert client.post("/predict", data={}).get_json()["error"]["code"] in ("missing_file", "no_model")
+    first = wait_for(client, client.post("/jobs", json={"type": "train", "params": TRAIN}).get_json()["id"], FINISHED)
+    assert first["status"] == "succeeded", first["error"]
+    first_model = first["result"]["model_id"]
+
+    image = (tiny_dataset / "val" / "Milk" / "Blue-Milk" / "Blue-Milk_000.jpg").read_bytes()
+    answer = client.post("/predict", data={"file": (io.BytesIO(image), "milk.jpg")})
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["prediction"] in ["Apple", "Pear", "Milk"] and 0 < body["confidence"] <= 1
+    assert body["model_id"] == client.get("/models/latest").get_json()["id"]
+
+    moved = client.put("/models/aliases/production", json={"model_id": first_model})
+    assert moved.status_code == 200 and "production" in moved.get_json()["aliases"]
+    assert client.post("/predict", data={"file": (io.BytesIO(image), "milk.jpg")}).get_json()["model_id"] == first_model
+    assert client.get("/class-names").get_json() == {"classes": ["Apple", "Pear", "Milk"], "model_id": first_model}
+
+    broken = client.post("/predict", data={"file": (io.BytesIO(b"not an image"), "x.jpg")})
+    assert broken.status_code == 422 and broken.get_json()["error"]["code"] == "not_an_image"
+    assert client.post("/predict", data={"other": "x"}).get_json()["error"]["code"] == "missing_file"
+
+    picture = client.get("/random-image")
+    assert picture.status_code == 200 and picture.mimetype == "image/jpeg" and picture.data[:2] == b"\xff\xd8"
