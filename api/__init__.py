@@ -31,12 +31,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
 
-    from api import health, jobs, models, workshop
+    from api import health, jobs, models, openapi, workshop
 
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(models.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(workshop.blueprint)
+    app.register_blueprint(openapi.blueprint)
     return app
 
 

@@ -188,3 +188,15 @@ def test_not_ready_without_schema_or_redis(empty_database, tmp_path):
     checks = response.get_json()["checks"]
     assert "migrations' head is ['0001']" in checks["database"]
     assert checks["redis"].startswith("error: ")
+
+
+def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
+    from openapi_spec_validator import validate
+
+    from api.schemas import TrainParams
+
+    document = client.get("/openapi.json").get_json()
+    validate(document)
+    assert set(document["components"]["schemas"]["TrainParams"]["properties"]) == set(TrainParams.model_fields)
+    assert {"/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/models/aliases/{name}", "/predict"} <= set(document["paths"])
+    assert b"/openapi.json" in client.get("/docs").data

@@ -1,0 +1,119 @@
+"""GET /openapi.json, generated from the pydantic schemas that validate requests, and GET /docs."""
+
+from flask import Blueprint, jsonify
+from pydantic.json_schema import models_json_schema
+
+from api.schemas import AliasRequest, PredictJobRequest, TrainJobRequest
+
+blueprint = Blueprint("openapi", __name__)
+REF = "#/components/schemas/{model}"
+ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
+JOB = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _op(summary: str, responses: dict, body: str | None = None, params: list | None = None) -> dict:
+    op = {"summary": summary, "responses": {**responses, "4XX": ERROR}}
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=body)}}},
+        }
+    if params:
+        op["parameters"] = [
+            {"name": n, "in": where, "required": where == "path", "schema": {"type": t}} for n, where, t in params
+        ]
+    return op
+
+
+def document() -> dict:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in (TrainJobRequest, PredictJobRequest, AliasRequest)], ref_template=REF
+    )
+    components = schemas.get("$defs", {})
+    components["JobRequest"] = {
+        "oneOf": [{"$ref": REF.format(model="TrainJobRequest")}, {"$ref": REF.format(model="PredictJobRequest")}],
+        "discriminator": {"propertyName": "type"},
+    }
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+            }
+        },
+    }
+    job_id = [("id", "path", "string")]
+    paths = {
+        "/jobs": {
+            "post": _op(
+                "Submit a training or prediction job (Idempotency-Key header supported)",
+                {"202": JOB, "200": JOB},
+                body="JobRequest",
+            ),
+            "get": _op(
+                "List jobs, newest first",
+                {"200": JOB},
+                params=[
+                    ("type", "query", "string"),
+                    ("status", "query", "string"),
+                    ("limit", "query", "integer"),
+                    ("cursor", "query", "string"),
+                ],
+            ),
+        },
+        "/jobs/{id}": {"get": _op("A job's status, progress and result", {"200": JOB}, params=job_id)},
+        "/jobs/{id}/cancel": {"post": _op("Cancel a job", {"200": JOB, "202": JOB}, params=job_id)},
+        "/jobs/{id}/events": {"get": _op("State transitions and per-epoch metrics", {"200": JOB}, params=job_id)},
+        "/jobs/{id}/results": {
+            "get": _op(
+                "Per-file prediction results",
+                {"200": JOB},
+                params=[*job_id, ("limit", "query", "integer"), ("cursor", "query", "string")],
+            )
+        },
+        "/models": {"get": _op("Registered models, newest first", {"200": JOB})},
+        "/models/{id}": {"get": _op("A model by id, 'latest' or alias", {"200": JOB}, params=job_id)},
+        "/models/aliases/{name}": {
+            "put": _op(
+                "Point an alias at a model", {"200": JOB}, body="AliasRequest", params=[("name", "path", "string")]
+            )
+        },
+        "/class-names": {"get": _op("Class names of the serving model", {"200": JOB})},
+        "/random-image": {"get": _op("A random validation image (JPEG)", {"200": {"description": "image/jpeg"}})},
+        "/predict": {
+            "post": {
+                "summary": "Classify one uploaded image (multipart field 'file')",
+                "requestBody": {
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+                        }
+                    }
+                },
+                "responses": {"200": JOB, "4XX": ERROR, "5XX": ERROR},
+            }
+        },
+        "/healthz": {"get": _op("The process answers", {"200": JOB})},
+        "/readyz": {"get": _op("Database, Redis and schema usable", {"200": JOB, "503": ERROR})},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "grocery-jobs", "version": "0.1.0"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+@blueprint.get("/openapi.json")
+def openapi_json():
+    return jsonify(document())
+
+
+@blueprint.get("/docs")
+def docs():
+    # Swagger UI from its CDN: the page needs the user's browser online, the API does not.
+    return """<!doctype html><html><head><title>grocery-jobs API</title>
+<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div><script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>"""
