@@ -105,21 +105,32 @@ def shared_dataset() -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url() -> str:
-    """A PostgreSQL server the tests may create databases on (GROCERY_TEST_POSTGRES_URL)."""
+def embedded_servers(tmp_path_factory):
+    """The same embedded PostgreSQL and Redis as `make run`, started only when asked for."""
+    from service.embedded import start_embedded
+
+    servers = start_embedded(tmp_path_factory.mktemp("embedded"), database="test")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url(request) -> str:
+    """A PostgreSQL server the tests may create databases on: GROCERY_TEST_POSTGRES_URL, the local
+    server, or where none answers, an embedded one."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
 
     url = os.environ.get("GROCERY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    engine = create_engine(url)
+    engine = create_engine(url, connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
-    except OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {url}: {e.orig}")
+        return url
+    except OperationalError:
+        return request.getfixturevalue("embedded_servers").database_url
     finally:
         engine.dispose()
-    return url
 
 
 def alembic_config(url: str):
@@ -165,16 +176,22 @@ def _temporary_database(admin_url: str):
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis database for the tests' queues (GROCERY_TEST_REDIS_URL), emptied first."""
+def redis_url(request) -> str:
+    """A Redis database for the tests' queues (GROCERY_TEST_REDIS_URL, the local server, or an
+    embedded one), emptied first."""
     import redis
 
     url = os.environ.get("GROCERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    client = redis.Redis.from_url(url)
     try:
-        client.flushdb()
-    except redis.ConnectionError as e:
-        pytest.skip(f"no Redis at {url}: {e}")
-    finally:
-        client.close()
+        redis_client(url).flushdb()
+    except redis.ConnectionError:
+        url = request.getfixturevalue("embedded_servers").redis_url
+        redis_client(url).flushdb()
     return url
+
+
+def redis_client(url: str):
+    """redis-py for a URL that Celery understands (redis+socket:// is kombu's spelling of unix://)."""
+    import redis
+
+    return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1))

@@ -5,7 +5,7 @@ import json
 import uuid
 
 import pytest
-import redis
+from conftest import redis_client
 from sqlalchemy import create_engine, text
 
 from api import create_app
@@ -26,7 +26,7 @@ def app(database_url, redis_url, tmp_path):
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
     engine.dispose()
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_client(redis_url).flushdb()
     return create_app(settings)
 
 
@@ -37,7 +37,7 @@ def client(app):
 
 def queued_task_ids(redis_url: str, queue: str) -> list[str]:
     """Task ids waiting in a Celery queue (a Redis list of JSON messages)."""
-    messages = redis.Redis.from_url(redis_url).lrange(queue, 0, -1)
+    messages = redis_client(redis_url).lrange(queue, 0, -1)
     return [json.loads(m)["headers"]["id"] for m in messages]
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
+from conftest import redis_client
 from sqlalchemy import create_engine, text
 
 from api import create_app
@@ -27,7 +27,7 @@ def stack(database_url, redis_url, tiny_dataset, tmp_path_factory):
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
     engine.dispose()
-    redis.Redis.from_url(redis_url).flushdb()
+    redis_client(redis_url).flushdb()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
