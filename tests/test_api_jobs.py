@@ -200,3 +200,9 @@ def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
     assert set(document["components"]["schemas"]["TrainParams"]["properties"]) == set(TrainParams.model_fields)
     assert {"/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/models/aliases/{name}", "/predict"} <= set(document["paths"])
     assert b"/openapi.json" in client.get("/docs").data
+
+
+def test_upload_over_the_limit_is_413(database_url, redis_url, tmp_path):
+    settings = Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1000)
+    response = create_app(settings).test_client().post("/predict", data={"file": (io.BytesIO(b"x" * 5000), "a.jpg")})
+    assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
