@@ -35,14 +35,14 @@ class TrainConfig:
     arch: str = DEFAULT_ARCH
     weights: str = "imagenet"
     label_level: str = "coarse"
-    epochs: int = 6
+    epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     label_smoothing: float = 0.1
-    mix: float = 0.0
+    mix: float = 0.5
     warmup_epochs: float = 0.5
-    freeze: int = 4
+    freeze: int = 6
     seed: int = 0
     input_size: int = 224
     train_split: str = "train"
