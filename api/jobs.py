@@ -126,13 +126,17 @@ def _resolve_model_id(session, spec: PredictJobRequest) -> uuid.UUID:
     return model.id
 
 
+def existing_job(session, job_id: str) -> Job:
+    job = crud.get_job(session, job_id=parse_job_id(job_id))
+    if job is None:
+        raise APIError(404, "not_found", f"no job {job_id}")
+    return job
+
+
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str):
     with services().sessions() as session:
-        job = crud.get_job(session, job_id=parse_job_id(job_id))
-        if job is None:
-            raise APIError(404, "not_found", f"no job {job_id}")
-        return jsonify(job_json(job))
+        return jsonify(job_json(existing_job(session, job_id)))
 
 
 @blueprint.get("/jobs")
@@ -173,38 +177,29 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @blueprint.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    parsed = parse_job_id(job_id)
     with services().sessions() as session:
-        if crud.get_job(session, job_id=parsed) is None:
-            raise APIError(404, "not_found", f"no job {job_id}")
-        outcome = crud.request_cancel(session, job_id=parsed)
+        job = existing_job(session, job_id)
+        outcome = crud.request_cancel(session, job_id=job.id)
         session.commit()
+        session.refresh(job)
         if outcome is None:
-            job = crud.get_job(session, job_id=parsed)
             raise APIError(409, "job_finished", f"job {job_id} already ended {job.status}")
-        session.expire_all()
-        return jsonify(job_json(crud.get_job(session, job_id=parsed))), 202 if outcome == "running" else 200
+        return jsonify(job_json(job)), 202 if outcome == "running" else 200
 
 
 @blueprint.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
-    parsed = parse_job_id(job_id)
     with services().sessions() as session:
-        if crud.get_job(session, job_id=parsed) is None:
-            raise APIError(404, "not_found", f"no job {job_id}")
-        events = crud.list_events(session, job_id=parsed)
+        events = crud.list_events(session, job_id=existing_job(session, job_id).id)
         return jsonify({"events": [{"at": _iso(e.at), "kind": e.kind, "data": e.data} for e in events]})
 
 
 @blueprint.get("/jobs/<job_id>/results")
 def job_results(job_id: str):
-    parsed = parse_job_id(job_id)
     limit = _int_arg("limit", default=100, low=1, high=1000)
     after = _int_arg("cursor", default=0, low=0, high=2**62) or None
     with services().sessions() as session:
-        if crud.get_job(session, job_id=parsed) is None:
-            raise APIError(404, "not_found", f"no job {job_id}")
-        rows = crud.list_predictions(session, job_id=parsed, limit=limit, after_id=after)
+        rows = crud.list_predictions(session, job_id=existing_job(session, job_id).id, limit=limit, after_id=after)
         results = [
             {
                 "path": r.path,

@@ -26,6 +26,26 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+def worker_command(node_name: str, queues: list[str]) -> list[str]:
+    """One worker process: the solo pool runs one job at a time, in the process that loaded the model."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "--pool",
+        "solo",
+        "-n",
+        node_name,
+        "--loglevel",
+        "INFO",
+    ]
+
+
 def main() -> int:
     embedded = None
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
@@ -38,25 +58,7 @@ def main() -> int:
     migrate(settings.database_url)
     python = sys.executable
     children = [
-        subprocess.Popen(
-            [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "-Q",
-                "train,predict",
-                "--pool",
-                "solo",
-                "-n",
-                "cpu@%h",
-                "--loglevel",
-                "INFO",
-            ],
-            cwd=ROOT,
-        ),
+        subprocess.Popen(worker_command("cpu@%h", ["train", "predict"]), cwd=ROOT),
         subprocess.Popen(
             [
                 python,

@@ -4,7 +4,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from api import create_app
 from service.settings import Settings
+from service.stack import worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -36,22 +36,7 @@ def stack(database_url, redis_url, tiny_dataset, tmp_path_factory):
         "GROCERY_DATA_DIR": str(tiny_dataset),
     }
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "-Q",
-            "train,predict",
-            "--pool",
-            "solo",
-            "-n",
-            "test@%h",
-            "--loglevel",
-            "INFO",
-        ],
+        worker_command("test@%h", ["train", "predict"]),
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
