@@ -8,6 +8,7 @@ import time
 import uuid
 from pathlib import Path
 
+from celery.signals import worker_process_init, worker_ready
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
@@ -23,6 +24,14 @@ HEARTBEAT_SECONDS = 5.0
 def sessions() -> sessionmaker[Session]:
     """One engine per worker process, made on first use (after the fork)."""
     return make_session_factory(make_engine(Settings.from_env().database_url, pool_size=2))
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def warm_up(**_) -> None:
+    """Pay for torch's import and the database pool before the first job, not during its claim."""
+    device_name()
+    sessions()
 
 
 def worker_name(task) -> str:
