@@ -40,9 +40,14 @@ def worker_name(task) -> str:
 
 
 def device_name() -> str:
+    """The device jobs run on. is_available() asks the driver without creating a CUDA context,
+    so calling this in a parent that forks is safe."""
     import torch
 
-    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    return f"cuda:{visible}"
 
 
 def claim(task, job_id: uuid.UUID) -> int | None:
