@@ -27,6 +27,7 @@ class TrainParams(Strict):
     train_limit: Annotated[int, Field(ge=1)] | None = None
     val_limit: Annotated[int, Field(ge=1)] | None = None
     data_dir: str | None = Field(None, description="a dataset inside the allowed input roots")
+    input_size: Annotated[int, Field(ge=32, le=512)] | None = None
 
 
 class PredictInput(Strict):

@@ -72,7 +72,7 @@ def save_artifact(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors wants plain contiguous tensors; channels_last weights are strided.
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / WEIGHTS_NAME))
     metadata = {
         "format_version": FORMAT_VERSION,

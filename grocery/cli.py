@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     train.add_argument("--val-limit", type=int)
     train.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
+    train.add_argument("--device", help="auto (default: the GPU if one is visible, else the CPU), cpu, cuda:N")
     train.add_argument("--loader-workers", type=int, help="processes that augment batches (default 0: in-line)")
     train.add_argument(
         "--no-decode-cache",

@@ -53,6 +53,7 @@ class TrainConfig:
     loader_workers: int = 0
     channels_last: bool = True
     threads: int | None = None
+    device: str = "auto"  # "auto": the GPU this process sees, else the CPU
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -100,10 +101,11 @@ class TrainingSetup:
         else:
             self.train_set = GroceryDataset(train, config.input_size, augment)
             self.val_set = GroceryDataset(val, config.input_size)
+        self.device = resolve_device(config.device)
         self.model = create_model(num_classes, config.arch, config.weights)
         self.frozen = freeze_stages(self.model, config.arch, config.freeze)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = self.model.to(self.device, memory_format=memory_format)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.drop_last = len(self.train_set) > config.batch_size  # no 1-image batch to upset batch norm
@@ -137,6 +139,12 @@ class TrainingSetup:
             stage.eval()
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def resolve_threads(threads: int | None) -> int:
     return threads or len(os.sched_getaffinity(0))
 
@@ -163,6 +171,7 @@ def train_one_epoch(setup: TrainingSetup, epoch: int, callback: Callback | None 
     total_loss, correct, seen, stopped = 0.0, 0, 0, False
     start = time.perf_counter()
     for step, (images_u8, labels) in enumerate(setup.train_loader(epoch), start=1):
+        images_u8, labels = images_u8.to(setup.device, non_blocking=True), labels.to(setup.device)
         inputs = normalize(images_u8, setup.pre).contiguous(memory_format=memory_format)
         targets = labels
         if setup.mixer is not None and random.random() < setup.config.mix:
@@ -204,9 +213,11 @@ def evaluate(
     """top-1, top-5, mean loss and the confusion matrix (rows: true class, columns: predicted)."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    confusion = torch.zeros((num_classes, num_classes), dtype=torch.long)
+    device = next(model.parameters()).device
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.long, device=device)
     top5_hits, total_loss, seen = 0, 0.0, 0
     for images_u8, labels in loader:
+        images_u8, labels = images_u8.to(device, non_blocking=True), labels.to(device)
         logits = model(normalize(images_u8, pre).contiguous(memory_format=memory_format))
         total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         top5 = logits.topk(min(5, num_classes), dim=1).indices
@@ -220,7 +231,7 @@ def evaluate(
         "top5": top5_hits / max(1, seen),
         "loss": total_loss / max(1, seen),
         "count": seen,
-        "confusion": confusion,
+        "confusion": confusion.cpu(),
     }
 
 

@@ -66,7 +66,9 @@ class Predictor:
         self.max_pixels = max_pixels
         self.threads = threads or len(os.sched_getaffinity(0))
         if runtime == "auto":
-            runtime = "onnx" if artifact.onnx_path().is_file() else "torch"
+            # On a CPU, ONNX Runtime beat torch eager in benchmarks/bench_prediction.py; a GPU runs torch.
+            exported = artifact.onnx_path().is_file()
+            runtime = "onnx" if exported and not torch.cuda.is_available() else "torch"
         self.runtime = runtime
         self._infer = self._torch_model() if runtime == "torch" else self._onnx_session(runtime)
 
@@ -76,12 +78,13 @@ class Predictor:
 
     def _torch_model(self):
         torch.set_num_threads(self.threads)
-        model = self.artifact.build_model().to(memory_format=torch.channels_last)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = self.artifact.build_model().to(device, memory_format=torch.channels_last)
 
         @torch.inference_mode()
         def infer(batch_u8: torch.Tensor) -> torch.Tensor:
-            inputs = normalize(batch_u8, self.pre).contiguous(memory_format=torch.channels_last)
-            return model(inputs).softmax(1)
+            inputs = normalize(batch_u8.to(device), self.pre).contiguous(memory_format=torch.channels_last)
+            return model(inputs).softmax(1).cpu()
 
         return infer
 

@@ -39,8 +39,8 @@ class Preprocessing:
 
 def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (N, 3, H, W) to normalised float32, as (x / 255 - mean) / std in one pass."""
-    mean = torch.tensor(pre.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(pre.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1) * 255.0
     return (batch.to(torch.float32) - mean) / std
 
 
