@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
+from sqlalchemy.exc import IntegrityError
 
 from api import enqueue, services
 from api.errors import APIError
@@ -64,29 +65,35 @@ def submit_job():
     key = request.headers.get("Idempotency-Key")
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     with services().sessions() as session:
-        if key:
-            existing = crud.get_job_by_idempotency_key(session, key=key)
-            if existing is not None:
-                if existing.request_hash != body_hash:
-                    raise APIError(
-                        409, "idempotency_key_reused", "this Idempotency-Key was used with a different request body"
-                    )
-                return jsonify(job_json(existing)), 200, {"Location": f"/jobs/{existing.id}"}
+        if key and (existing := crud.get_job_by_idempotency_key(session, key=key)) is not None:
+            return replay(existing, body_hash)
         model_id = _resolve_model_id(session, spec) if isinstance(spec, PredictJobRequest) else None
         params = _checked_params(spec)
-        job = crud.create_job(
-            session,
-            job_type=spec.type,
-            params=params,
-            model_id=model_id,
-            progress_unit="epochs" if spec.type == "train" else "files",
-            idempotency_key=key,
-            request_hash=body_hash,
-        )
-        session.commit()
+        try:
+            job = crud.create_job(
+                session,
+                job_type=spec.type,
+                params=params,
+                model_id=model_id,
+                progress_unit="epochs" if spec.type == "train" else "files",
+                idempotency_key=key,
+                request_hash=body_hash,
+            )
+            session.commit()
+        except IntegrityError:
+            # A concurrent request with the same key committed first: answer as its retry.
+            session.rollback()
+            return replay(crud.get_job_by_idempotency_key(session, key=key), body_hash)
         payload = job_json(job)
     enqueue(spec.type, payload["id"])
     return jsonify(payload), 202, {"Location": f"/jobs/{payload['id']}"}
+
+
+def replay(existing: Job, body_hash: str):
+    """The answer to a retried submission: the same job, or 409 when the key came with another body."""
+    if existing.request_hash != body_hash:
+        raise APIError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different request body")
+    return jsonify(job_json(existing)), 200, {"Location": f"/jobs/{existing.id}"}
 
 
 def _checked_params(spec) -> dict:

@@ -206,3 +206,19 @@ def test_upload_over_the_limit_is_413(database_url, redis_url, tmp_path):
     settings = Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1000)
     response = create_app(settings).test_client().post("/predict", data={"file": (io.BytesIO(b"x" * 5000), "a.jpg")})
     assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
+
+
+def test_concurrent_retries_with_one_key_make_one_job(app, redis_url, database_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"type": "train", "params": {"seed": 5}}
+
+    def submit(_):
+        response = app.test_client().post("/jobs", json=body, headers={"Idempotency-Key": "race"})
+        return response.status_code, response.get_json()["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(submit, range(16)))
+    assert len({job_id for _, job_id in answers}) == 1
+    assert sorted(status for status, _ in answers) == [200] * 15 + [202]
+    assert job_count(database_url) == 1 and len(queued_task_ids(redis_url, "train")) == 1
