@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import redis_client
+from conftest import SHARED_DATASET, redis_client
 from sqlalchemy import create_engine, text
 
 from api import create_app
-from conftest import SHARED_DATASET
 from service.settings import Settings
 from service.stack import worker_command
 
