@@ -1,0 +1,67 @@
+"""The store's guarantees, at the data-function level: one claim per attempt, stale writes are no-ops."""
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service import crud
+from service.db import make_session_factory
+
+
+@pytest.fixture
+def sessions(database_url):
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def new_job(session):
+    job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    session.commit()
+    return job.id
+
+
+def test_a_duplicate_delivery_is_a_no_op(sessions):
+    with sessions() as session:
+        job_id = new_job(session)
+        assert crud.claim_job(session, job_id=job_id, worker="a@h", device="cpu") == 1
+        assert crud.claim_job(session, job_id=job_id, worker="b@h", device="cpu") is None  # already running
+        assert crud.finish_job(session, job_id=job_id, attempt=1, status="succeeded", result={"n": 1})
+        assert not crud.finish_job(session, job_id=job_id, attempt=1, status="failed", error_code="x")
+        session.commit()
+        job = crud.get_job(session, job_id=job_id)
+        assert (job.status, job.attempts, job.worker, job.result) == ("succeeded", 1, "a@h", {"n": 1})
+
+
+def test_a_superseded_attempt_cannot_write(sessions):
+    with sessions() as session:
+        job_id = new_job(session)
+        crud.claim_job(session, job_id=job_id, worker="a@h", device="cpu")
+        # The job is handed to a second attempt (as recovery of a lost worker would do).
+        session.execute(text("UPDATE jobs SET status = 'queued' WHERE id = :id"), {"id": job_id})
+        assert crud.claim_job(session, job_id=job_id, worker="b@h", device="cpu") == 2
+        assert crud.heartbeat(session, job_id=job_id, attempt=1, progress_done=5) is False
+        assert not crud.finish_job(session, job_id=job_id, attempt=1, status="failed", error_code="stale")
+        assert crud.finish_job(session, job_id=job_id, attempt=2, status="succeeded")
+        session.commit()
+        job = crud.get_job(session, job_id=job_id)
+        assert (job.status, job.worker, job.progress_done, job.error_code) == ("succeeded", "b@h", 0, None)
+
+
+def test_predictions_are_unique_per_job_and_path(sessions):
+    with sessions() as session:
+        job_id = new_job(session)
+        rows = [{"path": f"/p/{i}.jpg", "label": "Apple", "class_id": 0, "confidence": 0.9} for i in range(3)]
+        crud.add_predictions(session, job_id=job_id, rows=rows)
+        crud.add_predictions(session, job_id=job_id, rows=rows[1:])  # a re-run batch
+        session.commit()
+        assert [p.path for p in crud.list_predictions(session, job_id=job_id, limit=10)] == [r["path"] for r in rows]
+
+
+def test_cancelled_queued_job_cannot_be_claimed(sessions):
+    with sessions() as session:
+        job_id = new_job(session)
+        assert crud.request_cancel(session, job_id=job_id) == "cancelled"
+        assert crud.claim_job(session, job_id=job_id, worker="a@h", device="cpu") is None
+        assert crud.request_cancel(session, job_id=job_id) is None
