@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--eval-split", default="val", help="accuracy of each runtime is reported on this split")
     parser.add_argument("--limit", type=int, help="only the first N images of --split")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--decode-threads", type=int, help="default: the library's (one per core)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runtimes", default="torch,onnx,onnx-int8")
     args = parser.parse_args()

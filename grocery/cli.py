@@ -107,7 +107,7 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, help="inference threads (default: the cores this process may use)")
-    parser.add_argument("--decode-threads", type=int, default=1)
+    parser.add_argument("--decode-threads", type=int, help="image decoding threads (default: one per core)")
     parser.add_argument("--max-pixels", type=int, help="refuse larger images (default: Pillow's limit, ~89 MP)")
 
 
