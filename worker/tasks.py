@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
 from service.db import make_engine, make_session_factory
+from service.models import Job
 from service.settings import Settings
 from worker.celery_app import app
 
@@ -116,18 +117,25 @@ class JobReporter:
             session.commit()
 
 
+def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
+    """Claim the job and read its row; None when this delivery has nothing to do."""
+    job_uuid = uuid.UUID(job_id)
+    attempt = claim(task, job_uuid)
+    if attempt is None:
+        return None
+    with sessions()() as session:
+        return JobReporter(job_uuid, attempt), crud.get_job(session, job_id=job_uuid)
+
+
 @app.task(name="worker.tasks.run_train_job", bind=True)
 def run_train_job(self, job_id: str) -> None:
     from grocery.engine import TrainConfig, fit
 
-    job_uuid = uuid.UUID(job_id)
-    attempt = claim(self, job_uuid)
-    if attempt is None:
+    started = start(self, job_id)
+    if started is None:
         return
-    reporter = JobReporter(job_uuid, attempt)
-    settings = Settings.from_env()
-    with sessions()() as session:
-        params = dict(crud.get_job(session, job_id=job_uuid).params)
+    reporter, job = started
+    settings, params = Settings.from_env(), dict(job.params)
     try:
         config = TrainConfig.from_dict({"data_dir": str(settings.data_dir), **params})
         reporter.beat(done=0, total=config.epochs, force=True)
@@ -190,19 +198,18 @@ def cached_predictor(artifact_path: str):
 def run_predict_job(self, job_id: str) -> None:
     from grocery.predict import iter_image_files
 
-    job_uuid = uuid.UUID(job_id)
-    attempt = claim(self, job_uuid)
-    if attempt is None:
+    started = start(self, job_id)
+    if started is None:
         return
-    reporter = JobReporter(job_uuid, attempt)
+    reporter, job = started
+    source = job.params["input"]
     with sessions()() as session:
-        job = crud.get_job(session, job_id=job_uuid)
-        source, model = job.params["input"], crud.resolve_model(session, reference=str(job.model_id))
+        model = crud.resolve_model(session, reference=str(job.model_id))
     try:
         predictor = cached_predictor(model.artifact_path)
         recursive = source.get("recursive", True)
         files = list(iter_image_files([source["folder"]] if "folder" in source else source["paths"], recursive))
-        summary = classify(job_uuid, predictor, files, reporter)
+        summary = classify(job.id, predictor, files, reporter)
     except Exception as e:
         log.exception("predict job %s failed", job_id)
         reporter.finish("failed", error_code=_error_code(e), error_message=str(e))
