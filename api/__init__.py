@@ -11,7 +11,7 @@ from service.db import make_engine, make_session_factory
 from service.settings import Settings
 
 TASK_QUEUES = {"train": "train", "predict": "predict"}
-TASK_NAMES = {"train": "worker.tasks.run_train_job", "predict": "worker.tasks.run_predict_job"}
+TASK_NAMES = {"train": "worker.training.run_train_job", "predict": "worker.prediction.run_predict_job"}
 
 
 @dataclass
@@ -25,15 +25,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["MAX_FORM_PARTS"] = settings.max_job_files + 16  # one part a file, plus the form fields
     engine = make_engine(settings.database_url)
     queue = Celery("grocery", broker=settings.redis_url)
     queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
 
-    from api import health, jobs, models, openapi, workshop
+    from api import health, jobs, models, openapi, results, workshop
 
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(results.blueprint)
     app.register_blueprint(models.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(workshop.blueprint)

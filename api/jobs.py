@@ -11,14 +11,15 @@ from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
-from api import enqueue, services
+from api import enqueue, services, uploads
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
-from service import crud
+from service import crud, shards
 from service.models import JOB_STATUSES, JOB_TYPES, Job
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
+MANIFEST_SHOWN = 20
 
 
 def job_json(job: Job) -> dict:
@@ -27,11 +28,11 @@ def job_json(job: Job) -> dict:
         "type": job.type,
         "status": job.status,
         "progress": {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit},
-        "params": job.params,
+        "params": _shown_params(job.params),
         "model_id": str(job.model_id) if job.model_id else None,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
         "attempts": job.attempts,
         "worker": job.worker,
         "device": job.device,
@@ -40,7 +41,16 @@ def job_json(job: Job) -> dict:
     }
 
 
-def _iso(moment: datetime | None) -> str | None:
+def _shown_params(params: dict) -> dict:
+    """Long manifests are cut short: every path is in the job's results."""
+    paths = params.get("input", {}).get("paths")
+    if paths is None or len(paths) <= MANIFEST_SHOWN:
+        return params
+    source = {**params["input"], "paths": paths[:MANIFEST_SHOWN], "paths_count": len(paths)}
+    return {**params, "input": source}
+
+
+def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
@@ -60,33 +70,83 @@ def json_body() -> object:
 
 @blueprint.post("/jobs")
 def submit_job():
+    key = request.headers.get("Idempotency-Key")
+    if request.mimetype == "multipart/form-data":
+        return submit_upload(key)
     body = json_body()
     spec = job_request.validate_python(body)
-    key = request.headers.get("Idempotency-Key")
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     with services().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key)) is not None:
             return replay(existing, body_hash)
-        model_id = _resolve_model_id(session, spec) if isinstance(spec, PredictJobRequest) else None
-        params = _checked_params(spec)
+        model_id = _resolve_model_id(session, spec.model) if isinstance(spec, PredictJobRequest) else None
+        job, created = record_job(
+            session, job_type=spec.type, params=_checked_params(spec), model_id=model_id, key=key, body_hash=body_hash
+        )
+        return accepted(job) if created else replay(job, body_hash)
+
+
+def submit_upload(key: str | None):
+    """A prediction job on uploaded images: the files are stored first, then the row, then the queue."""
+    form = uploads.upload_form(request.form)
+    body_hash = uploads.upload_digest(request.form, request.files)
+    settings = services().settings
+    with services().sessions() as session:
+        if key and (existing := crud.get_job_by_idempotency_key(session, key=key)) is not None:
+            return replay(existing, body_hash)
+        model_id = _resolve_model_id(session, form.model)
+        job_id = uuid.uuid4()
+        folder = settings.upload_dir / str(job_id) / "input"
         try:
-            job = crud.create_job(
+            stored = uploads.store_upload(
+                request.files, folder, max_files=settings.max_job_files, max_bytes=settings.max_job_bytes
+            )
+            options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
+            params = {"model": form.model, "input": {"folder": str(folder), "upload": stored}, **options}
+            job, created = record_job(
                 session,
-                job_type=spec.type,
+                job_type="predict",
                 params=params,
                 model_id=model_id,
-                progress_unit="epochs" if spec.type == "train" else "files",
-                idempotency_key=key,
-                request_hash=body_hash,
+                key=key,
+                body_hash=body_hash,
+                job_id=job_id,
             )
-            session.commit()
-        except IntegrityError:
-            # A concurrent request with the same key committed first: answer as its retry.
-            session.rollback()
-            return replay(crud.get_job_by_idempotency_key(session, key=key), body_hash)
-        payload = job_json(job)
-    enqueue(spec.type, payload["id"])
-    return jsonify(payload), 202, {"Location": f"/jobs/{payload['id']}"}
+        except BaseException:
+            uploads.discard(folder.parent)
+            raise
+        if not created:
+            uploads.discard(folder.parent)
+            return replay(job, body_hash)
+        return accepted(job)
+
+
+def record_job(
+    session, *, job_type: str, params: dict, model_id, key: str | None, body_hash: str, job_id=None
+) -> tuple[Job, bool]:
+    """Write and commit the row, then enqueue. Returns (job, False) when a concurrent request with the
+    same Idempotency-Key committed first."""
+    try:
+        job = crud.create_job(
+            session,
+            job_type=job_type,
+            job_id=job_id,
+            params=params,
+            model_id=model_id,
+            progress_unit="epochs" if job_type == "train" else "files",
+            idempotency_key=key,
+            request_hash=body_hash,
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return crud.get_job_by_idempotency_key(session, key=key), False
+    enqueue(job_type, str(job.id))
+    return job, True
+
+
+def accepted(job: Job):
+    return jsonify(job_json(job)), 202, {"Location": f"/jobs/{job.id}"}
 
 
 def replay(existing: Job, body_hash: str):
@@ -107,8 +167,12 @@ def _checked_params(spec) -> dict:
     if "folder" in source:
         source["folder"] = str(inside_roots(source["folder"], "input.folder", want_dir=True))
     else:
+        limit = services().settings.max_job_files
+        if len(source["paths"]) > limit:
+            raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
         source["paths"] = [str(inside_roots(p, "input.paths", want_dir=False)) for p in source["paths"]]
-    return {"model": spec.model, "input": source}
+    options = spec.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
+    return {"model": spec.model, "input": source, **options}
 
 
 def inside_roots(path: str, field: str, *, want_dir: bool) -> Path:
@@ -126,10 +190,10 @@ def inside_roots(path: str, field: str, *, want_dir: bool) -> Path:
     return real
 
 
-def _resolve_model_id(session, spec: PredictJobRequest) -> uuid.UUID:
-    model = crud.resolve_model(session, reference=spec.model)
+def _resolve_model_id(session, reference: str) -> uuid.UUID:
+    model = crud.resolve_model(session, reference=reference)
     if model is None:
-        raise APIError(404, "model_not_found", f"no model {spec.model!r} (a model id, 'latest' or an alias)")
+        raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
     return model.id
 
 
@@ -143,7 +207,11 @@ def existing_job(session, job_id: str) -> Job:
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str):
     with services().sessions() as session:
-        return jsonify(job_json(existing_job(session, job_id)))
+        job = existing_job(session, job_id)
+        payload = job_json(job)
+        if job.type == "predict" and job.started_at is not None:
+            payload["summary"] = shards.job_summary(session, job=job)
+        return jsonify(payload)
 
 
 @blueprint.get("/jobs")
@@ -153,7 +221,7 @@ def list_jobs():
         raise APIError(400, "invalid_parameter", f"type must be one of {list(JOB_TYPES)}")
     if status and status not in JOB_STATUSES:
         raise APIError(400, "invalid_parameter", f"status must be one of {list(JOB_STATUSES)}")
-    limit = _int_arg("limit", default=50, low=1, high=500)
+    limit = int_arg("limit", default=50, low=1, high=500)
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
     with services().sessions() as session:
         jobs = crud.list_jobs(session, job_type=job_type, status=status, limit=limit, after=after)
@@ -161,7 +229,7 @@ def list_jobs():
         return jsonify({"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor})
 
 
-def _int_arg(name: str, *, default: int, low: int, high: int) -> int:
+def int_arg(name: str, *, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -198,25 +266,4 @@ def cancel_job(job_id: str):
 def job_events(job_id: str):
     with services().sessions() as session:
         events = crud.list_events(session, job_id=existing_job(session, job_id).id)
-        return jsonify({"events": [{"at": _iso(e.at), "kind": e.kind, "data": e.data} for e in events]})
-
-
-@blueprint.get("/jobs/<job_id>/results")
-def job_results(job_id: str):
-    limit = _int_arg("limit", default=100, low=1, high=1000)
-    after = _int_arg("cursor", default=0, low=0, high=2**62) or None
-    with services().sessions() as session:
-        rows = crud.list_predictions(session, job_id=existing_job(session, job_id).id, limit=limit, after_id=after)
-        results = [
-            {
-                "path": r.path,
-                "label": r.label,
-                "class_id": r.class_id,
-                "confidence": r.confidence,
-                "top5": r.top5,
-                "error": {"code": r.error_code, "message": r.error_message} if r.error_code else None,
-            }
-            for r in rows
-        ]
-        next_cursor = str(rows[-1].id) if len(rows) == limit else None
-        return jsonify({"results": results, "next_cursor": next_cursor})
+        return jsonify({"events": [{"at": iso(e.at), "kind": e.kind, "data": e.data} for e in events]})

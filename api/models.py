@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 
 from api import services
 from api.errors import APIError
-from api.jobs import _iso, json_body
+from api.jobs import iso, json_body
 from api.schemas import AliasRequest
 from service import crud
 from service.models import Model
@@ -24,7 +24,7 @@ def model_json(model: Model, aliases: list[str]) -> dict:
         "metrics": model.metrics,
         "artifact": model.artifact_path,
         "job_id": str(model.job_id) if model.job_id else None,
-        "created_at": _iso(model.created_at),
+        "created_at": iso(model.created_at),
         "aliases": aliases,
     }
 

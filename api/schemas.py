@@ -31,9 +31,14 @@ class TrainParams(Strict):
 
 
 class PredictInput(Strict):
-    folder: str | None = None
-    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = None
-    recursive: bool = True
+    folder: str | None = Field(None, description="a folder inside the allowed input roots")
+    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = Field(
+        None, description="a manifest: files inside the allowed input roots"
+    )
+    recursive: bool = Field(True, description="folder: include subfolders")
+    pattern: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="folder: a glob on file names, e.g. '*.jpg' (default: the image extensions)"
+    )
 
     @model_validator(mode="after")
     def exactly_one_source(self):
@@ -51,6 +56,12 @@ class PredictJobRequest(Strict):
     type: Literal["predict"]
     model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
     input: PredictInput
+    shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="files per shard task (default GROCERY_SHARD_SIZE)"
+    )
+    max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="the job fails when more of its files fail (default GROCERY_MAX_FAILED_FRACTION)"
+    )
 
 
 JobRequest = Annotated[TrainJobRequest | PredictJobRequest, Field(discriminator="type")]

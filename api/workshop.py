@@ -96,11 +96,13 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
             f"no worker answered in {PREDICT_TIMEOUT_SECONDS:.0f}s; the job stays queued: GET /jobs/{job_id}",
             {"job_id": str(job_id)},
         )
-    if job.status != "succeeded" or not rows:
+    if not rows:
         raise APIError(
             500, "prediction_failed", job.error_message or "the prediction job failed", {"job_id": str(job_id)}
         )
     row = rows[0]
+    if row.error_code == "outside_root":  # the workers' GROCERY_INPUT_ROOTS leave out GROCERY_UPLOAD_DIR
+        raise APIError(500, "misconfigured", "the workers may not read the upload directory", {"job_id": str(job_id)})
     if row.error_code:
         raise APIError(422, row.error_code, row.error_message, {"job_id": str(job_id)})
     return jsonify(

@@ -16,9 +16,9 @@ import torch
 
 from grocery import images
 from grocery.artifact import Artifact, read_artifact
+from grocery.listing import chunked, walk_files
 from grocery.transforms import normalize
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
@@ -36,11 +36,10 @@ class Prediction:
 
 
 def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:
-    """Files as given, and image files found in folders (sorted, so runs are repeatable)."""
+    """Files as given, and image files found in folders (in walk_files' repeatable order)."""
     for path in map(Path, paths):
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            yield from sorted(p for p in path.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            yield from map(Path, walk_files(path, recursive=recursive))
         else:
             yield path  # named explicitly: tried whatever it is, so a typo becomes an error row
 
@@ -125,7 +124,7 @@ class Predictor:
         """One Prediction per path, in input order, streaming: memory stays bounded by a few batches."""
         with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
             pending = deque()
-            for chunk in _chunks(paths, self.batch_size):
+            for chunk in chunked(map(Path, paths), self.batch_size):
                 pending.append(pool.submit(self._decode_chunk, chunk))
                 if len(pending) > self.decode_threads:
                     yield from self._finish(*pending.popleft().result())
@@ -161,14 +160,3 @@ class Predictor:
             ]
             rows.append(Prediction(name, self.class_names[idxs[0]], idxs[0], round(vals[0], 6), top5))
         return rows
-
-
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
-    chunk = []
-    for item in items:
-        chunk.append(Path(item))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -1,13 +1,14 @@
 """Small keyword-only data functions over the job store. Callers own the transaction."""
 
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.models import FINISHED_STATUSES, Job, JobEvent, Model, ModelAlias, Prediction
+from service.models import FINISHED_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, Prediction
 
 
 def create_job(
@@ -216,13 +217,45 @@ def add_predictions(session: Session, *, job_id: uuid.UUID, rows: list[dict]) ->
         session.execute(statement, [{"job_id": job_id, **row} for row in rows])
 
 
-def list_predictions(
-    session: Session, *, job_id: uuid.UUID, limit: int, after_id: int | None = None
-) -> list[Prediction]:
-    query = select(Prediction).where(Prediction.job_id == job_id).order_by(Prediction.id).limit(limit)
+def predictions_query(
+    *,
+    job_id: uuid.UUID,
+    label: str | None = None,
+    min_confidence: float | None = None,
+    max_confidence: float | None = None,
+    errors_only: bool = False,
+    after_id: int | None = None,
+) -> Select:
+    """A job's results in the order they were written, filtered."""
+    query = select(Prediction).where(Prediction.job_id == job_id).order_by(Prediction.id)
+    if label is not None:
+        query = query.where(Prediction.label == label)
+    if min_confidence is not None:
+        query = query.where(Prediction.confidence >= min_confidence)
+    if max_confidence is not None:
+        query = query.where(Prediction.confidence <= max_confidence)
+    if errors_only:
+        query = query.where(Prediction.error_code.is_not(None))
     if after_id is not None:
         query = query.where(Prediction.id > after_id)
-    return list(session.scalars(query))
+    return query
+
+
+def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filters) -> list[Prediction]:
+    return list(session.scalars(predictions_query(job_id=job_id, **filters).limit(limit)))
+
+
+def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Iterator[Prediction]:
+    """Every matching result through a server-side cursor: memory holds one batch, not the set."""
+    query = predictions_query(job_id=job_id, **filters).execution_options(yield_per=1000)
+    for prediction in session.scalars(query):
+        yield prediction
+        session.expunge(prediction)  # the identity map would otherwise keep every row
+
+
+def list_shards(session: Session, *, job_id: uuid.UUID, limit: int, after_number: int = -1) -> list[JobShard]:
+    query = select(JobShard).where(JobShard.job_id == job_id, JobShard.number > after_number)
+    return list(session.scalars(query.order_by(JobShard.number).limit(limit)))
 
 
 def list_models(session: Session) -> list[Model]:

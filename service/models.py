@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 JOB_TYPES = ("train", "predict")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+SHARD_STATUSES = JOB_STATUSES
 
 
 class Base(DeclarativeBase):
@@ -58,6 +59,36 @@ class Job(Base):
     result: Mapped[dict | None]
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    # Prediction jobs: how many shards the listing made; NULL while it is still listing.
+    shards_total: Mapped[int | None]
+
+
+class JobShard(Base):
+    """About a thousand files of one prediction job: the unit a worker claims, retries and reports on."""
+
+    __tablename__ = "job_shards"
+    __table_args__ = (
+        CheckConstraint(f"status IN {SHARD_STATUSES}", name="job_shards_status_valid"),
+        UniqueConstraint("job_id", "number", name="job_shards_job_id_number_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    paths: Mapped[list] = mapped_column()
+    total: Mapped[int]
+    done: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    labels: Mapped[dict] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -99,7 +130,10 @@ class ModelAlias(Base):
 
 class Prediction(Base):
     __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("job_id", "path", name="predictions_job_id_path_key"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "path", name="predictions_job_id_path_key"),
+        Index("predictions_job_id_id", "job_id", "id"),  # results pages and exports, in insertion order
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

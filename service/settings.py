@@ -21,7 +21,18 @@ class Settings:
     input_roots: tuple[Path, ...] = field(default_factory=tuple)
     host: str = "127.0.0.1"
     port: int = 8000
-    max_upload_bytes: int = 64 * 2**20
+    max_upload_bytes: int = 512 * 2**20
+    # Bulk prediction: files per shard task, retries of a failing shard, and the share of failed
+    # files above which a job ends failed rather than succeeded.
+    shard_size: int = 1000
+    shard_attempts: int = 3
+    max_failed_fraction: float = 0.10
+    # Per job: most files (uploads, archive members, manifest entries, folder listings) and most
+    # bytes (uploads and what an archive expands to).
+    max_job_files: int = 1_000_000
+    max_job_bytes: int = 8 * 2**30
+    # Threads one worker process gives prediction (decoding and inference); 0 means every core.
+    worker_threads: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -39,4 +50,10 @@ class Settings:
             host=env.get("GROCERY_HOST", cls.host),
             port=int(env.get("GROCERY_PORT", cls.port)),
             max_upload_bytes=int(env.get("GROCERY_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
+            shard_size=int(env.get("GROCERY_SHARD_SIZE", cls.shard_size)),
+            shard_attempts=int(env.get("GROCERY_SHARD_ATTEMPTS", cls.shard_attempts)),
+            max_failed_fraction=float(env.get("GROCERY_MAX_FAILED_FRACTION", cls.max_failed_fraction)),
+            max_job_files=int(env.get("GROCERY_MAX_JOB_FILES", cls.max_job_files)),
+            max_job_bytes=int(env.get("GROCERY_MAX_JOB_BYTES", cls.max_job_bytes)),
+            worker_threads=int(env.get("GROCERY_WORKER_THREADS", cls.worker_threads)),
         )

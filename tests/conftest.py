@@ -1,12 +1,19 @@
 """Fixtures: a tiny generated dataset in the real layout, and a model trained on it."""
 
+import collections
 import os
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = {"succeeded", "failed", "cancelled"}
 SHARED_DATASET = Path(
     os.environ.get(
         "GROCERY_TEST_DATASET", Path(__file__).resolve().parents[1].parent / "shared" / "grocery-store-dataset"
@@ -195,3 +202,86 @@ def redis_client(url: str):
     import redis
 
     return redis.Redis.from_url(url.replace("redis+socket://", "unix://", 1))
+
+
+def stack_settings(database_url: str, redis_url: str, data_dir: Path, store: Path, **overrides):
+    """Settings for the API and the workers of an end-to-end test: model and upload folders under
+    ``store``; jobs may read the data, the shared dataset and the uploads."""
+    from service.settings import Settings
+
+    defaults = dict(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data_dir,
+        model_dir=store / "models",
+        upload_dir=store / "uploads",
+        input_roots=(data_dir, SHARED_DATASET.resolve(), store / "uploads"),
+    )
+    return Settings(**{**defaults, **overrides})
+
+
+def settings_env(settings) -> dict[str, str]:
+    """The environment that gives a worker process the same settings."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "GROCERY_DATA_DIR": str(settings.data_dir),
+        "GROCERY_MODEL_DIR": str(settings.model_dir),
+        "GROCERY_UPLOAD_DIR": str(settings.upload_dir),
+        "GROCERY_INPUT_ROOTS": ":".join(map(str, settings.input_roots)),
+        "GROCERY_SHARD_SIZE": str(settings.shard_size),
+        "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
+        "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),
+        "GROCERY_WORKER_THREADS": str(settings.worker_threads),
+    }
+
+
+def clean_store(database_url: str, redis_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+    engine.dispose()
+    redis_client(redis_url).flushdb()
+
+
+def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
+    """A real Celery worker process, returned once it says it is ready."""
+    from service.stack import worker_command
+
+    worker = subprocess.Popen(
+        worker_command(node, queues),
+        cwd=ROOT,
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = worker.stdout.readline()
+        if not line and worker.poll() is not None:
+            raise RuntimeError(f"worker {node} exited with {worker.returncode}")
+        if "ready" in line:
+            # Keep reading, or a chatty worker blocks once the pipe fills; the tail helps debugging.
+            worker.log_tail = collections.deque(maxlen=200)
+            threading.Thread(target=worker.log_tail.extend, args=(worker.stdout,), daemon=True).start()
+            return worker
+    raise TimeoutError(f"worker {node} not ready after 60s")
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+
+
+def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").get_json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")

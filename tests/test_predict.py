@@ -32,10 +32,20 @@ def mixed_folder(tmp_path, tiny_dataset):
 EXPECTED_ERRORS = {"empty.jpg": "empty_file", "notes.jpg": "not_an_image", "truncated.jpg": "truncated"}
 
 
-def test_listing_is_recursive_sorted_and_filtered(mixed_folder):
+def test_listing_is_recursive_ordered_and_filtered(mixed_folder):
     names = [p.relative_to(mixed_folder).as_posix() for p in iter_image_files([mixed_folder])]
-    assert names == sorted(names) and "readme.txt" not in names and len(names) == 9
-    assert "nested/deeper/good_1.jpg" in names
+    # A folder's files in name order, then its subfolders depth-first; readme.txt is no image.
+    assert names == [
+        "empty.jpg",
+        "good_0.jpg",
+        "good_2.jpg",
+        "good_4.jpg",
+        "truncated.jpg",
+        "nested/notes.jpg",
+        "nested/deeper/good_1.jpg",
+        "nested/deeper/good_3.jpg",
+        "nested/deeper/good_5.jpg",
+    ]
     top_level = [p.name for p in iter_image_files([mixed_folder], recursive=False)]
     assert "good_1.jpg" not in top_level and "good_0.jpg" in top_level
 

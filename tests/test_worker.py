@@ -1,81 +1,21 @@
 """Jobs end to end: the API, real PostgreSQL and Redis, and a real Celery worker process."""
 
 import io
-import os
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATASET, redis_client
-from sqlalchemy import create_engine, text
+from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
 
 from api import create_app
-from service.settings import Settings
-from service.stack import worker_command
-
-ROOT = Path(__file__).resolve().parents[1]
-FINISHED = {"succeeded", "failed", "cancelled"}
 
 
 @pytest.fixture(scope="module")
 def stack(database_url, redis_url, tiny_dataset, tmp_path_factory):
     """A clean store, the API's test client and one worker process on both queues."""
-    model_dir = tmp_path_factory.mktemp("models")
-    engine = create_engine(database_url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
-    engine.dispose()
-    redis_client(redis_url).flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "GROCERY_MODEL_DIR": str(model_dir),
-        "GROCERY_DATA_DIR": str(tiny_dataset),
-    }
-    worker = subprocess.Popen(
-        worker_command("test@%h", ["train", "predict"]),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    _wait_for_line(worker, "ready", timeout=60)
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=tiny_dataset,
-        model_dir=model_dir,
-        upload_dir=model_dir / "uploads",
-        input_roots=(tiny_dataset, SHARED_DATASET.resolve()),
-    )
+    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("models"))
+    clean_store(database_url, redis_url)
+    worker = start_worker("test@%h", ["train", "predict"], settings)
     yield create_app(settings).test_client()
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=60)
-
-
-def _wait_for_line(process: subprocess.Popen, word: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            raise RuntimeError(f"worker exited with {process.returncode}")
-        if word in line:
-            return
-    raise TimeoutError(f"worker not {word} after {timeout}s")
-
-
-def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").get_json()
-        if job["status"] in statuses:
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+    stop_worker(worker)
 
 
 TRAIN = {

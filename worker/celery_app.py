@@ -6,7 +6,7 @@ from service.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("grocery", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("grocery", broker=settings.redis_url, include=["worker.training", "worker.prediction"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -17,8 +17,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # status and results live in PostgreSQL
         task_routes={
-            "worker.tasks.run_train_job": {"queue": "train"},
-            "worker.tasks.run_predict_job": {"queue": "predict"},
+            "worker.training.run_train_job": {"queue": "train"},
+            "worker.prediction.run_predict_job": {"queue": "predict"},
+            "worker.prediction.run_predict_shard": {"queue": "predict"},
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -1,0 +1,144 @@
+"""A prediction job's results: JSON pages, whole-set CSV and JSONL streams, and its shards."""
+
+import csv
+import io
+import json
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from api import services
+from api.errors import APIError
+from api.jobs import existing_job, int_arg, iso
+from service import crud
+from service.models import JobShard, Prediction
+
+blueprint = Blueprint("results", __name__)
+FORMATS = ("json", "csv", "jsonl")
+CSV_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message")
+
+
+def result_json(row: Prediction) -> dict:
+    return {
+        "path": row.path,
+        "label": row.label,
+        "class_id": row.class_id,
+        "confidence": row.confidence,
+        "top5": row.top5,
+        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+    }
+
+
+@blueprint.get("/jobs/<job_id>/results")
+def job_results(job_id: str):
+    output = request.args.get("format", "json")
+    if output not in FORMATS:
+        raise APIError(400, "invalid_parameter", f"format must be one of {list(FORMATS)}")
+    filters = result_filters()
+    with services().sessions() as session:
+        job = existing_job(session, job_id)
+        if output != "json":
+            return export(job.id, output, filters)
+        limit = int_arg("limit", default=100, low=1, high=1000)
+        after = int_arg("cursor", default=0, low=0, high=2**62) or None
+        rows = crud.list_predictions(session, job_id=job.id, limit=limit, after_id=after, **filters)
+        next_cursor = str(rows[-1].id) if len(rows) == limit else None
+        return jsonify({"results": [result_json(r) for r in rows], "next_cursor": next_cursor})
+
+
+def result_filters() -> dict:
+    filters = {
+        "label": request.args.get("label") or None,
+        "min_confidence": _fraction_arg("min_confidence"),
+        "max_confidence": _fraction_arg("max_confidence"),
+        "errors_only": _bool_arg("errors_only"),
+    }
+    return {name: value for name, value in filters.items() if value is not None}
+
+
+def _fraction_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise APIError(400, "invalid_parameter", f"{name} must be a number from 0 to 1")
+    return value
+
+
+def _bool_arg(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise APIError(400, "invalid_parameter", f"{name} must be true or false")
+    return raw.lower() in ("true", "1")
+
+
+def export(job_id, output: str, filters: dict) -> Response:
+    """Stream the whole (filtered) set: rows go out as the database cursor yields them."""
+    encode = _csv_lines if output == "csv" else _jsonl_lines
+
+    def generate():
+        with services().sessions() as session:
+            yield from encode(crud.stream_predictions(session, job_id=job_id, **filters))
+
+    mimetype = "text/csv" if output == "csv" else "application/x-ndjson"
+    filename = f"{job_id}-results.{output}"
+    return Response(
+        stream_with_context(generate()),
+        mimetype=mimetype,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _jsonl_lines(rows):
+    for row in rows:
+        yield json.dumps(result_json(row)) + "\n"
+
+
+def _csv_lines(rows):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        top5 = json.dumps(row.top5) if row.top5 is not None else ""
+        writer.writerow((row.path, row.label, row.class_id, row.confidence, top5, row.error_code, row.error_message))
+        if buffer.tell() > 64 * 1024:
+            yield _drain(buffer)
+    yield _drain(buffer)
+
+
+def _drain(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
+
+
+def shard_json(shard: JobShard) -> dict:
+    return {
+        "number": shard.number,
+        "status": shard.status,
+        "total": shard.total,
+        "done": shard.done,
+        "failed": shard.failed,
+        "attempts": shard.attempts,
+        "worker": shard.worker,
+        "device": shard.device,
+        "error_message": shard.error_message,
+        "started_at": iso(shard.started_at),
+        "finished_at": iso(shard.finished_at),
+    }
+
+
+@blueprint.get("/jobs/<job_id>/shards")
+def job_shards(job_id: str):
+    limit = int_arg("limit", default=100, low=1, high=1000)
+    after = int_arg("cursor", default=0, low=0, high=2**31) - 1 if request.args.get("cursor") else -1
+    with services().sessions() as session:
+        rows = crud.list_shards(session, job_id=existing_job(session, job_id).id, limit=limit, after_number=after)
+        next_cursor = str(rows[-1].number + 1) if len(rows) == limit else None
+        return jsonify({"shards": [shard_json(s) for s in rows], "next_cursor": next_cursor})

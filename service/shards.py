@@ -1,0 +1,237 @@
+"""Small keyword-only data functions for bulk prediction: shards, their progress, the job's end.
+
+A prediction job is listed into shards of about a thousand files. A worker claims a shard
+(guarded by its attempt number, like a job), writes its files' results and finishes it. The
+job ends when its listing is done and no shard is queued or running: whichever comes last, the
+listing or a shard, ends it, under the job row's lock so that exactly one of them does.
+"""
+
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import Integer, and_, cast, func, or_, select, true, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from service.crud import add_event, add_predictions
+from service.models import Job, JobShard, Prediction
+
+# A running shard whose worker has not reported for this long may be claimed again.
+SHARD_STALE_SECONDS = 120
+
+
+def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
+    """Record a shard; returns its id, or None when an earlier listing attempt recorded it already."""
+    statement = (
+        insert(JobShard)
+        .values(job_id=job_id, number=number, paths=paths, total=len(paths))
+        .on_conflict_do_nothing(constraint="job_shards_job_id_number_key")
+        .returning(JobShard.id)
+    )
+    return session.scalar(statement)
+
+
+def note_listing(
+    session: Session, *, job_id: uuid.UUID, attempt: int, listed: int, shards_total: int | None = None
+) -> bool:
+    """The listing's progress (files found so far; the shard count once it ends). Returns whether to stop."""
+    values = {"progress_total": listed, "heartbeat_at": func.now()}
+    if shards_total is not None:
+        values["shards_total"] = shards_total
+    running = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(**values)
+        .returning(Job.cancel_requested)
+    )
+    return running is None or running
+
+
+def claim_shard(session: Session, *, shard_id: int, worker: str, device: str) -> JobShard | None:
+    """queued (or running but silent) -> running, while its job runs; None when there is nothing to do."""
+    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running", ~Job.cancel_requested)
+    silent = JobShard.heartbeat_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, SHARD_STALE_SECONDS)
+    return session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard_id, job_runs.exists())
+        .where(or_(JobShard.status == "queued", and_(JobShard.status == "running", silent)))
+        .values(
+            status="running",
+            attempts=JobShard.attempts + 1,
+            worker=worker,
+            device=device,
+            started_at=func.now(),
+            heartbeat_at=func.now(),
+        )
+        .returning(JobShard)
+    )
+
+
+def drop_shard_of_stopped_job(session: Session, *, shard_id: int) -> uuid.UUID | None:
+    """A queued shard whose job was cancelled or has ended is cancelled; returns its job's id if so."""
+    job_stopped = select(Job.id).where(Job.id == JobShard.job_id, or_(Job.status != "running", Job.cancel_requested))
+    return session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard_id, JobShard.status == "queued", job_stopped.exists())
+        .values(status="cancelled", finished_at=func.now())
+        .returning(JobShard.job_id)
+    )
+
+
+def done_paths(session: Session, *, job_id: uuid.UUID, paths: list[str]) -> set[str]:
+    """Which of ``paths`` already have a result (written by an earlier attempt)."""
+    query = select(Prediction.path).where(Prediction.job_id == job_id, Prediction.path.in_(paths))
+    return set(session.scalars(query))
+
+
+def report_shard(
+    session: Session, *, shard: JobShard, attempt: int, done: int, failed: int, labels: dict[str, int]
+) -> bool:
+    """A shard's progress, and its job's (the sum over its shards) and heartbeat. Returns whether to stop."""
+    current = session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
+        .values(done=done, failed=failed, labels=labels, heartbeat_at=func.now())
+        .returning(JobShard.id)
+    )
+    if current is None:
+        return True  # superseded by a newer attempt
+    summed = select(func.coalesce(func.sum(JobShard.done), 0)).where(JobShard.job_id == shard.job_id)
+    stop = session.scalar(
+        update(Job)
+        .where(Job.id == shard.job_id)
+        # GREATEST: a concurrent report may be missing from this statement's snapshot.
+        .values(progress_done=func.greatest(Job.progress_done, summed.scalar_subquery()), heartbeat_at=func.now())
+        .returning(or_(Job.cancel_requested, Job.status != "running"))
+    )
+    return bool(stop)
+
+
+def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str) -> None:
+    """Error rows for the shard's files that have no result yet: they count as failed, not lost."""
+    finished = done_paths(session, job_id=shard.job_id, paths=shard.paths)
+    empty = {"label": None, "class_id": None, "confidence": None, "top5": None}
+    rows = [
+        {"path": p, **empty, "error_code": code, "error_message": message} for p in shard.paths if p not in finished
+    ]
+    add_predictions(session, job_id=shard.job_id, rows=rows)
+
+
+def finish_shard(
+    session: Session, *, shard: JobShard, attempt: int, status: str, error_message: str | None = None
+) -> bool:
+    """The shard's final write, with counts taken from its result rows (so earlier attempts' rows count)."""
+    done, failed, labels = tally_shard(session, shard=shard)
+    finished = session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
+        .values(
+            status=status,
+            done=done,
+            failed=failed,
+            labels=labels,
+            error_message=error_message,
+            finished_at=func.now(),
+            heartbeat_at=func.now(),
+        )
+        .returning(JobShard.id)
+    )
+    return finished is not None
+
+
+def requeue_shard(session: Session, *, shard: JobShard, attempt: int, error_message: str) -> bool:
+    """running -> queued for another attempt; the caller enqueues it again."""
+    requeued = session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
+        .values(status="queued", error_message=error_message)
+        .returning(JobShard.id)
+    )
+    return requeued is not None
+
+
+def tally_shard(session: Session, *, shard: JobShard) -> tuple[int, int, dict[str, int]]:
+    paths = select(func.jsonb_array_elements_text(JobShard.paths)).where(JobShard.id == shard.id)
+    rows = session.execute(
+        select(Prediction.label, Prediction.error_code.is_not(None), func.count())
+        .where(Prediction.job_id == shard.job_id, Prediction.path.in_(paths.scalar_subquery()))
+        .group_by(Prediction.label, Prediction.error_code.is_not(None))
+    ).all()
+    done = sum(n for _, _, n in rows)
+    failed = sum(n for _, is_error, n in rows if is_error)
+    labels = {label: n for label, is_error, n in rows if label is not None and not is_error}
+    return done, failed, labels
+
+
+def complete_job(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) -> str | None:
+    """End the job when its listing is done and no shard is left; returns the status it ended with."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status != "running" or job.shards_total is None:
+        return None
+    still_open = select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(("queued", "running")))
+    if session.scalar(still_open):
+        return None
+    summary = job_summary(session, job=job)
+    status, code, message = "succeeded", None, None
+    if job.cancel_requested:
+        status = "cancelled"
+    elif summary["total"] == 0:
+        status, code, message = "failed", "no_images", "the job's input holds no image files"
+    elif summary["failed"] > max_failed_fraction * summary["total"]:
+        status, code = "failed", "too_many_failures"
+        message = (
+            f"{summary['failed']} of {summary['total']} files failed ({summary['failed'] / summary['total']:.1%}), "
+            f"above the limit of {max_failed_fraction:.0%} (max_failed_fraction)"
+        )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            status=status,
+            result={**summary, "results": f"/jobs/{job_id}/results"},
+            progress_done=summary["done"],
+            error_code=code,
+            error_message=message,
+            finished_at=func.now(),
+        )
+    )
+    add_event(
+        session,
+        job_id=job_id,
+        kind="state",
+        data={"status": status, **({"error": {"code": code, "message": message}} if code else {})},
+    )
+    return status
+
+
+def job_summary(session: Session, *, job: Job) -> dict:
+    """Counts over the job's shards: files, failures, results per label, throughput."""
+    total, done, failed, last_finished = session.execute(
+        select(
+            func.coalesce(func.sum(JobShard.total), 0),
+            func.coalesce(func.sum(JobShard.done), 0),
+            func.coalesce(func.sum(JobShard.failed), 0),
+            func.max(JobShard.finished_at),
+        ).where(JobShard.job_id == job.id)
+    ).one()
+    entries = func.jsonb_each_text(JobShard.labels).table_valued("key", "value").render_derived()
+    labels = session.execute(
+        select(entries.c.key, func.sum(cast(entries.c.value, Integer)))
+        .select_from(JobShard)
+        .join(entries, true())
+        .where(JobShard.job_id == job.id)
+        .group_by(entries.c.key)
+        .order_by(entries.c.key)
+    ).all()
+    ended = last_finished if job.status != "running" else datetime.now(timezone.utc)
+    seconds = (ended - job.started_at).total_seconds() if job.started_at and ended else None
+    return {
+        "total": total,
+        "done": done,
+        "succeeded": done - failed,
+        "failed": failed,
+        "labels": dict(labels),
+        "shards": job.shards_total,
+        "seconds": round(seconds, 3) if seconds else None,
+        "images_per_s": round(done / seconds, 1) if seconds else None,
+    }

@@ -1,0 +1,223 @@
+"""Bulk prediction end to end: sharded jobs over two real worker processes, exact per-file
+outcomes, retries, uploads and filtered results."""
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
+
+from api import create_app
+from service import crud
+from service.db import make_engine, make_session_factory
+
+LABELS = {"Apple", "Pear", "Milk"}
+
+
+@pytest.fixture(scope="module")
+def bulk(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+    """Two worker processes on the predict queue, the API, and two models: the tiny model as the
+    latest, and before it, one whose artifact is missing (alias 'broken')."""
+    store = tmp_path_factory.mktemp("bulk")
+    settings = stack_settings(database_url, redis_url, tiny_dataset, store, shard_attempts=2, worker_threads=1)
+    clean_store(database_url, redis_url)
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        broken = register(session, store / "deleted-model")
+        crud.set_alias(session, name="broken", model_id=broken.id)
+        register(session, tiny_model)
+        session.commit()
+    engine.dispose()
+    workers = [start_worker(f"bulk{i}@%h", ["predict"], settings) for i in range(2)]
+    yield create_app(settings).test_client(), settings
+    for worker in workers:
+        stop_worker(worker)
+
+
+def register(session, artifact: Path):
+    return crud.register_model(
+        session,
+        arch="efficientnet_lite0",
+        label_level="coarse",
+        class_names=["Apple", "Pear", "Milk"],
+        metrics={},
+        artifact_path=str(artifact),
+        job_id=None,
+    )
+
+
+def images_of(tiny_dataset: Path) -> list[Path]:
+    return sorted((tiny_dataset / "train").rglob("*.jpg")) + sorted((tiny_dataset / "val").rglob("*.jpg"))
+
+
+@pytest.fixture
+def photo_folder(bulk, tiny_dataset, tmp_path) -> Path:
+    """46 good photos in nested folders, four bad files, a text file and two escaping symlinks,
+    inside the upload root (an allowed input root)."""
+    _, settings = bulk
+    root = settings.upload_dir / f"team-{tmp_path.name}"
+    good = images_of(tiny_dataset)[:46]
+    for i, source in enumerate(good):
+        folder = root / ("" if i < 20 else "shelf-a" if i < 35 else "shelf-a/top")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, folder / f"photo_{i:02d}.jpg")
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "shelf-a" / "notes.jpg").write_text("a shopping list, not a photo")
+    (root / "shelf-a" / "top" / "cut.jpg").write_bytes(good[0].read_bytes()[:300])
+    (root / "readme.txt").write_text("not an image extension: not listed")
+    outside = tmp_path / "private"
+    outside.mkdir()
+    shutil.copy(good[1], outside / "secret.jpg")
+    os.symlink(outside / "secret.jpg", root / "escape.jpg")
+    os.symlink(outside, root / "escape-folder")  # a symlinked folder is not entered at all
+    return root
+
+
+EXPECTED_ERRORS = {"zero.jpg": "empty_file", "notes.jpg": "not_an_image", "cut.jpg": "truncated"}
+
+
+def test_a_folder_gives_every_file_its_outcome(bulk, photo_folder):
+    client, _ = bulk
+    submitted = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}, "shard_size": 4})
+    assert submitted.status_code == 202, submitted.get_json()
+    job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded", job["error"]  # 4 failed of 50 is under the 10% limit
+
+    rows = client.get(f"/jobs/{job['id']}/results?limit=1000").get_json()["results"]
+    outcomes = {os.path.relpath(r["path"], photo_folder): r for r in rows}
+    assert len(rows) == len(outcomes) == 50
+    assert {name: r["error"]["code"] for name, r in outcomes.items() if r["error"]} == {
+        "zero.jpg": "empty_file",
+        "shelf-a/notes.jpg": "not_an_image",
+        "shelf-a/top/cut.jpg": "truncated",
+        "escape.jpg": "outside_root",
+    }
+    good = [r for r in rows if r["error"] is None]
+    assert len(good) == 46 and {r["label"] for r in good} <= LABELS
+    assert all(0 < r["confidence"] <= 1 and r["top5"][0]["label"] == r["label"] for r in good)
+
+    summary = job["summary"]
+    assert (summary["total"], summary["done"], summary["failed"], summary["shards"]) == (50, 50, 4, 13)
+    assert sum(summary["labels"].values()) == 46 and summary["images_per_s"] > 0
+    assert job["result"]["labels"] == summary["labels"] and job["result"]["failed"] == 4
+    assert job["progress"] == {"done": 50, "total": 50, "unit": "files"}
+    shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
+    assert [s["number"] for s in shards] == list(range(13)) and {s["status"] for s in shards} == {"succeeded"}
+    assert sum(s["total"] for s in shards) == 50
+
+
+def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
+    client, _ = bulk
+    job_id = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}}).get_json()["id"]
+    job = wait_for(client, job_id, FINISHED, timeout=120)
+    rows = client.get(f"/jobs/{job_id}/results?limit=1000").get_json()["results"]
+
+    def paths(query: str) -> list[str]:
+        response = client.get(f"/jobs/{job_id}/results?limit=1000&{query}")
+        assert response.status_code == 200, response.get_json()
+        return [r["path"] for r in response.get_json()["results"]]
+
+    label = max(job["summary"]["labels"], key=job["summary"]["labels"].get)
+    assert paths(f"label={label}") == [r["path"] for r in rows if r["label"] == label]
+    assert len(paths(f"label={label}")) == job["summary"]["labels"][label]
+    assert paths("errors_only=true") == [r["path"] for r in rows if r["error"]]
+    middle = sorted(r["confidence"] for r in rows if r["confidence"] is not None)[20]
+    assert paths(f"min_confidence={middle}") == [r["path"] for r in rows if (r["confidence"] or -1) >= middle]
+    assert paths(f"max_confidence={middle}") == [
+        r["path"] for r in rows if r["confidence"] is not None and r["confidence"] <= middle
+    ]
+    for bad in ("min_confidence=2", "max_confidence=x", "errors_only=maybe", "format=xml", "limit=0"):
+        response = client.get(f"/jobs/{job_id}/results?{bad}")
+        assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_parameter", bad
+
+
+def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path):
+    client, settings = bulk
+    folder = settings.upload_dir / f"many-{tmp_path.name}"
+    folder.mkdir(parents=True)
+    for copy in range(4):
+        for i, source in enumerate(images_of(tiny_dataset)):
+            shutil.copy(source, folder / f"{copy}_{i:02d}_{source.name}")
+    request = {"type": "predict", "input": {"folder": str(folder)}}
+    sharded = client.post("/jobs", json={**request, "shard_size": 4}).get_json()["id"]
+    single = client.post("/jobs", json={**request, "shard_size": 10_000}).get_json()["id"]
+    sharded_job, single_job = wait_for(client, sharded, FINISHED), wait_for(client, single, FINISHED)
+    assert sharded_job["status"] == single_job["status"] == "succeeded"
+
+    shards = client.get(f"/jobs/{sharded}/shards?limit=1000").get_json()["shards"]
+    assert len(shards) == 64 and {s["worker"].split("@")[0] for s in shards} == {"bulk0", "bulk1"}
+    assert len(client.get(f"/jobs/{single}/shards").get_json()["shards"]) == 1
+
+    def results(job_id: str) -> dict:
+        rows = client.get(f"/jobs/{job_id}/results?limit=1000").get_json()["results"]
+        return {r["path"]: (r["label"], round(r["confidence"], 4)) for r in rows}
+
+    assert len(results(sharded)) == 256 and results(sharded) == results(single)
+    assert sharded_job["result"]["labels"] == single_job["result"]["labels"]
+
+
+def test_a_failing_shard_is_retried_then_its_files_fail(bulk, tiny_dataset):
+    client, _ = bulk
+    folder = tiny_dataset / "val" / "Milk"
+    request = {"type": "predict", "model": "broken", "input": {"folder": str(folder)}}
+    job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "failed" and job["error"]["code"] == "too_many_failures"
+    assert "4 of 4 files failed" in job["error"]["message"]
+    shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
+    assert [(s["status"], s["attempts"]) for s in shards] == [("failed", 2)]  # GROCERY_SHARD_ATTEMPTS=2
+    rows = client.get(f"/jobs/{job['id']}/results").get_json()["results"]
+    assert len(rows) == 4 and {r["error"]["code"] for r in rows} == {"invalid_model"}
+    assert "failed 2 times" in rows[0]["error"]["message"]
+
+
+def test_a_manifest_of_paths(bulk, tiny_dataset):
+    client, _ = bulk
+    good = [str(p) for p in images_of(tiny_dataset)[:5]]
+    missing = str(tiny_dataset / "val" / "gone.jpg")
+    job_id = client.post("/jobs", json={"type": "predict", "input": {"paths": [*good, missing]}}).get_json()["id"]
+    job = wait_for(client, job_id, FINISHED, timeout=120)
+    assert job["status"] == "failed" and job["error"]["code"] == "too_many_failures"  # 1 of 6 > 10%
+    rows = {r["path"]: r for r in client.get(f"/jobs/{job_id}/results").get_json()["results"]}
+    assert set(rows) == {*good, missing} and rows[missing]["error"]["code"] == "not_found"
+    assert all(rows[p]["label"] in LABELS for p in good)
+
+    tolerant = {"type": "predict", "input": {"paths": [*good, missing]}, "max_failed_fraction": 0.5}
+    job = wait_for(client, client.post("/jobs", json=tolerant).get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded" and job["result"]["failed"] == 1
+
+
+def test_an_upload_of_files_and_of_an_archive(bulk, tiny_dataset):
+    client, settings = bulk
+    sources = images_of(tiny_dataset)[:3]
+    files = [(io.BytesIO(p.read_bytes()), "same-name.jpg") for p in sources]
+    submitted = client.post("/jobs", data={"files": files, "model": "latest"}, content_type="multipart/form-data")
+    assert submitted.status_code == 202, submitted.get_json()
+    job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded" and job["result"]["total"] == 3
+    stored = Path(job["params"]["input"]["folder"])
+    assert stored == settings.upload_dir / job["id"] / "input"
+    assert sorted(p.name for p in stored.iterdir()) == ["same-name-1.jpg", "same-name-2.jpg", "same-name.jpg"]
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for i, source in enumerate(sources):
+            bundle.write(source, f"aisle-{i % 2}/{source.name}")
+        bundle.writestr("__MACOSX/aisle-0/._resource-fork.jpg", b"\x00\x05\x16\x07")
+        bundle.writestr("aisle-1/broken.jpg", b"not a jpeg")
+    archive.seek(0)
+    submitted = client.post(
+        "/jobs",
+        data={"archive": (archive, "photos.zip"), "max_failed_fraction": "0.5"},
+        content_type="multipart/form-data",
+    )
+    assert submitted.status_code == 202, submitted.get_json()
+    job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded" and (job["result"]["total"], job["result"]["failed"]) == (4, 1)
+    assert job["params"]["input"]["upload"] == {
+        "files": 4,
+        "bytes": job["params"]["input"]["upload"]["bytes"],
+        "archive": "photos.zip",
+    }

@@ -1,0 +1,223 @@
+"""Bulk prediction: a job's listing task fans its files out as shard tasks on the predict queue.
+
+run_predict_job lists the input (streaming) into shards recorded in PostgreSQL and enqueues
+each; run_predict_shard classifies one shard's files and writes their rows. Progress is summed
+over the shards in SQL; the last to finish, listing or shard, ends the job (service/shards.py).
+"""
+
+import functools
+import logging
+import os
+import uuid
+from collections import Counter
+
+from service import crud, shards
+from service.models import JobShard, Model
+from service.settings import Settings
+from worker.celery_app import app
+from worker.runtime import device_name, error_code, sessions, start, worker_name
+
+log = logging.getLogger(__name__)
+SHARD_TASK = "worker.prediction.run_predict_shard"
+
+
+@app.task(name="worker.prediction.run_predict_job", bind=True)
+def run_predict_job(self, job_id: str) -> None:
+    started = start(self, job_id)
+    if started is None:
+        return
+    reporter, job = started
+    settings = Settings.from_env()
+    try:
+        outcome = list_into_shards(self, job, reporter.attempt, settings)
+    except Exception as e:
+        log.exception("listing prediction job %s failed", job_id)
+        reporter.finish("failed", error_code=error_code(e), error_message=f"listing the input failed: {e}")
+        return
+    if outcome == "too_many_files":
+        reporter.finish(
+            "failed",
+            error_code="too_many_files",
+            error_message=f"the input holds more than {settings.max_job_files} files (GROCERY_MAX_JOB_FILES)",
+        )
+
+
+def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
+    """Stream the input's files into shards, enqueuing each as it is recorded. A job of one shard
+    runs it right here: a single image does not pay for a second trip through the queue."""
+    from grocery.listing import chunked
+
+    shard_size = job.params.get("shard_size", settings.shard_size)
+    listed, numbers, held = 0, 0, None
+    for number, paths in enumerate(chunked(input_files(job.params["input"]), shard_size)):
+        listed += len(paths)
+        if listed > settings.max_job_files:
+            return "too_many_files"
+        with sessions()() as session:
+            shard_id = shards.add_shard(session, job_id=job.id, number=number, paths=paths)
+            stop = shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed)
+            session.commit()
+        numbers = number + 1
+        if held is not None:
+            send_shard(held)
+        held = shard_id  # None when an earlier listing attempt recorded this shard already
+        if stop:
+            break
+    with sessions()() as session:
+        shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed, shards_total=numbers)
+        session.commit()
+    if held is not None and numbers == 1:
+        run_shard(task, held)
+    elif held is not None:
+        send_shard(held)
+    end_job_if_done(job.id)
+    return "listed"
+
+
+def input_files(source: dict):
+    from grocery.listing import walk_files
+
+    if "paths" in source:
+        return iter(source["paths"])
+    return walk_files(source["folder"], recursive=source.get("recursive", True), pattern=source.get("pattern"))
+
+
+def send_shard(shard_id: int, countdown: float = 0) -> None:
+    app.send_task(SHARD_TASK, args=[shard_id], queue="predict", countdown=countdown)
+
+
+@app.task(name=SHARD_TASK, bind=True)
+def run_predict_shard(self, shard_id: int) -> None:
+    run_shard(self, shard_id)
+
+
+def run_shard(task, shard_id: int) -> None:
+    with sessions()() as session:
+        shard = shards.claim_shard(session, shard_id=shard_id, worker=worker_name(task), device=device_name())
+        if shard is None:
+            dropped_from = shards.drop_shard_of_stopped_job(session, shard_id=shard_id)
+            session.commit()
+            if dropped_from is not None:
+                end_job_if_done(dropped_from)
+            return
+        job = crud.get_job(session, job_id=shard.job_id)
+        model = session.get(Model, job.model_id)
+        session.commit()
+    attempt = shard.attempts
+    try:
+        stopped = classify_shard(shard, attempt, job.params["input"], model)
+        status, message = ("cancelled" if stopped else "succeeded"), None
+    except Exception as e:
+        log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
+        status, message = retry_or_fail(shard, attempt, e)
+    if status != "queued":
+        with sessions()() as session:
+            shards.finish_shard(session, shard=shard, attempt=attempt, status=status, error_message=message)
+            session.commit()
+        end_job_if_done(job.id)
+
+
+def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str, str]:
+    """A failing shard is tried again a few times; then its files without a result become error rows."""
+    settings = Settings.from_env()
+    message = f"{type(error).__name__}: {error}"
+    with sessions()() as session:
+        if attempt < settings.shard_attempts:
+            requeued = shards.requeue_shard(session, shard=shard, attempt=attempt, error_message=message)
+            session.commit()
+            if requeued:
+                send_shard(shard.id, countdown=2**attempt)
+            return "queued", message
+        shards.fail_remaining(
+            session, shard=shard, code=error_code(error), message=f"shard failed {attempt} times: {message}"
+        )
+        session.commit()
+    return "failed", message
+
+
+def end_job_if_done(job_id: uuid.UUID) -> None:
+    default = Settings.from_env().max_failed_fraction
+    with sessions()() as session:
+        job = crud.get_job(session, job_id=job_id)
+        limit = job.params.get("max_failed_fraction", default)
+        status = shards.complete_job(session, job_id=job_id, max_failed_fraction=limit)
+        session.commit()
+    if status is not None:
+        log.info("prediction job %s %s", job_id, status)
+
+
+def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model) -> bool:
+    """Classify the shard's files that have no result yet; returns True when told to stop."""
+    from grocery.listing import inside
+
+    with sessions()() as session:
+        finished = shards.done_paths(session, job_id=shard.job_id, paths=shard.paths)
+        done, failed, labels = shards.tally_shard(session, shard=shard)
+    labels = Counter(labels)
+    roots = [source["folder"]] if "folder" in source else [str(r) for r in Settings.from_env().input_roots]
+    todo = [p for p in shard.paths if p not in finished]
+    escaping = {p for p in todo if not inside(p, roots)}
+    rows = [error_row(p, "outside_root", "the file resolves outside the job's input folder") for p in escaping]
+    predictor = cached_predictor(str(model.id), model.artifact_path)
+    results = predictor.predict_files([p for p in todo if p not in escaping])
+    for batch in _batches(rows, results, predictor.batch_size):
+        done += len(batch)
+        failed += sum(row["error_code"] is not None for row in batch)
+        labels.update(row["label"] for row in batch if row["label"] is not None)
+        with sessions()() as session:
+            crud.add_predictions(session, job_id=shard.job_id, rows=batch)
+            stop = shards.report_shard(
+                session, shard=shard, attempt=attempt, done=done, failed=failed, labels=dict(labels)
+            )
+            session.commit()
+        if stop:
+            return True
+    return False
+
+
+def _batches(first_rows: list[dict], results, size: int):
+    if first_rows:
+        yield first_rows
+    batch = []
+    for result in results:
+        batch.append(result_row(result))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def result_row(result) -> dict:
+    if result.error is not None:
+        return error_row(result.path, result.error["code"], result.error["message"])
+    return {
+        "path": result.path,
+        "label": result.label,
+        "class_id": result.class_id,
+        "confidence": result.confidence,
+        "top5": result.top5,
+        "error_code": None,
+        "error_message": None,
+    }
+
+
+def error_row(path: str, code: str, message: str) -> dict:
+    return {
+        "path": path,
+        "label": None,
+        "class_id": None,
+        "confidence": None,
+        "top5": None,
+        "error_code": code,
+        "error_message": message,
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def cached_predictor(model_id: str, artifact_path: str):
+    """Each worker process loads a model once and keeps it, by model id, for the next shards."""
+    from grocery.predict import Predictor
+
+    threads = Settings.from_env().worker_threads or len(os.sched_getaffinity(0))
+    return Predictor.from_path(artifact_path, threads=threads, decode_threads=threads)
