@@ -1,0 +1,149 @@
+"""Shard bookkeeping at the data-function level: one claim per attempt, resumable shards, and a job
+that ends exactly once however its shards finish."""
+
+import threading
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service import crud, shards
+from service.db import make_session_factory
+from service.models import JobShard
+
+
+@pytest.fixture
+def sessions(database_url):
+    engine = create_engine(database_url, pool_size=8)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def running_job(session, files: list[list[str]]) -> tuple:
+    """A claimed prediction job listed into one shard per entry of ``files``."""
+    job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
+    ids = [shards.add_shard(session, job_id=job.id, number=n, paths=paths) for n, paths in enumerate(files)]
+    listed = sum(map(len, files))
+    shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed, shards_total=len(files))
+    session.commit()
+    return job.id, ids
+
+
+def row(path: str, label: str | None = "Apple", error: str | None = None) -> dict:
+    return {
+        "path": path,
+        "label": label,
+        "class_id": 0 if label else None,
+        "confidence": 0.9 if label else None,
+        "top5": None,
+        "error_code": error,
+        "error_message": error,
+    }
+
+
+def test_listing_twice_records_each_shard_once(sessions):
+    with sessions() as session:
+        job_id, ids = running_job(session, [["/a/1.jpg", "/a/2.jpg"]])
+        assert shards.add_shard(session, job_id=job_id, number=0, paths=["/a/1.jpg", "/a/2.jpg"]) is None
+        assert ids[0] is not None
+
+
+def test_a_shard_is_claimed_once_and_a_stale_attempt_cannot_write(sessions):
+    with sessions() as session:
+        _, (shard_id,) = running_job(session, [["/a/1.jpg"]])
+        first = shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
+        assert first.attempts == 1
+        assert shards.claim_shard(session, shard_id=shard_id, worker="w2@h", device="cpu") is None  # a duplicate
+        shards.requeue_shard(session, shard=first, attempt=1, error_message="boom")
+        second = shards.claim_shard(session, shard_id=shard_id, worker="w2@h", device="cpu")
+        assert second.attempts == 2
+        assert shards.report_shard(session, shard=first, attempt=1, done=1, failed=0, labels={}) is True
+        assert not shards.finish_shard(session, shard=first, attempt=1, status="failed")
+        assert shards.finish_shard(session, shard=second, attempt=2, status="succeeded")
+        session.commit()
+        assert session.get(JobShard, shard_id).worker == "w2@h"
+
+
+def test_a_retried_shard_resumes_and_counts_from_its_rows(sessions):
+    with sessions() as session:
+        job_id, (shard_id,) = running_job(session, [["/a/1.jpg", "/a/2.jpg", "/a/3.jpg"]])
+        shard = shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
+        crud.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "truncated")])
+        assert shards.done_paths(session, job_id=job_id, paths=shard.paths) == {"/a/1.jpg", "/a/2.jpg"}
+        shards.fail_remaining(session, shard=shard, code="internal_error", message="gave up")
+        assert shards.finish_shard(session, shard=shard, attempt=1, status="failed")
+        session.commit()
+        finished = session.get(JobShard, shard_id)
+        assert (finished.done, finished.failed, finished.labels) == (3, 2, {"Apple": 1})
+        rows = crud.list_predictions(session, job_id=job_id, limit=10)
+        assert [(r.path, r.error_code) for r in rows] == [
+            ("/a/1.jpg", None),
+            ("/a/2.jpg", "truncated"),
+            ("/a/3.jpg", "internal_error"),
+        ]
+
+
+def test_the_job_ends_once_when_shards_finish_together(sessions):
+    with sessions() as session:
+        job_id, ids = running_job(session, [[f"/s{n}/{i}.jpg" for i in range(3)] for n in range(6)])
+        claimed = [shards.claim_shard(session, shard_id=i, worker="w@h", device="cpu") for i in ids]
+        for shard in claimed:
+            crud.add_predictions(session, job_id=job_id, rows=[row(p) for p in shard.paths])
+        session.commit()
+    barrier, outcomes = threading.Barrier(len(claimed)), []
+
+    def finish(shard):
+        with sessions() as session:
+            shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
+            session.commit()
+            barrier.wait()
+            outcomes.append(shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1))
+            session.commit()
+
+    threads = [threading.Thread(target=finish, args=(s,)) for s in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes, key=str) == [None] * 5 + ["succeeded"]
+    with sessions() as session:
+        job = crud.get_job(session, job_id=job_id)
+        assert (job.status, job.progress_done, job.result["labels"], job.result["shards"]) == (
+            "succeeded",
+            18,
+            {"Apple": 18},
+            6,
+        )
+        states = [e.data["status"] for e in crud.list_events(session, job_id=job_id) if e.kind == "state"]
+        assert states == ["queued", "running", "succeeded"]
+
+
+def test_a_job_waits_for_its_listing_and_fails_above_the_threshold(sessions):
+    with sessions() as session:
+        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
+        shard_id = shards.add_shard(session, job_id=job.id, number=0, paths=["/a/1.jpg", "/a/2.jpg"])
+        shards.note_listing(session, job_id=job.id, attempt=attempt, listed=2)
+        shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
+        crud.add_predictions(session, job_id=job.id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "corrupt")])
+        shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
+        assert shards.complete_job(session, job_id=job.id, max_failed_fraction=0.5) is None  # still listing
+        shards.note_listing(session, job_id=job.id, attempt=attempt, listed=2, shards_total=1)
+        assert shards.complete_job(session, job_id=job.id, max_failed_fraction=0.4) == "failed"
+        session.commit()
+        ended = crud.get_job(session, job_id=job.id)
+        assert ended.error_code == "too_many_failures" and "1 of 2 files failed (50.0%)" in ended.error_message
+
+
+def test_a_cancelled_job_drops_its_queued_shards(sessions):
+    with sessions() as session:
+        job_id, ids = running_job(session, [["/a/1.jpg"], ["/a/2.jpg"]])
+        assert crud.request_cancel(session, job_id=job_id) == "running"
+        assert shards.claim_shard(session, shard_id=ids[0], worker="w@h", device="cpu") is None
+        assert shards.drop_shard_of_stopped_job(session, shard_id=ids[0]) == job_id
+        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) is None  # one still queued
+        assert shards.drop_shard_of_stopped_job(session, shard_id=ids[1]) == job_id
+        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) == "cancelled"
+        session.commit()
