@@ -9,35 +9,18 @@ creates and drops its own database.
 
 import argparse
 import http.client
-import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+import redis
+from scratch import free_port, request, scratch_database, start_api
 
-from service.stack import ROOT, migrate, worker_command
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    payload = json.dumps(body).encode() if body is not None else None
-    conn.request(method, path, payload, {"Content-Type": "application/json"} if payload else {})
-    response = conn.getresponse()
-    return response.status, json.loads(response.read())
+from service.stack import ROOT, worker_command
 
 
 def percentiles(latencies: list[float]) -> str:
@@ -107,90 +90,66 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=20, help="jobs timed from submit to running")
     args = parser.parse_args()
 
-    admin_url = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    name = f"grocery_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
     work = Path(tempfile.mkdtemp(prefix="grocery-bench-"))
     (work / "empty").mkdir()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "GROCERY_INPUT_ROOTS": str(work),
-        "GROCERY_MODEL_DIR": str(work / "models"),
-    }
     port = free_port()
     processes = []
-    try:
-        migrate(database_url)
-        import redis
-
+    with scratch_database() as database_url:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "GROCERY_INPUT_ROOTS": str(work),
+            "GROCERY_MODEL_DIR": str(work / "models"),
+        }
         redis.Redis.from_url(redis_url).flushdb()
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "api:create_app()",
-                    "--bind",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    str(args.gunicorn_workers),
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=env,
-            )
-        )
-        time.sleep(3)
-        body = {"type": "train", "params": {"data_dir": str(work / "empty"), "epochs": 1}}
-        rate, latencies = closed_loop(
-            port, args.clients, args.seconds, lambda conn: request(conn, "POST", "/jobs", body)[0]
-        )
-        print(f"POST /jobs, {args.clients} clients: {rate:.0f} req/s, {percentiles(latencies)}")
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        job_id = request(conn, "POST", "/jobs", body)[1]["id"]
-        rate, latencies = closed_loop(
-            port, args.clients, args.seconds, lambda conn: request(conn, "GET", f"/jobs/{job_id}")[0]
-        )
-        print(f"GET /jobs/<id>, {args.clients} clients: {rate:.0f} req/s, {percentiles(latencies)}")
-        achieved, latencies = open_loop(port, args.rate, args.seconds, f"/jobs/{job_id}", args.clients)
-        print(f"GET /jobs/<id> at {args.rate:.0f} req/s offered ({achieved:.0f} served): {percentiles(latencies)}")
+        try:
+            processes.append(start_api(env, port, args.gunicorn_workers))
+            measure(args, port, env, redis_url, work, processes)
+        finally:
+            for p in processes:
+                p.terminate()
+                p.wait()
 
-        redis.Redis.from_url(redis_url).flushdb()  # the worker starts idle: nothing queued ahead
-        processes.append(
-            subprocess.Popen(
-                worker_command("bench@%h", ["train"]),
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+
+def measure(args, port: int, env: dict, redis_url: str, work: Path, processes: list) -> None:
+    body = {"type": "train", "params": {"data_dir": str(work / "empty"), "epochs": 1}}
+    rate, latencies = closed_loop(
+        port, args.clients, args.seconds, lambda conn: request(conn, "POST", "/jobs", body)[0]
+    )
+    print(f"POST /jobs, {args.clients} clients: {rate:.0f} req/s, {percentiles(latencies)}")
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    job_id = request(conn, "POST", "/jobs", body)[1]["id"]
+    rate, latencies = closed_loop(
+        port, args.clients, args.seconds, lambda conn: request(conn, "GET", f"/jobs/{job_id}")[0]
+    )
+    print(f"GET /jobs/<id>, {args.clients} clients: {rate:.0f} req/s, {percentiles(latencies)}")
+    achieved, latencies = open_loop(port, args.rate, args.seconds, f"/jobs/{job_id}", args.clients)
+    print(f"GET /jobs/<id> at {args.rate:.0f} req/s offered ({achieved:.0f} served): {percentiles(latencies)}")
+
+    redis.Redis.from_url(redis_url).flushdb()  # the worker starts idle: nothing queued ahead
+    processes.append(
+        subprocess.Popen(
+            worker_command("bench@%h", ["train"]),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        time.sleep(8)
-        waits = []
-        for _ in range(args.submissions):
-            job_id = request(conn, "POST", "/jobs", body)[1]["id"]
-            while (job := request(conn, "GET", f"/jobs/{job_id}")[1])["status"] in ("queued", "running"):
-                time.sleep(0.01)
-            started = job["started_at"]
-            waits.append(_parse(started) - _parse(job["created_at"]))
-        print(
-            f"submit to running (row created_at to started_at, idle worker, {args.submissions} jobs): "
-            f"{percentiles(waits)}, mean {statistics.mean(waits) * 1000:.1f} ms"
-        )
-    finally:
-        for p in processes:
-            p.terminate()
-            p.wait()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    )
+    time.sleep(8)
+    waits = []
+    for _ in range(args.submissions):
+        job_id = request(conn, "POST", "/jobs", body)[1]["id"]
+        while (job := request(conn, "GET", f"/jobs/{job_id}")[1])["status"] in ("queued", "running"):
+            time.sleep(0.01)
+        started = job["started_at"]
+        waits.append(_parse(started) - _parse(job["created_at"]))
+    print(
+        f"submit to running (row created_at to started_at, idle worker, {args.submissions} jobs): "
+        f"{percentiles(waits)}, mean {statistics.mean(waits) * 1000:.1f} ms"
+    )
 
 
 def _parse(moment: str) -> float:

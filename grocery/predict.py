@@ -65,6 +65,8 @@ class Predictor:
         self.decode_threads = decode_threads or len(os.sched_getaffinity(0))
         self.max_pixels = max_pixels
         self.threads = threads or len(os.sched_getaffinity(0))
+        # Decoding and resizing run torch ops too: a worker process given one core keeps to it.
+        torch.set_num_threads(self.threads)
         if runtime == "auto":
             # On a CPU, ONNX Runtime beat torch eager in benchmarks/bench_prediction.py; a GPU runs torch.
             exported = artifact.onnx_path().is_file()
@@ -77,7 +79,6 @@ class Predictor:
         return cls(read_artifact(model_dir), **options)
 
     def _torch_model(self):
-        torch.set_num_threads(self.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = self.artifact.build_model().to(device, memory_format=torch.channels_last)
 

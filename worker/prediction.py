@@ -6,10 +6,12 @@ over the shards in SQL; the last to finish, listing or shard, ends the job (serv
 """
 
 import functools
+import itertools
 import logging
 import os
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 from service import crud, shards
 from service.models import JobShard, Model
@@ -19,6 +21,9 @@ from worker.runtime import device_name, error_code, sessions, start, worker_name
 
 log = logging.getLogger(__name__)
 SHARD_TASK = "worker.prediction.run_predict_shard"
+# An input smaller than SPREAD full shards is cut into SPREAD smaller ones (of at least
+# MIN_SHARD files), so that a few thousand images still keep every worker busy to the end.
+SPREAD, MIN_SHARD = 8, 64
 
 
 @app.task(name="worker.prediction.run_predict_job", bind=True)
@@ -45,11 +50,9 @@ def run_predict_job(self, job_id: str) -> None:
 def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
     """Stream the input's files into shards, enqueuing each as it is recorded. A job of one shard
     runs it right here: a single image does not pay for a second trip through the queue."""
-    from grocery.listing import chunked
-
-    shard_size = job.params.get("shard_size", settings.shard_size)
+    files = input_files(job.params["input"])
     listed, numbers, held = 0, 0, None
-    for number, paths in enumerate(chunked(input_files(job.params["input"]), shard_size)):
+    for number, paths in enumerate(shard_chunks(files, job.params.get("shard_size"), settings.shard_size)):
         listed += len(paths)
         if listed > settings.max_job_files:
             return "too_many_files"
@@ -74,7 +77,22 @@ def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
     return "listed"
 
 
-def input_files(source: dict):
+def shard_chunks(files: Iterator[str], size: int | None, default: int) -> Iterator[list[str]]:
+    """The job's shard_size as given; else ``default``-file shards, or smaller ones for small inputs.
+    Reads ahead at most SPREAD shards' worth, so listing still streams."""
+    from grocery.listing import chunked
+
+    if size:
+        yield from chunked(files, size)
+        return
+    head = list(itertools.islice(files, default * SPREAD))
+    if len(head) < default * SPREAD:
+        yield from chunked(head, max(MIN_SHARD, -(-len(head) // SPREAD)))
+        return
+    yield from chunked(itertools.chain(head, files), default)
+
+
+def input_files(source: dict) -> Iterator[str]:
     from grocery.listing import walk_files
 
     if "paths" in source:

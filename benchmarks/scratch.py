@@ -1,0 +1,74 @@
+"""What the system benchmarks share: a throwaway database, the API under gunicorn, HTTP helpers."""
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.stack import ROOT, migrate
+
+
+@contextlib.contextmanager
+def scratch_database():
+    """A new, migrated database on DATABASE_URL's server (default: the local one), dropped afterwards."""
+    admin_url = os.environ.get("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    name = f"grocery_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_api(env: dict, port: int, workers: int) -> subprocess.Popen:
+    """gunicorn serving the API, returned once it answers /healthz."""
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "api:create_app()",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if request(http.client.HTTPConnection("127.0.0.1", port), "GET", "/healthz")[0] == 200:
+                return api
+        time.sleep(0.2)
+    raise TimeoutError("the API did not answer /healthz in 30 s")
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    payload = json.dumps(body).encode() if body is not None else None
+    conn.request(method, path, payload, {"Content-Type": "application/json"} if payload else {})
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
