@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The whole service: embedded PostgreSQL and Redis unless DATABASE_URL and REDIS_URL are set,
-# migrations, one worker on both queues, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
+# migrations, one worker process per core on both queues, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
 run: $(STAMP)
 	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m service.stack
 

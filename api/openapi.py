@@ -4,6 +4,7 @@ from flask import Blueprint, jsonify
 from pydantic.json_schema import models_json_schema
 
 from api.schemas import AliasRequest, PredictJobRequest, TrainJobRequest
+from api.uploads import UploadForm
 
 blueprint = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -27,7 +28,7 @@ def _op(summary: str, responses: dict, body: str | None = None, params: list | N
 
 def document() -> dict:
     _, schemas = models_json_schema(
-        [(m, "validation") for m in (TrainJobRequest, PredictJobRequest, AliasRequest)], ref_template=REF
+        [(m, "validation") for m in (TrainJobRequest, PredictJobRequest, AliasRequest, UploadForm)], ref_template=REF
     )
     components = schemas.get("$defs", {})
     components["JobRequest"] = {
@@ -43,14 +44,24 @@ def document() -> dict:
             }
         },
     }
+    components["UploadRequest"] = {
+        "allOf": [{"$ref": REF.format(model="UploadForm")}],
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "archive": {"type": "string", "format": "binary", "description": "one zip archive of images"},
+        },
+    }
     job_id = [("id", "path", "string")]
+    submit = _op(
+        "Submit a training or prediction job (Idempotency-Key header supported); multipart: a prediction job on "
+        "uploaded images ('files') or one zip archive ('archive')",
+        {"202": JOB, "200": JOB},
+        body="JobRequest",
+    )
+    submit["requestBody"]["content"]["multipart/form-data"] = {"schema": {"$ref": REF.format(model="UploadRequest")}}
     paths = {
         "/jobs": {
-            "post": _op(
-                "Submit a training or prediction job (Idempotency-Key header supported)",
-                {"202": JOB, "200": JOB},
-                body="JobRequest",
-            ),
+            "post": submit,
             "get": _op(
                 "List jobs, newest first",
                 {"200": JOB},
@@ -67,7 +78,23 @@ def document() -> dict:
         "/jobs/{id}/events": {"get": _op("State transitions and per-epoch metrics", {"200": JOB}, params=job_id)},
         "/jobs/{id}/results": {
             "get": _op(
-                "Per-file prediction results",
+                "Per-file prediction results: JSON pages, or the whole set streamed with format=csv|jsonl",
+                {"200": JOB},
+                params=[
+                    *job_id,
+                    ("format", "query", "string"),
+                    ("limit", "query", "integer"),
+                    ("cursor", "query", "string"),
+                    ("label", "query", "string"),
+                    ("min_confidence", "query", "number"),
+                    ("max_confidence", "query", "number"),
+                    ("errors_only", "query", "boolean"),
+                ],
+            )
+        },
+        "/jobs/{id}/shards": {
+            "get": _op(
+                "A prediction job's shards: files, status, attempts and worker of each",
                 {"200": JOB},
                 params=[*job_id, ("limit", "query", "integer"), ("cursor", "query", "string")],
             )

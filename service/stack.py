@@ -1,8 +1,8 @@
 """`make run`: the whole service on one machine.
 
 With DATABASE_URL and REDIS_URL unset, PostgreSQL and Redis are embedded (started
-from pip packages, on Unix sockets under var/). Then: migrations, one worker on
-both queues, and the API under gunicorn. Ctrl-C stops everything.
+from pip packages, on Unix sockets under var/). Then: migrations, one worker process
+per core on both queues, and the API under gunicorn. Ctrl-C stops everything.
 """
 
 import os
@@ -57,8 +57,18 @@ def main() -> int:
     settings = Settings.from_env()
     migrate(settings.database_url)
     python = sys.executable
+    # One single-threaded worker process per core classified fastest (benchmarks/bench_bulk.py).
+    cores = len(os.sched_getaffinity(0))
+    workers = int(os.environ.get("GROCERY_WORKERS") or cores)
+    worker_env = {
+        **os.environ,
+        "GROCERY_WORKER_THREADS": os.environ.get("GROCERY_WORKER_THREADS") or str(max(1, cores // workers)),
+    }
     children = [
-        subprocess.Popen(worker_command("cpu@%h", ["train", "predict"]), cwd=ROOT),
+        *(
+            subprocess.Popen(worker_command(f"cpu{n}@%h", ["train", "predict"]), cwd=ROOT, env=worker_env)
+            for n in range(workers)
+        ),
         subprocess.Popen(
             [
                 python,

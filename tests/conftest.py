@@ -259,14 +259,15 @@ def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    worker.log_tail = collections.deque(maxlen=500)  # what it printed, for assertions and debugging
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = worker.stdout.readline()
+        worker.log_tail.append(line)
         if not line and worker.poll() is not None:
-            raise RuntimeError(f"worker {node} exited with {worker.returncode}")
+            raise RuntimeError(f"worker {node} exited with {worker.returncode}: {''.join(worker.log_tail)}")
         if "ready" in line:
-            # Keep reading, or a chatty worker blocks once the pipe fills; the tail helps debugging.
-            worker.log_tail = collections.deque(maxlen=200)
+            # Keep reading, or a chatty worker blocks once the pipe fills.
             threading.Thread(target=worker.log_tail.extend, args=(worker.stdout,), daemon=True).start()
             return worker
     raise TimeoutError(f"worker {node} not ready after 60s")

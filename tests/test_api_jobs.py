@@ -200,7 +200,14 @@ def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
     document = client.get("/openapi.json").get_json()
     validate(document)
     assert set(document["components"]["schemas"]["TrainParams"]["properties"]) == set(TrainParams.model_fields)
-    assert {"/jobs", "/jobs/{id}", "/jobs/{id}/cancel", "/models/aliases/{name}", "/predict"} <= set(document["paths"])
+    assert {
+        "/jobs",
+        "/jobs/{id}",
+        "/jobs/{id}/cancel",
+        "/jobs/{id}/shards",
+        "/models/aliases/{name}",
+        "/predict",
+    } <= set(document["paths"])
     assert b"/openapi.json" in client.get("/docs").data
 
 

@@ -32,7 +32,7 @@ def bulk(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
         session.commit()
     engine.dispose()
     workers = [start_worker(f"bulk{i}@%h", ["predict"], settings) for i in range(2)]
-    yield create_app(settings).test_client(), settings
+    yield create_app(settings).test_client(), settings, workers
     for worker in workers:
         stop_worker(worker)
 
@@ -57,7 +57,7 @@ def images_of(tiny_dataset: Path) -> list[Path]:
 def photo_folder(bulk, tiny_dataset, tmp_path) -> Path:
     """46 good photos in nested folders, four bad files, a text file and two escaping symlinks,
     inside the upload root (an allowed input root)."""
-    _, settings = bulk
+    _, settings, _ = bulk
     root = settings.upload_dir / f"team-{tmp_path.name}"
     good = images_of(tiny_dataset)[:46]
     for i, source in enumerate(good):
@@ -79,8 +79,14 @@ def photo_folder(bulk, tiny_dataset, tmp_path) -> Path:
 EXPECTED_ERRORS = {"zero.jpg": "empty_file", "notes.jpg": "not_an_image", "cut.jpg": "truncated"}
 
 
+def test_workers_load_the_serving_model_before_saying_ready(bulk, tiny_model):
+    *_, workers = bulk
+    for worker in workers:
+        assert any("preloaded model" in line for line in worker.log_tail), "".join(worker.log_tail)
+
+
 def test_a_folder_gives_every_file_its_outcome(bulk, photo_folder):
-    client, _ = bulk
+    client, *_ = bulk
     submitted = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}, "shard_size": 4})
     assert submitted.status_code == 202, submitted.get_json()
     job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
@@ -110,7 +116,7 @@ def test_a_folder_gives_every_file_its_outcome(bulk, photo_folder):
 
 
 def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
-    client, _ = bulk
+    client, *_ = bulk
     job_id = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}}).get_json()["id"]
     job = wait_for(client, job_id, FINISHED, timeout=120)
     rows = client.get(f"/jobs/{job_id}/results?limit=1000").get_json()["results"]
@@ -135,7 +141,7 @@ def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
 
 
 def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path):
-    client, settings = bulk
+    client, settings, _ = bulk
     folder = settings.upload_dir / f"many-{tmp_path.name}"
     folder.mkdir(parents=True)
     for copy in range(4):
@@ -160,7 +166,7 @@ def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path
 
 
 def test_a_failing_shard_is_retried_then_its_files_fail(bulk, tiny_dataset):
-    client, _ = bulk
+    client, *_ = bulk
     folder = tiny_dataset / "val" / "Milk"
     request = {"type": "predict", "model": "broken", "input": {"folder": str(folder)}}
     job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
@@ -174,7 +180,7 @@ def test_a_failing_shard_is_retried_then_its_files_fail(bulk, tiny_dataset):
 
 
 def test_a_manifest_of_paths(bulk, tiny_dataset):
-    client, _ = bulk
+    client, *_ = bulk
     good = [str(p) for p in images_of(tiny_dataset)[:5]]
     missing = str(tiny_dataset / "val" / "gone.jpg")
     job_id = client.post("/jobs", json={"type": "predict", "input": {"paths": [*good, missing]}}).get_json()["id"]
@@ -190,7 +196,7 @@ def test_a_manifest_of_paths(bulk, tiny_dataset):
 
 
 def test_an_upload_of_files_and_of_an_archive(bulk, tiny_dataset):
-    client, settings = bulk
+    client, settings, _ = bulk
     sources = images_of(tiny_dataset)[:3]
     files = [(io.BytesIO(p.read_bytes()), "same-name.jpg") for p in sources]
     submitted = client.post("/jobs", data={"files": files, "model": "latest"}, content_type="multipart/form-data")

@@ -13,6 +13,8 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+from celery.signals import worker_ready
+
 from service import crud, shards
 from service.models import JobShard, Model
 from service.settings import Settings
@@ -230,6 +232,26 @@ def error_row(path: str, code: str, message: str) -> dict:
         "error_code": code,
         "error_message": message,
     }
+
+
+@worker_ready.connect
+def preload_serving_model(sender=None, **_) -> None:
+    """Load the model POST /predict serves (the production alias, else the latest) before the first
+    request needs it. Only in a process that runs tasks itself (the solo or threads pool): a parent
+    that forks children must not hold ONNX Runtime's threads."""
+    pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
+    if pool is None or pool.__module__.endswith("prefork"):
+        return
+    try:
+        with sessions()() as session:
+            model = crud.resolve_model(session, reference="production") or crud.resolve_model(
+                session, reference="latest"
+            )
+        if model is not None:
+            cached_predictor(str(model.id), model.artifact_path)
+            log.info("preloaded model %s (version %s)", model.id, model.version)
+    except Exception:  # a missing artifact or database fails the first job clearly; the worker still starts
+        log.warning("could not preload the serving model", exc_info=True)
 
 
 @functools.lru_cache(maxsize=2)
