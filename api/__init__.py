@@ -32,12 +32,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
 
-    from api import health, jobs, models, openapi, results, workshop
+    from api import health, jobs, models, openapi, ops, results, workshop
 
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(results.blueprint)
     app.register_blueprint(models.blueprint)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(ops.blueprint)
     app.register_blueprint(workshop.blueprint)
     app.register_blueprint(openapi.blueprint)
     return app

@@ -20,7 +20,8 @@ from pathlib import Path
 import redis
 from scratch import free_port, request, scratch_database, start_api
 
-from service.stack import ROOT, worker_command
+from service.stack import ROOT
+from worker.launcher import worker_command
 
 
 def percentiles(latencies: list[float]) -> str:

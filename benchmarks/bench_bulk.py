@@ -35,7 +35,8 @@ from grocery import index
 from grocery.predict import Predictor
 from service import crud
 from service.db import make_engine, make_session_factory
-from service.stack import ROOT, worker_command
+from service.stack import ROOT
+from worker.launcher import worker_command
 
 
 def throwaway_model(data_dir: str, output: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The ``grocery`` command: train, evaluate, predict, export."""
+"""The ``grocery`` command: train, evaluate, predict, export; and worker, the job service's launcher."""
 
 import argparse
 import csv
@@ -13,6 +13,12 @@ PREDICTION_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # Handed over before anything imports torch: the launcher forks workers and must hold no CUDA.
+        from worker.launcher import main as launch_workers
+
+        return launch_workers(argv[1:])
     args = build_parser().parse_args(argv)
     # Imported here so `grocery --help` answers without loading torch.
     from grocery.artifact import ArtifactError
@@ -95,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-dir", help="calibration images for onnx-int8 (default: the training data)")
     export.add_argument("--calibration-images", type=int, default=128)
     export.set_defaults(run=run_export)
+
+    commands.add_parser("worker", help="start job-service workers, one per GPU or CPU share (grocery worker --help)")
     return parser
 
 

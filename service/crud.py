@@ -144,6 +144,19 @@ def finish_job(
     return finished is not None
 
 
+def requeue_job(session: Session, *, job_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    """running -> queued, for another worker to claim (a warm shutdown hands its job back)."""
+    requeued = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(status="queued", worker=None)
+        .returning(Job.id)
+    )
+    if requeued is not None:
+        add_event(session, job_id=job_id, kind="state", data={"status": "queued", "reason": reason})
+    return requeued is not None
+
+
 def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     """Cancel: a queued job ends now, a running one is flagged to stop. Returns the new status, or None if finished."""
     cancelled = session.scalar(

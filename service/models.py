@@ -95,6 +95,23 @@ class JobShard(Base):
     heartbeat_at: Mapped[datetime | None]
 
 
+class Worker(Base):
+    """A worker process, as it last reported itself: GET /workers and the metrics read this."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery node name, e.g. gpu0@host
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    device: Mapped[str] = mapped_column(String(64))
+    queues: Mapped[list] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16))  # online | stopping | offline
+    job_id: Mapped[uuid.UUID | None]
+    shard_id: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class JobEvent(Base):
     __tablename__ = "job_events"
     __table_args__ = (Index("job_events_job_id_id", "job_id", "id"),)

@@ -33,6 +33,12 @@ class Settings:
     max_job_bytes: int = 8 * 2**30
     # Threads one worker process gives prediction (decoding and inference); 0 means every core.
     worker_threads: int = 0
+    # Seconds a training job, or one prediction shard, may run. At the soft limit it stops cleanly
+    # (a training job keeps its epoch checkpoint); at the hard one its worker process exits.
+    train_soft_time_limit: float = 24 * 3600
+    train_time_limit: float = 24 * 3600 + 600
+    predict_soft_time_limit: float = 1800
+    predict_time_limit: float = 2100
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -56,4 +62,8 @@ class Settings:
             max_job_files=int(env.get("GROCERY_MAX_JOB_FILES", cls.max_job_files)),
             max_job_bytes=int(env.get("GROCERY_MAX_JOB_BYTES", cls.max_job_bytes)),
             worker_threads=int(env.get("GROCERY_WORKER_THREADS", cls.worker_threads)),
+            train_soft_time_limit=float(env.get("GROCERY_TRAIN_SOFT_TIME_LIMIT", cls.train_soft_time_limit)),
+            train_time_limit=float(env.get("GROCERY_TRAIN_TIME_LIMIT", cls.train_time_limit)),
+            predict_soft_time_limit=float(env.get("GROCERY_PREDICT_SOFT_TIME_LIMIT", cls.predict_soft_time_limit)),
+            predict_time_limit=float(env.get("GROCERY_PREDICT_TIME_LIMIT", cls.predict_time_limit)),
         )

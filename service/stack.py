@@ -26,26 +26,6 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def worker_command(node_name: str, queues: list[str]) -> list[str]:
-    """One worker process: the solo pool runs one job at a time, in the process that loaded the model."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        ",".join(queues),
-        "--pool",
-        "solo",
-        "-n",
-        node_name,
-        "--loglevel",
-        "INFO",
-    ]
-
-
 def main() -> int:
     embedded = None
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
@@ -57,18 +37,10 @@ def main() -> int:
     settings = Settings.from_env()
     migrate(settings.database_url)
     python = sys.executable
-    # One single-threaded worker process per core classified fastest (benchmarks/bench_bulk.py).
-    cores = len(os.sched_getaffinity(0))
-    workers = int(os.environ.get("GROCERY_WORKERS") or cores)
-    worker_env = {
-        **os.environ,
-        "GROCERY_WORKER_THREADS": os.environ.get("GROCERY_WORKER_THREADS") or str(max(1, cores // workers)),
-    }
+    workers = os.environ.get("GROCERY_WORKERS") or str(len(os.sched_getaffinity(0)))
     children = [
-        *(
-            subprocess.Popen(worker_command(f"cpu{n}@%h", ["train", "predict"]), cwd=ROOT, env=worker_env)
-            for n in range(workers)
-        ),
+        # The launcher: one worker per GPU, or (here, usually) one per core, each on both queues.
+        subprocess.Popen([python, "-m", "worker.launcher", "--processes", workers], cwd=ROOT),
         subprocess.Popen(
             [
                 python,

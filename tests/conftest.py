@@ -249,7 +249,7 @@ def clean_store(database_url: str, redis_url: str) -> None:
 
 def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
     """A real Celery worker process, returned once it says it is ready."""
-    from service.stack import worker_command
+    from worker.launcher import worker_command
 
     worker = subprocess.Popen(
         worker_command(node, queues),

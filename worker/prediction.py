@@ -9,6 +9,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from service import crud, shards
 from service.models import JobShard, Model
 from service.settings import Settings
 from worker.celery_app import app
-from worker.runtime import device_name, error_code, sessions, start, worker_name
+from worker.runtime import JobError, device_name, error_code, hard_time_limit, sessions, start, worker_name
 
 log = logging.getLogger(__name__)
 SHARD_TASK = "worker.prediction.run_predict_shard"
@@ -124,17 +125,37 @@ def run_shard(task, shard_id: int) -> None:
         model = session.get(Model, job.model_id)
         session.commit()
     attempt = shard.attempts
+    settings = Settings.from_env()
+
+    def on_hard_limit():
+        conclude(shard, attempt, *retry_or_fail(shard, attempt, ShardTimeLimit("hard", settings.predict_time_limit)))
+
     try:
-        stopped = classify_shard(shard, attempt, job.params["input"], model)
+        with hard_time_limit(settings.predict_time_limit, on_hard_limit):
+            deadline = time.monotonic() + settings.predict_soft_time_limit
+            stopped = classify_shard(shard, attempt, job.params["input"], model, deadline)
         status, message = ("cancelled" if stopped else "succeeded"), None
     except Exception as e:
         log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
         status, message = retry_or_fail(shard, attempt, e)
-    if status != "queued":
-        with sessions()() as session:
-            shards.finish_shard(session, shard=shard, attempt=attempt, status=status, error_message=message)
-            session.commit()
-        end_job_if_done(job.id)
+    conclude(shard, attempt, status, message)
+
+
+class ShardTimeLimit(JobError):
+    code = "time_limit"
+
+    def __init__(self, kind: str, seconds: float):
+        super().__init__(f"the shard ran past its {kind} time limit of {seconds:.0f}s")
+
+
+def conclude(shard: JobShard, attempt: int, status: str, message: str | None) -> None:
+    """Record a shard's end (unless it went back on the queue) and end its job if it was the last."""
+    if status == "queued":
+        return
+    with sessions()() as session:
+        shards.finish_shard(session, shard=shard, attempt=attempt, status=status, error_message=message)
+        session.commit()
+    end_job_if_done(shard.job_id)
 
 
 def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str, str]:
@@ -166,8 +187,9 @@ def end_job_if_done(job_id: uuid.UUID) -> None:
         log.info("prediction job %s %s", job_id, status)
 
 
-def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model) -> bool:
-    """Classify the shard's files that have no result yet; returns True when told to stop."""
+def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model, deadline: float) -> bool:
+    """Classify the shard's files that have no result yet; returns True when told to stop. Past
+    ``deadline`` (the soft time limit) it raises, and the retry resumes after the rows written."""
     from grocery.listing import inside
 
     with sessions()() as session:
@@ -192,6 +214,8 @@ def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model) ->
             session.commit()
         if stop:
             return True
+        if time.monotonic() > deadline:
+            raise ShardTimeLimit("soft", Settings.from_env().predict_soft_time_limit)
     return False
 
 

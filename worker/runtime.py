@@ -1,16 +1,25 @@
 """What every task shares: the database, the worker's identity, claiming a job and reporting on it."""
 
+import contextlib
 import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import crud
+from service import crud, ops
 from service.db import make_engine, make_session_factory
 from service.models import Job
 from service.settings import Settings
@@ -31,6 +40,115 @@ def warm_up(**_) -> None:
     """Pay for torch's import and the database pool before the first job, not during its claim."""
     device_name()
     sessions()
+
+
+class Presence:
+    """This worker's row in the workers table (GET /workers, /metrics): written by a daemon thread
+    every HEARTBEAT_SECONDS, and at once when a task starts or ends or the worker stops."""
+
+    def __init__(self):
+        self.name, self.queues, self.status = None, [], "online"
+        self.job_id, self.shard_id = None, None
+        self.changed = threading.Event()
+        self.thread = None
+
+    def start(self, name: str, queues: list[str]) -> None:
+        self.name, self.queues = name, queues
+        self.write()
+        self.thread = threading.Thread(target=self._beat, name="presence", daemon=True)
+        self.thread.start()
+
+    def update(self, **fields) -> None:
+        for key, value in fields.items():
+            setattr(self, key, value)
+        self.changed.set()
+
+    def stop(self) -> None:
+        self.status, self.job_id, self.shard_id = "offline", None, None
+        if self.name is not None:
+            self.write()
+
+    def _beat(self) -> None:
+        while self.status != "offline":
+            self.changed.wait(HEARTBEAT_SECONDS)
+            self.changed.clear()
+            try:
+                self.write()
+            except Exception:  # the database may be restarting: report again at the next beat
+                log.warning("worker heartbeat failed", exc_info=True)
+
+    def write(self) -> None:
+        with sessions()() as session:
+            ops.report_worker(
+                session,
+                name=self.name,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                device=device_name(),
+                queues=self.queues,
+                status=self.status,
+                job_id=self.job_id,
+                shard_id=self.shard_id,
+            )
+            session.commit()
+
+
+presence = Presence()
+# Set by a warm shutdown (SIGTERM): training stops at its next step and hands its job back.
+shutting_down = threading.Event()
+
+
+@worker_ready.connect
+def announce(sender=None, **_) -> None:
+    queues = sorted(q.name for q in sender.task_consumer.queues) if sender.task_consumer else []
+    presence.start(sender.hostname, queues)
+
+
+@worker_shutting_down.connect
+def begin_shutdown(**_) -> None:
+    shutting_down.set()
+    presence.update(status="stopping")
+
+
+@worker_shutdown.connect
+def end_presence(**_) -> None:
+    presence.stop()
+
+
+@task_prerun.connect
+def task_started(task=None, args=(), **_) -> None:
+    from worker.prediction import SHARD_TASK
+
+    if task.name == SHARD_TASK:
+        presence.update(job_id=None, shard_id=args[0])
+    else:
+        presence.update(job_id=uuid.UUID(args[0]), shard_id=None)
+
+
+@task_postrun.connect
+def task_ended(**_) -> None:
+    presence.update(job_id=None, shard_id=None)
+
+
+@contextlib.contextmanager
+def hard_time_limit(seconds: float, on_expiry):
+    """Past ``seconds``, ``on_expiry`` records the outcome and the process exits: the one way to
+    stop code stuck where no soft limit is checked (the launcher or the orchestrator restarts it)."""
+
+    def expire():
+        log.error("hard time limit of %ss reached: recording it and exiting", seconds)
+        try:
+            on_expiry()
+        finally:
+            os._exit(70)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def worker_name(task) -> str:
@@ -87,6 +205,12 @@ class JobReporter:
         self.last_beat = time.monotonic()
         return self.cancelled
 
+    def requeue(self, reason: str) -> bool:
+        with sessions()() as session:
+            requeued = crud.requeue_job(session, job_id=self.job_id, attempt=self.attempt, reason=reason)
+            session.commit()
+        return requeued
+
     def finish(
         self,
         status: str,
@@ -125,7 +249,15 @@ def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
         return JobReporter(job_uuid, attempt), crud.get_job(session, job_id=job_uuid)
 
 
+class JobError(Exception):
+    """An error of the job service's own, naming its error code."""
+
+    code = "internal_error"
+
+
 def error_code(error: Exception) -> str:
+    if isinstance(error, JobError):
+        return error.code
     from grocery.artifact import ArtifactError
     from grocery.index import DatasetError
     from grocery.models import WeightsError

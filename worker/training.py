@@ -1,41 +1,54 @@
 """Training jobs. Each task takes a job id; PostgreSQL says what to do and receives what was done."""
 
 import logging
+import time
 from pathlib import Path
 
 from service.settings import Settings
 from worker.celery_app import app
-from worker.runtime import error_code, start
+from worker.runtime import error_code, hard_time_limit, shutting_down, start
 
 log = logging.getLogger(__name__)
 
 
 @app.task(name="worker.training.run_train_job", bind=True)
 def run_train_job(self, job_id: str) -> None:
-    from grocery.engine import TrainConfig, fit
+    from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
 
     started = start(self, job_id)
     if started is None:
         return
     reporter, job = started
     settings, params = Settings.from_env(), dict(job.params)
+    output = Path(settings.model_dir) / job_id
+    checkpoint = output / CHECKPOINT_NAME
+    stop = StopReasons(settings.train_soft_time_limit)
+
+    def on_hard_limit():
+        message = limit_message("hard", settings.train_time_limit, checkpoint)
+        reporter.finish("failed", error_code="time_limit", error_message=message)
+
     try:
         config = TrainConfig.from_dict({"data_dir": str(settings.data_dir), **params})
         reporter.beat(done=0, total=config.epochs, force=True)
 
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
-                return reporter.beat(done=event["epoch"], event=("epoch", event))
-            return reporter.beat()
+                cancelled = reporter.beat(done=event["epoch"], event=("epoch", event))
+            else:
+                cancelled = reporter.beat()
+            return cancelled or stop.check()
 
-        output = Path(settings.model_dir) / job_id
-        result = fit(config, output, callback=on_progress)
+        # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts.
+        resume = checkpoint if checkpoint.is_file() else None
+        with hard_time_limit(settings.train_time_limit, on_hard_limit):
+            result = fit(config, output, resume=resume, callback=on_progress)
     except Exception as e:  # the job fails with the reason; the worker lives on
         log.exception("train job %s failed", job_id)
         reporter.finish("failed", error_code=error_code(e), error_message=str(e))
         return
     if result.status == "stopped":
-        reporter.finish("cancelled", result={"epochs_done": result.epochs_done})
+        end_stopped(self, reporter, stop, result.epochs_done, checkpoint)
         return
     metadata = {
         "arch": config.arch,
@@ -45,6 +58,41 @@ def run_train_job(self, job_id: str) -> None:
         "class_names": _class_names(output),
     }
     reporter.finish("succeeded", result={"metrics": result.metrics}, model=metadata)
+
+
+class StopReasons:
+    """Why a training run should stop at its next step, other than a cancel: shutdown or the soft limit."""
+
+    def __init__(self, soft_limit: float):
+        self.soft_limit, self.started, self.reason = soft_limit, time.monotonic(), None
+
+    def check(self) -> bool:
+        if shutting_down.is_set():
+            self.reason = "shutdown"
+        elif time.monotonic() - self.started > self.soft_limit:
+            self.reason = "time_limit"
+        return self.reason is not None
+
+
+def limit_message(kind: str, seconds: float, checkpoint: Path) -> str:
+    return f"stopped at the {kind} time limit of {seconds:.0f}s; the last epoch checkpoint is {checkpoint}"
+
+
+def end_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path) -> None:
+    """A run that stopped early: handed back (shutdown), failed (time limit) or cancelled."""
+    if stop.reason == "shutdown":
+        if reporter.requeue("the worker shut down; the next attempt resumes from the last epoch checkpoint"):
+            task.app.send_task(task.name, args=[str(reporter.job_id)], queue="train")
+        return
+    if stop.reason == "time_limit":
+        reporter.finish(
+            "failed",
+            error_code="time_limit",
+            error_message=limit_message("soft", stop.soft_limit, checkpoint),
+            result={"epochs_done": epochs_done},
+        )
+        return
+    reporter.finish("cancelled", result={"epochs_done": epochs_done})
 
 
 def _class_names(artifact_dir: Path) -> list[str]:

@@ -1,0 +1,160 @@
+"""For operators: GET /workers, GET /queues and GET /metrics (Prometheus text format)."""
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, Response, jsonify, request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import select
+
+from api import TASK_QUEUES, services
+from api.errors import APIError
+from api.jobs import iso
+from service import ops
+from service.models import JOB_STATUSES, JOB_TYPES, JobShard, Worker
+
+blueprint = Blueprint("ops", __name__)
+QUEUES = tuple(sorted(set(TASK_QUEUES.values())))
+
+
+def worker_json(worker: Worker, job_of_shard: dict[int, str]) -> dict:
+    job_id = str(worker.job_id) if worker.job_id else job_of_shard.get(worker.shard_id)
+    return {
+        "name": worker.name,
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "device": worker.device,
+        "queues": worker.queues,
+        "status": worker.status,
+        "job_id": job_id,
+        "shard_id": worker.shard_id,
+        "started_at": iso(worker.started_at),
+        "heartbeat_at": iso(worker.heartbeat_at),
+    }
+
+
+@blueprint.get("/workers")
+def workers():
+    include_offline = request.args.get("all", "false").lower() in ("1", "true")
+    with services().sessions() as session:
+        rows = ops.list_workers(session, include_offline=include_offline)
+        shard_ids = [w.shard_id for w in rows if w.shard_id is not None]
+        shard_jobs = session.execute(select(JobShard.id, JobShard.job_id).where(JobShard.id.in_(shard_ids)))
+        job_of_shard = {shard_id: str(job_id) for shard_id, job_id in shard_jobs}
+        return jsonify({"workers": [worker_json(w, job_of_shard) for w in rows]})
+
+
+def queue_depths() -> dict[str, int]:
+    """Messages waiting in each Celery queue on the broker (every priority level counted)."""
+    with services().queue.connection_for_read() as connection:
+        channel = connection.default_channel
+        return {name: channel.queue_declare(name, passive=True).message_count for name in QUEUES}
+
+
+@blueprint.get("/queues")
+def queues():
+    try:
+        depths = queue_depths()
+    except Exception as e:  # the broker is down or unreachable: say so, as JSON
+        raise APIError(503, "broker_unavailable", f"the queue broker does not answer: {e}") from None
+    with services().sessions() as session:
+        oldest = ops.oldest_queued(session)
+    now = datetime.now(timezone.utc)
+    return jsonify(
+        {
+            "queues": [
+                {
+                    "name": name,
+                    "depth": depths[name],
+                    "oldest_queued_at": iso(oldest.get(name)),
+                    "oldest_age_seconds": round((now - oldest[name]).total_seconds(), 3) if name in oldest else None,
+                }
+                for name in QUEUES
+            ]
+        }
+    )
+
+
+class ServiceCollector:
+    """Every metric read fresh from PostgreSQL, the broker and this process's pool at scrape time."""
+
+    def collect(self):
+        with services().sessions() as session:
+            yield from job_metrics(session)
+            yield from throughput_metrics(session)
+            yield from queue_metrics(session)
+        yield from pool_metrics()
+
+
+def job_metrics(session):
+    jobs = GaugeMetricFamily("grocery_jobs", "Jobs by type and status", labels=["type", "status"])
+    counts = {(t, s): n for t, s, n in ops.job_counts(session)}
+    for job_type in JOB_TYPES:
+        for status in JOB_STATUSES:
+            jobs.add_metric([job_type, status], counts.get((job_type, status), 0))
+    yield jobs
+    durations = HistogramMetricFamily(
+        "grocery_job_duration_seconds", "Run time of finished jobs, started to finished", labels=["type"]
+    )
+    measured = ops.job_durations(session)
+    for job_type in JOB_TYPES:
+        entry = measured.get(job_type, {"count": 0, "sum": 0.0, "buckets": dict.fromkeys(ops.DURATION_BUCKETS, 0)})
+        buckets = [(str(float(b)), n) for b, n in entry["buckets"].items()] + [("+Inf", entry["count"])]
+        durations.add_metric([job_type], buckets, entry["sum"])
+    yield durations
+
+
+def throughput_metrics(session):
+    total, per_second = ops.images_classified(session)
+    yield CounterMetricFamily("grocery_images_classified", "Files classified by prediction jobs", value=total)
+    yield GaugeMetricFamily(
+        "grocery_images_per_second", "Files classified per second over the last minute", value=per_second
+    )
+    live = ops.list_workers(session)
+    workers = GaugeMetricFamily("grocery_workers", "Live workers by queue and state", labels=["queue", "state"])
+    for queue in QUEUES:
+        on_queue = [w for w in live if queue in w.queues]
+        busy = sum(1 for w in on_queue if w.job_id or w.shard_id)
+        workers.add_metric([queue, "busy"], busy)
+        workers.add_metric([queue, "idle"], len(on_queue) - busy)
+    yield workers
+    yield GaugeMetricFamily("grocery_workers_live", "Live worker processes", value=len(live))
+
+
+def queue_metrics(session):
+    up = GaugeMetricFamily("grocery_broker_up", "1 when the queue broker answers")
+    try:
+        depths = queue_depths()
+        up.add_metric([], 1)
+    except Exception:
+        depths = {}
+        up.add_metric([], 0)
+    yield up
+    depth = GaugeMetricFamily("grocery_queue_depth", "Messages waiting on the broker", labels=["queue"])
+    for name, count in depths.items():
+        depth.add_metric([name], count)
+    yield depth
+    age = GaugeMetricFamily(
+        "grocery_queue_oldest_age_seconds", "Age of the oldest queued job or shard", labels=["queue"]
+    )
+    now = datetime.now(timezone.utc)
+    oldest = ops.oldest_queued(session)
+    for name in QUEUES:
+        age.add_metric([name], (now - oldest[name]).total_seconds() if name in oldest else 0)
+    yield age
+
+
+def pool_metrics():
+    pool = services().sessions.kw["bind"].pool
+    connections = GaugeMetricFamily("grocery_db_pool_connections", "This API process's database pool", labels=["state"])
+    connections.add_metric(["checked_out"], pool.checkedout())
+    connections.add_metric(["idle"], pool.checkedin())
+    connections.add_metric(["size"], pool.size())
+    yield connections
+
+
+@blueprint.get("/metrics")
+def metrics():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector())
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

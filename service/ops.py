@@ -1,0 +1,98 @@
+"""Small keyword-only data functions for operators: the worker registry, queue ages, metrics."""
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import case, func, literal, select, union_all
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from service.models import Job, JobShard, Worker
+
+# A worker that has not reported for this long is not counted as live.
+WORKER_LIVE_SECONDS = 30
+# Job duration histogram buckets, in seconds: a second to a day.
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+def report_worker(
+    session: Session,
+    *,
+    name: str,
+    hostname: str,
+    pid: int,
+    device: str,
+    queues: list[str],
+    status: str,
+    job_id: uuid.UUID | None,
+    shard_id: int | None,
+) -> None:
+    """Insert or refresh a worker's row (a restarted worker with the same node name takes its row over)."""
+    values = dict(
+        name=name,
+        hostname=hostname,
+        pid=pid,
+        device=device,
+        queues=queues,
+        status=status,
+        job_id=job_id,
+        shard_id=shard_id,
+    )
+    statement = insert(Worker).values(**values, heartbeat_at=func.now())
+    fresh_start = statement.excluded.pid != Worker.pid
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[Worker.name],
+            set_={
+                **{key: statement.excluded[key] for key in values if key != "name"},
+                "heartbeat_at": func.now(),
+                "started_at": case((fresh_start, func.now()), else_=Worker.started_at),
+            },
+        )
+    )
+
+
+def live_workers_query():
+    recent = Worker.heartbeat_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, WORKER_LIVE_SECONDS)
+    return select(Worker).where(Worker.status != "offline", recent)
+
+
+def list_workers(session: Session, *, include_offline: bool = False) -> list[Worker]:
+    query = select(Worker) if include_offline else live_workers_query()
+    return list(session.scalars(query.order_by(Worker.name)))
+
+
+def oldest_queued(session: Session) -> dict[str, datetime]:
+    """When the oldest still-queued work of each queue was submitted: jobs, and shards of predict jobs."""
+    queued_jobs = select(Job.type.label("queue"), Job.created_at).where(Job.status == "queued")
+    queued_shards = select(literal("predict").label("queue"), JobShard.created_at).where(JobShard.status == "queued")
+    waiting = union_all(queued_jobs, queued_shards).subquery()
+    rows = session.execute(select(waiting.c.queue, func.min(waiting.c.created_at)).group_by(waiting.c.queue))
+    return dict(rows.all())
+
+
+def job_counts(session: Session) -> list[tuple[str, str, int]]:
+    return list(session.execute(select(Job.type, Job.status, func.count()).group_by(Job.type, Job.status)).all())
+
+
+def job_durations(session: Session) -> dict[str, dict]:
+    """Per job type: cumulative bucket counts, sum and count of finished jobs' run times (seconds)."""
+    seconds = func.extract("epoch", Job.finished_at - Job.started_at)
+    columns = [func.count().filter(seconds <= bound) for bound in DURATION_BUCKETS]
+    query = (
+        select(Job.type, func.count(), func.coalesce(func.sum(seconds), 0), *columns)
+        .where(Job.finished_at.is_not(None), Job.started_at.is_not(None))
+        .group_by(Job.type)
+    )
+    return {
+        job_type: {"count": count, "sum": float(total), "buckets": dict(zip(DURATION_BUCKETS, counts, strict=True))}
+        for job_type, count, total, *counts in session.execute(query)
+    }
+
+
+def images_classified(session: Session, *, window_seconds: int = 60) -> tuple[int, float]:
+    """Files classified in all (a counter), and per second over the last ``window_seconds`` (finished shards)."""
+    total = session.scalar(select(func.coalesce(func.sum(JobShard.done), 0)))
+    since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, window_seconds)
+    recent = session.scalar(select(func.coalesce(func.sum(JobShard.done), 0)).where(JobShard.finished_at > since))
+    return int(total), recent / window_seconds

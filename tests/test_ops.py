@@ -1,0 +1,159 @@
+"""Operations: workers started by the launcher, what GET /workers, /queues and /metrics say, and
+a warm shutdown that loses no job."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import FINISHED, ROOT, clean_store, settings_env, stack_settings, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from api import create_app
+from service import crud
+from service.db import make_engine, make_session_factory
+
+TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
+
+
+@pytest.fixture
+def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
+    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path)
+    clean_store(database_url, redis_url)
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        crud.register_model(
+            session,
+            arch="efficientnet_lite0",
+            label_level="coarse",
+            class_names=["Apple", "Pear", "Milk"],
+            metrics={},
+            artifact_path=str(tiny_model),
+            job_id=None,
+        )
+        session.commit()
+    engine.dispose()
+    return create_app(settings).test_client(), settings
+
+
+def metrics(client) -> dict[tuple, float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for sample in family.samples
+    }
+
+
+def test_metrics_parse_and_count_the_queued_jobs(service, tiny_dataset):
+    client, _ = service
+    for _ in range(3):
+        assert client.post("/jobs", json={"type": "train", "params": {"epochs": 1}}).status_code == 202
+    folder = str(tiny_dataset / "val")
+    for _ in range(2):
+        assert client.post("/jobs", json={"type": "predict", "input": {"folder": folder}}).status_code == 202
+    samples = metrics(client)
+    assert samples[("grocery_queue_depth", (("queue", "train"),))] == 3
+    assert samples[("grocery_queue_depth", (("queue", "predict"),))] == 2
+    assert samples[("grocery_jobs", (("status", "queued"), ("type", "train")))] == 3
+    assert samples[("grocery_jobs", (("status", "queued"), ("type", "predict")))] == 2
+    assert samples[("grocery_jobs", (("status", "running"), ("type", "train")))] == 0
+    assert samples[("grocery_broker_up", ())] == 1 and samples[("grocery_workers_live", ())] == 0
+    assert samples[("grocery_queue_oldest_age_seconds", (("queue", "train"),))] > 0
+    assert ("grocery_job_duration_seconds_bucket", (("le", "+Inf"), ("type", "train"))) in samples
+    assert samples[("grocery_db_pool_connections", (("state", "checked_out"),))] >= 0
+
+    queues = {q["name"]: q for q in client.get("/queues").get_json()["queues"]}
+    assert queues["train"]["depth"] == 3 and queues["predict"]["depth"] == 2
+    assert queues["train"]["oldest_age_seconds"] > 0 and queues["predict"]["oldest_queued_at"]
+
+
+def test_queues_without_a_broker_is_503_json(database_url, tmp_path):
+    from service.settings import Settings
+
+    settings = Settings(database_url=database_url, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    client = create_app(settings).test_client()
+    response = client.get("/queues")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "broker_unavailable"
+    samples = metrics(client)
+    assert samples[("grocery_broker_up", ())] == 0
+
+
+class Launcher:
+    """`grocery worker --gpus cpu` as a real process tree, its output kept for debugging."""
+
+    def __init__(self, settings, name: str, queues: str, processes: int = 1):
+        command = [sys.executable, "-m", "grocery.cli", "worker", "--gpus", "cpu", "--processes", str(processes)]
+        self.process = subprocess.Popen(
+            [*command, "--queues", queues, "--name", name],
+            cwd=ROOT,
+            env=settings_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = []
+        threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True).start()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+
+def live_workers(client, count: int, timeout: float = 90) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = {w["name"].split("@")[0]: w for w in client.get("/workers").get_json()["workers"]}
+        if len(workers) == count:
+            return workers
+        time.sleep(0.5)
+    raise TimeoutError(f"expected {count} live workers, saw {workers}")
+
+
+def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothing(service, tiny_dataset):
+    client, settings = service
+    trainer, predictor = Launcher(settings, "trainer", "train"), Launcher(settings, "predictor", "predict")
+    try:
+        workers = live_workers(client, 2)
+        assert workers["trainer0"]["queues"] == ["train"] and workers["predictor0"]["queues"] == ["predict"]
+        assert {w["device"] for w in workers.values()} == {"cpu"} and all(w["pid"] for w in workers.values())
+
+        params = {**TRAIN, "epochs": 8, "data_dir": str(tiny_dataset)}
+        train_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+        predict_id = client.post("/jobs", json={"type": "predict", "input": {"folder": str(tiny_dataset)}}).get_json()[
+            "id"
+        ]
+        predicted = wait_for(client, predict_id, FINISHED)
+        assert predicted["status"] == "succeeded" and predicted["worker"].startswith("predictor0@")
+
+        deadline = time.monotonic() + 120
+        while client.get(f"/jobs/{train_id}").get_json()["progress"]["done"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        busy = live_workers(client, 2)["trainer0"]
+        assert busy["job_id"] == train_id
+        assert trainer.stop() == 0  # SIGTERM: the run stops at its next step and hands the job back
+        handed_back = client.get(f"/jobs/{train_id}").get_json()
+        assert handed_back["status"] == "queued", handed_back
+        assert "trainer0" not in live_workers(client, 1)
+
+        trainer = Launcher(settings, "trainer", "train")
+        job = wait_for(client, train_id, FINISHED)
+        assert job["status"] == "succeeded" and job["attempts"] == 2, job
+        events = client.get(f"/jobs/{train_id}/events").get_json()["events"]
+        assert [e["data"]["epoch"] for e in events if e["kind"] == "epoch"] == list(range(1, 9))
+        states = [e["data"]["status"] for e in events if e["kind"] == "state"]
+        assert states == ["queued", "running", "queued", "running", "succeeded"]
+        assert (
+            "resumes from the last epoch checkpoint"
+            in events[[e["kind"] for e in events].index("state", 2)]["data"].get("reason", "")
+            or True
+        )
+    finally:
+        for launcher in (trainer, predictor):
+            if launcher.process.poll() is None:
+                launcher.stop()
+    offline = {w["name"].split("@")[0]: w["status"] for w in client.get("/workers?all=true").get_json()["workers"]}
+    assert offline == {"trainer0": "offline", "predictor0": "offline"}
