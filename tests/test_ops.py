@@ -1,6 +1,8 @@
 """Operations: workers started by the launcher, what GET /workers, /queues and /metrics say, and
 a warm shutdown that loses no job."""
 
+import dataclasses
+import os
 import signal
 import subprocess
 import sys
@@ -157,3 +159,36 @@ def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothi
                 launcher.stop()
     offline = {w["name"].split("@")[0]: w["status"] for w in client.get("/workers?all=true").get_json()["workers"]}
     assert offline == {"trainer0": "offline", "predictor0": "offline"}
+
+
+def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(service, tiny_dataset, tmp_path):
+    client, settings = service
+    limited = dataclasses.replace(
+        settings, train_soft_time_limit=4, predict_soft_time_limit=2, predict_time_limit=4, shard_attempts=1
+    )
+    launcher = Launcher(limited, "limited", "train,predict")
+    try:
+        live_workers(client, 1)
+        params = {**TRAIN, "epochs": 500, "data_dir": str(tiny_dataset)}
+        job = wait_for(
+            client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED
+        )
+        assert job["status"] == "failed" and job["error"]["code"] == "time_limit", job
+        assert "soft time limit of 4s" in job["error"]["message"] and 0 < job["result"]["epochs_done"] < 500
+        assert (limited.model_dir / job["id"] / "checkpoint.pt").is_file()
+
+        # A file that never finishes reading (a FIFO with no writer) holds its shard past the hard limit.
+        folder = limited.upload_dir / "stuck"
+        folder.mkdir(parents=True)
+        for i, image in enumerate(sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]):
+            (folder / f"{i}.jpg").write_bytes(image.read_bytes())
+        os.mkfifo(folder / "3-stuck.jpg")
+        request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 1, "max_failed_fraction": 0.5}
+        job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
+        assert job["status"] == "succeeded" and job["result"]["failed"] == 1, job
+        rows = {r["path"].rsplit("/", 1)[1]: r for r in client.get(f"/jobs/{job['id']}/results").get_json()["results"]}
+        assert rows["3-stuck.jpg"]["error"]["code"] == "time_limit"
+        assert "hard time limit of 4s" in rows["3-stuck.jpg"]["error"]["message"]
+        assert any("exited with 70; restarting" in line for line in launcher.output), "".join(launcher.output[-30:])
+    finally:
+        launcher.stop()
