@@ -246,7 +246,7 @@ def clean_store(database_url: str, redis_url: str) -> None:
 
     engine = create_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions, workers CASCADE"))
     engine.dispose()
     redis_client(redis_url).flushdb()
 

@@ -189,6 +189,9 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(serv
         rows = {r["path"].rsplit("/", 1)[1]: r for r in client.get(f"/jobs/{job['id']}/results").get_json()["results"]}
         assert rows["3-stuck.jpg"]["error"]["code"] == "time_limit"
         assert "hard time limit of 4s" in rows["3-stuck.jpg"]["error"]["message"]
-        assert any("exited with 70; restarting" in line for line in launcher.output), "".join(launcher.output[-30:])
+        deadline = time.monotonic() + 15  # the launcher notices the exit within half a second
+        while not any("exited with 70; restarting" in line for line in launcher.output):
+            assert time.monotonic() < deadline, "".join(launcher.output[-30:])
+            time.sleep(0.2)
     finally:
         launcher.stop()
