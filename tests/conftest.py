@@ -251,6 +251,21 @@ def clean_store(database_url: str, redis_url: str) -> None:
     redis_client(redis_url).flushdb()
 
 
+def register_tiny_model(session, artifact: Path):
+    """A model row for an artifact of the tiny dataset's classes (the artifact need not exist)."""
+    from service import crud
+
+    return crud.register_model(
+        session,
+        arch="efficientnet_lite0",
+        label_level="coarse",
+        class_names=list(dict.fromkeys(coarse for _, coarse, _, _ in TINY_CLASSES)),
+        metrics={},
+        artifact_path=str(artifact),
+        job_id=None,
+    )
+
+
 def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
     """A real Celery worker process, returned once it says it is ready."""
     from worker.launcher import worker_command

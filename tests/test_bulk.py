@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
+from conftest import FINISHED, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker, wait_for
 
 from api import create_app
 from service import crud
@@ -26,27 +26,15 @@ def bulk(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
     clean_store(database_url, redis_url)
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        broken = register(session, store / "deleted-model")
+        broken = register_tiny_model(session, store / "deleted-model")
         crud.set_alias(session, name="broken", model_id=broken.id)
-        register(session, tiny_model)
+        register_tiny_model(session, tiny_model)
         session.commit()
     engine.dispose()
     workers = [start_worker(f"bulk{i}@%h", ["predict"], settings) for i in range(2)]
     yield create_app(settings).test_client(), settings, workers
     for worker in workers:
         stop_worker(worker)
-
-
-def register(session, artifact: Path):
-    return crud.register_model(
-        session,
-        arch="efficientnet_lite0",
-        label_level="coarse",
-        class_names=["Apple", "Pear", "Milk"],
-        metrics={},
-        artifact_path=str(artifact),
-        job_id=None,
-    )
 
 
 def images_of(tiny_dataset: Path) -> list[Path]:

@@ -10,11 +10,10 @@ import threading
 import time
 
 import pytest
-from conftest import FINISHED, ROOT, clean_store, settings_env, stack_settings, wait_for
+from conftest import FINISHED, ROOT, clean_store, register_tiny_model, settings_env, stack_settings, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from service import crud
 from service.db import make_engine, make_session_factory
 
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
@@ -26,15 +25,7 @@ def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
     clean_store(database_url, redis_url)
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        crud.register_model(
-            session,
-            arch="efficientnet_lite0",
-            label_level="coarse",
-            class_names=["Apple", "Pear", "Milk"],
-            metrics={},
-            artifact_path=str(tiny_model),
-            job_id=None,
-        )
+        register_tiny_model(session, tiny_model)
         session.commit()
     engine.dispose()
     return create_app(settings).test_client(), settings
