@@ -48,6 +48,14 @@ def services() -> Services:
     return current_app.extensions["grocery"]
 
 
-def enqueue(job_type: str, job_id: str) -> None:
-    """Tell a worker to look: the row, committed already, is the source of truth."""
-    services().queue.send_task(TASK_NAMES[job_type], args=[job_id], task_id=job_id, queue=TASK_QUEUES[job_type])
+def enqueue(job_type: str, job_id: str) -> bool:
+    """Tell a worker to look: the row, committed already, is the source of truth. With the broker
+    down the job stays queued and the workers' reconciler sends it once the broker is back."""
+    try:
+        services().queue.send_task(
+            TASK_NAMES[job_type], args=[job_id], task_id=job_id, queue=TASK_QUEUES[job_type], retry=False
+        )
+    except Exception:
+        current_app.logger.warning("broker unreachable: job %s stays queued for the reconciler", job_id, exc_info=True)
+        return False
+    return True

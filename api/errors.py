@@ -2,6 +2,7 @@
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 
@@ -30,6 +31,12 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(e: HTTPException):
         code = (e.name or "error").lower().replace(" ", "_")
         return error_response(e.code or 500, code, e.description or e.name)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_unavailable(e):
+        app.logger.warning("database unavailable: %s", e.__class__.__name__)  # the URL and password stay out
+        return error_response(503, "database_unavailable", "the database is unavailable; retry shortly")
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):

@@ -103,7 +103,8 @@ def heartbeat(
     progress_done: int | None = None,
     progress_total: int | None = None,
 ) -> bool:
-    """Record liveness (and progress); returns whether cancellation was requested."""
+    """Record liveness (and progress); returns whether to stop: cancellation was requested, or this
+    attempt no longer owns the job (another attempt took it over)."""
     values = {"heartbeat_at": func.now()}
     if progress_done is not None:
         values["progress_done"] = progress_done
@@ -115,7 +116,7 @@ def heartbeat(
         .values(**values)
         .returning(Job.cancel_requested)
     )
-    return bool(cancel)
+    return cancel is None or cancel
 
 
 def finish_job(
@@ -149,7 +150,7 @@ def requeue_job(session: Session, *, job_id: uuid.UUID, attempt: int, reason: st
     requeued = session.scalar(
         update(Job)
         .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(status="queued", worker=None)
+        .values(status="queued", worker=None, enqueued_at=func.now())
         .returning(Job.id)
     )
     if requeued is not None:

@@ -38,6 +38,7 @@ class Job(Base):
         # Keyset pagination, newest first, optionally filtered by type and status.
         Index("jobs_created_at_id", "created_at", "id"),
         Index("jobs_type_status_created_at", "type", "status", "created_at"),
+        Index("jobs_status_enqueued_at", "status", "enqueued_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -65,6 +66,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     # Prediction jobs: how many shards the listing made; NULL while it is still listing.
     shards_total: Mapped[int | None]
+    # When a message for it was last sent: the reconciler re-sends what the broker lost.
+    enqueued_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Attempts whose worker stopped reporting (crashed, killed, frozen): past the limit the job fails.
+    lost_attempts: Mapped[int] = mapped_column(server_default="0")
 
 
 class JobShard(Base):
@@ -74,6 +79,7 @@ class JobShard(Base):
     __table_args__ = (
         CheckConstraint(f"status IN {SHARD_STATUSES}", name="job_shards_status_valid"),
         UniqueConstraint("job_id", "number", name="job_shards_job_id_number_key"),
+        Index("job_shards_status_heartbeat_at", "status", "heartbeat_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -90,6 +96,7 @@ class JobShard(Base):
     device: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    enqueued_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]

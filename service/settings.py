@@ -39,6 +39,12 @@ class Settings:
     train_time_limit: float = 24 * 3600 + 600
     predict_soft_time_limit: float = 1800
     predict_time_limit: float = 2100
+    # Recovery: work whose worker has not reported for job_lease_seconds goes back on the queue
+    # (a job at most job_attempts times, then it fails); every reconcile_seconds one worker checks,
+    # and re-sends queued work the broker has lost.
+    job_lease_seconds: float = 120
+    job_attempts: int = 3
+    reconcile_seconds: float = 15
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -66,4 +72,7 @@ class Settings:
             train_time_limit=float(env.get("GROCERY_TRAIN_TIME_LIMIT", cls.train_time_limit)),
             predict_soft_time_limit=float(env.get("GROCERY_PREDICT_SOFT_TIME_LIMIT", cls.predict_soft_time_limit)),
             predict_time_limit=float(env.get("GROCERY_PREDICT_TIME_LIMIT", cls.predict_time_limit)),
+            job_lease_seconds=float(env.get("GROCERY_JOB_LEASE_SECONDS", cls.job_lease_seconds)),
+            job_attempts=int(env.get("GROCERY_JOB_ATTEMPTS", cls.job_attempts)),
+            reconcile_seconds=float(env.get("GROCERY_RECONCILE_SECONDS", cls.reconcile_seconds)),
         )

@@ -9,15 +9,12 @@ listing or a shard, ends it, under the job row's lock so that exactly one of the
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, and_, cast, func, or_, select, true, update
+from sqlalchemy import Integer, cast, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.crud import add_event, add_predictions
 from service.models import Job, JobShard, Prediction
-
-# A running shard whose worker has not reported for this long may be claimed again.
-SHARD_STALE_SECONDS = 120
 
 
 def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
@@ -48,13 +45,12 @@ def note_listing(
 
 
 def claim_shard(session: Session, *, shard_id: int, worker: str, device: str) -> JobShard | None:
-    """queued (or running but silent) -> running, while its job runs; None when there is nothing to do."""
+    """queued -> running, while its job runs; None when there is nothing to do (a duplicate delivery,
+    a shard already taken, a stopped job). A lost worker's shard comes back through the reconciler."""
     job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running", ~Job.cancel_requested)
-    silent = JobShard.heartbeat_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, SHARD_STALE_SECONDS)
     return session.scalar(
         update(JobShard)
-        .where(JobShard.id == shard_id, job_runs.exists())
-        .where(or_(JobShard.status == "queued", and_(JobShard.status == "running", silent)))
+        .where(JobShard.id == shard_id, JobShard.status == "queued", job_runs.exists())
         .values(
             status="running",
             attempts=JobShard.attempts + 1,
@@ -86,8 +82,10 @@ def done_paths(session: Session, *, job_id: uuid.UUID, paths: list[str]) -> set[
 
 def report_shard(
     session: Session, *, shard: JobShard, attempt: int, done: int, failed: int, labels: dict[str, int]
-) -> bool:
-    """A shard's progress, and its job's (the sum over its shards) and heartbeat. Returns whether to stop."""
+) -> bool | None:
+    """A shard's progress, and its job's (the sum over its shards) and heartbeat. Returns whether to
+    stop, or None when this attempt no longer owns the shard: then it must write nothing. The row
+    lock taken here holds off a takeover until the caller's transaction ends."""
     current = session.scalar(
         update(JobShard)
         .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
@@ -95,7 +93,7 @@ def report_shard(
         .returning(JobShard.id)
     )
     if current is None:
-        return True  # superseded by a newer attempt
+        return None
     summed = select(func.coalesce(func.sum(JobShard.done), 0)).where(JobShard.job_id == shard.job_id)
     stop = session.scalar(
         update(Job)
@@ -144,7 +142,7 @@ def requeue_shard(session: Session, *, shard: JobShard, attempt: int, error_mess
     requeued = session.scalar(
         update(JobShard)
         .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(status="queued", error_message=error_message)
+        .values(status="queued", error_message=error_message, enqueued_at=func.now())
         .returning(JobShard.id)
     )
     return requeued is not None

@@ -166,7 +166,7 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(serv
         )
         assert job["status"] == "failed" and job["error"]["code"] == "time_limit", job
         assert "soft time limit of 4s" in job["error"]["message"] and 0 < job["result"]["epochs_done"] < 500
-        assert (limited.model_dir / job["id"] / "checkpoint.pt").is_file()
+        assert (limited.model_dir / job["id"] / "attempt-1" / "checkpoint.pt").is_file()
 
         # A file that never finishes reading (a FIFO with no writer) holds its shard past the hard limit.
         folder = limited.upload_dir / "stuck"

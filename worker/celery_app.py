@@ -4,9 +4,15 @@ from celery import Celery
 
 from service.settings import Settings
 
+# Each job type's first task and queue; the API sends the same names (api/__init__.py).
+JOB_TASKS = {"train": "worker.training.run_train_job", "predict": "worker.prediction.run_predict_job"}
+SHARD_TASK = "worker.prediction.run_predict_shard"
+
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("grocery", broker=settings.redis_url, include=["worker.training", "worker.prediction"])
+    app = Celery(
+        "grocery", broker=settings.redis_url, include=["worker.training", "worker.prediction", "worker.reconciler"]
+    )
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
@@ -17,9 +23,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # status and results live in PostgreSQL
         task_routes={
-            "worker.training.run_train_job": {"queue": "train"},
-            "worker.prediction.run_predict_job": {"queue": "predict"},
-            "worker.prediction.run_predict_shard": {"queue": "predict"},
+            JOB_TASKS["train"]: {"queue": "train"},
+            JOB_TASKS["predict"]: {"queue": "predict"},
+            SHARD_TASK: {"queue": "predict"},
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

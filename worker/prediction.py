@@ -19,17 +19,16 @@ from celery.signals import worker_ready
 from service import crud, shards
 from service.models import JobShard, Model
 from service.settings import Settings
-from worker.celery_app import app
+from worker.celery_app import JOB_TASKS, SHARD_TASK, app
 from worker.runtime import JobError, device_name, error_code, hard_time_limit, sessions, start, worker_name
 
 log = logging.getLogger(__name__)
-SHARD_TASK = "worker.prediction.run_predict_shard"
 # An input smaller than SPREAD full shards is cut into SPREAD smaller ones (of at least
 # MIN_SHARD files), so that a few thousand images still keep every worker busy to the end.
 SPREAD, MIN_SHARD = 8, 64
 
 
-@app.task(name="worker.prediction.run_predict_job", bind=True)
+@app.task(name=JOB_TASKS["predict"], bind=True)
 def run_predict_job(self, job_id: str) -> None:
     started = start(self, job_id)
     if started is None:
@@ -207,10 +206,15 @@ def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model, de
         failed += sum(row["error_code"] is not None for row in batch)
         labels.update(row["label"] for row in batch if row["label"] is not None)
         with sessions()() as session:
-            crud.add_predictions(session, job_id=shard.job_id, rows=batch)
+            # Ownership first: its row lock keeps a takeover out until these rows are committed.
             stop = shards.report_shard(
                 session, shard=shard, attempt=attempt, done=done, failed=failed, labels=dict(labels)
             )
+            if stop is None:
+                session.rollback()
+                log.warning("shard %s attempt %s was taken over: stopping without writing", shard.id, attempt)
+                return True
+            crud.add_predictions(session, job_id=shard.job_id, rows=batch)
             session.commit()
         if stop:
             return True

@@ -117,7 +117,7 @@ def end_presence(**_) -> None:
 
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
-    from worker.prediction import SHARD_TASK
+    from worker.celery_app import SHARD_TASK
 
     if task.name == SHARD_TASK:
         presence.update(job_id=None, shard_id=args[0])
@@ -181,6 +181,8 @@ class JobReporter:
 
     def __init__(self, job_id: uuid.UUID, attempt: int):
         self.job_id, self.attempt = job_id, attempt
+        # Well inside the lease, so a live job is never taken for a lost one.
+        self.interval = min(HEARTBEAT_SECONDS, Settings.from_env().job_lease_seconds / 4)
         self.last_beat = 0.0
         self.cancelled = False
 
@@ -193,7 +195,7 @@ class JobReporter:
         force: bool = False,
     ) -> bool:
         """Returns True when the job should stop (cancel requested)."""
-        if not force and event is None and time.monotonic() - self.last_beat < HEARTBEAT_SECONDS:
+        if not force and event is None and time.monotonic() - self.last_beat < self.interval:
             return self.cancelled
         with sessions()() as session:
             self.cancelled = crud.heartbeat(

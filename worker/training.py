@@ -5,13 +5,13 @@ import time
 from pathlib import Path
 
 from service.settings import Settings
-from worker.celery_app import app
+from worker.celery_app import JOB_TASKS, app
 from worker.runtime import error_code, hard_time_limit, shutting_down, start
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name="worker.training.run_train_job", bind=True)
+@app.task(name=JOB_TASKS["train"], bind=True)
 def run_train_job(self, job_id: str) -> None:
     from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
 
@@ -20,7 +20,9 @@ def run_train_job(self, job_id: str) -> None:
         return
     reporter, job = started
     settings, params = Settings.from_env(), dict(job.params)
-    output = Path(settings.model_dir) / job_id
+    # Each attempt writes its own folder, so a frozen worker that wakes up after losing the job
+    # cannot overwrite the files of the attempt that took over.
+    output = Path(settings.model_dir) / job_id / f"attempt-{reporter.attempt}"
     checkpoint = output / CHECKPOINT_NAME
     stop = StopReasons(settings.train_soft_time_limit)
 
@@ -40,7 +42,7 @@ def run_train_job(self, job_id: str) -> None:
             return cancelled or stop.check()
 
         # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts.
-        resume = checkpoint if checkpoint.is_file() else None
+        resume = latest_checkpoint(output.parent)
         with hard_time_limit(settings.train_time_limit, on_hard_limit):
             result = fit(config, output, resume=resume, callback=on_progress)
     except Exception as e:  # the job fails with the reason; the worker lives on
@@ -58,6 +60,13 @@ def run_train_job(self, job_id: str) -> None:
         "class_names": _class_names(output),
     }
     reporter.finish("succeeded", result={"metrics": result.metrics}, model=metadata)
+
+
+def latest_checkpoint(job_dir: Path) -> Path | None:
+    from grocery.engine import CHECKPOINT_NAME
+
+    checkpoints = sorted(job_dir.glob(f"attempt-*/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime)
+    return checkpoints[-1] if checkpoints else None
 
 
 class StopReasons:

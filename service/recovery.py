@@ -1,0 +1,104 @@
+"""Small keyword-only data functions for the reconciler: work whose worker went silent, work the
+broker lost, and prediction jobs whose last step was interrupted. PostgreSQL decides; Redis is
+only told again."""
+
+import uuid
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.crud import finish_job, requeue_job
+from service.models import Job, JobShard
+from service.shards import fail_remaining, finish_shard, requeue_shard
+
+# Held by the worker that reconciles, for its transaction: one reconciler at a time.
+RECONCILE_LOCK = 0x67726F63  # "groc"
+
+
+def take_reconcile_turn(session: Session) -> bool:
+    return bool(session.scalar(select(func.pg_try_advisory_xact_lock(RECONCILE_LOCK))))
+
+
+def _older_than(column, seconds: float):
+    return column < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def silent_jobs(session: Session, *, lease_seconds: float) -> list[Job]:
+    """Running jobs whose worker stopped reporting: trainings, and prediction jobs still listing (a
+    listed prediction job lives in its shards)."""
+    query = select(Job).where(
+        Job.status == "running",
+        _older_than(Job.heartbeat_at, lease_seconds),
+        or_(Job.type == "train", Job.shards_total.is_(None)),
+    )
+    return list(session.scalars(query.with_for_update(skip_locked=True)))
+
+
+def recover_job(session: Session, *, job: Job, lease_seconds: float, max_lost: int) -> str:
+    """Back on the queue, or failed once it has lost ``max_lost`` attempts with their workers."""
+    lost = job.lost_attempts + 1
+    session.execute(update(Job).where(Job.id == job.id).values(lost_attempts=lost))
+    if lost >= max_lost:
+        message = (
+            f"the job's worker stopped reporting {lost} times (no heartbeat for {lease_seconds:.0f}s): "
+            "it may crash or hang its worker"
+        )
+        finish_job(
+            session,
+            job_id=job.id,
+            attempt=job.attempts,
+            status="failed",
+            error_code="worker_lost",
+            error_message=message,
+        )
+        return "failed"
+    requeue_job(
+        session, job_id=job.id, attempt=job.attempts, reason=f"its worker stopped reporting for {lease_seconds:.0f}s"
+    )
+    return "queued"
+
+
+def silent_shards(session: Session, *, lease_seconds: float) -> list[JobShard]:
+    query = select(JobShard).where(JobShard.status == "running", _older_than(JobShard.heartbeat_at, lease_seconds))
+    return list(session.scalars(query.with_for_update(skip_locked=True)))
+
+
+def recover_shard(session: Session, *, shard: JobShard, lease_seconds: float, max_attempts: int) -> str:
+    """Back on the queue (the next attempt resumes after the rows written), or its files fail."""
+    reason = f"its worker stopped reporting for {lease_seconds:.0f}s"
+    if shard.attempts < max_attempts:
+        requeue_shard(session, shard=shard, attempt=shard.attempts, error_message=reason)
+        return "queued"
+    fail_remaining(session, shard=shard, code="worker_lost", message=f"{reason}, {shard.attempts} times")
+    finish_shard(session, shard=shard, attempt=shard.attempts, status="failed", error_message=reason)
+    return "failed"
+
+
+def stranded_jobs(session: Session) -> list[uuid.UUID]:
+    """Listed prediction jobs still running with no shard left to run: whoever finished last died
+    before ending the job."""
+    still_open = select(JobShard.id).where(JobShard.job_id == Job.id, JobShard.status.in_(("queued", "running")))
+    query = select(Job.id).where(
+        Job.type == "predict", Job.status == "running", Job.shards_total.is_not(None), ~still_open.exists()
+    )
+    return list(session.scalars(query))
+
+
+def waiting_jobs(session: Session, *, older_than: float) -> list[Job]:
+    query = select(Job).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
+    return list(session.scalars(query.order_by(Job.enqueued_at)))
+
+
+def waiting_shards(session: Session, *, older_than: float) -> list[JobShard]:
+    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running")
+    query = select(JobShard).where(
+        JobShard.status == "queued", _older_than(JobShard.enqueued_at, older_than), job_runs.exists()
+    )
+    return list(session.scalars(query.order_by(JobShard.enqueued_at)))
+
+
+def mark_enqueued(session: Session, *, job_ids: list[uuid.UUID], shard_ids: list[int]) -> None:
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=func.now()))
+    if shard_ids:
+        session.execute(update(JobShard).where(JobShard.id.in_(shard_ids)).values(enqueued_at=func.now()))

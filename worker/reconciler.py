@@ -1,0 +1,101 @@
+"""The reconciler: every worker runs one in a thread, and one at a time (a PostgreSQL advisory
+lock) it makes the queue agree with the database:
+
+- a running job or shard whose worker has not reported for GROCERY_JOB_LEASE_SECONDS goes back
+  on the queue (its next attempt resumes: a training from its checkpoint, a shard after its rows),
+  or fails once it has lost too many attempts (a job that crashes its worker every time);
+- queued work the broker no longer holds (Redis restarted empty, or down when the API committed
+  a job) is sent again; a duplicate message is harmless, since claims are conditional;
+- a listed prediction job whose last shard ended without ending the job is ended.
+"""
+
+import logging
+import threading
+import uuid
+
+from celery.signals import worker_ready
+
+from service import recovery
+from service.settings import Settings
+from worker.celery_app import JOB_TASKS, SHARD_TASK, app
+from worker.runtime import sessions
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(settings: Settings) -> None:
+    """One pass; does nothing when another worker holds the turn."""
+    from worker.prediction import end_job_if_done
+
+    lease, to_send, to_end = settings.job_lease_seconds, [], set()
+    with sessions()() as session:
+        if not recovery.take_reconcile_turn(session):
+            return
+        for job in recovery.silent_jobs(session, lease_seconds=lease):
+            outcome = recovery.recover_job(session, job=job, lease_seconds=lease, max_lost=settings.job_attempts)
+            log.warning("job %s: worker silent for %ss, %s", job.id, lease, outcome)
+            if outcome == "queued":
+                to_send.append((JOB_TASKS[job.type], str(job.id), job.type))
+        for shard in recovery.silent_shards(session, lease_seconds=lease):
+            outcome = recovery.recover_shard(
+                session, shard=shard, lease_seconds=lease, max_attempts=settings.shard_attempts
+            )
+            log.warning("shard %s of job %s: worker silent for %ss, %s", shard.id, shard.job_id, lease, outcome)
+            if outcome == "queued":
+                to_send.append((SHARD_TASK, shard.id, "predict"))
+            to_end.add(shard.job_id)
+        to_send += lost_messages(session, settings.reconcile_seconds, already={item[1] for item in to_send})
+        to_end.update(recovery.stranded_jobs(session))
+        session.commit()
+    for task, argument, queue in to_send:
+        app.send_task(task, args=[argument], queue=queue)
+    for job_id in to_end:
+        end_job_if_done(job_id)
+
+
+def lost_messages(session, older_than: float, already: set) -> list[tuple[str, object, str]]:
+    """Queued work to send again: all of a queue's waiting work, when the broker holds fewer
+    messages for that queue than PostgreSQL has work waiting on it."""
+    jobs = recovery.waiting_jobs(session, older_than=older_than)
+    shards = recovery.waiting_shards(session, older_than=older_than)
+    waiting = {
+        "train": [(JOB_TASKS["train"], str(j.id), "train") for j in jobs if j.type == "train"],
+        "predict": [(JOB_TASKS["predict"], str(j.id), "predict") for j in jobs if j.type == "predict"]
+        + [(SHARD_TASK, s.id, "predict") for s in shards],
+    }
+    depths = broker_depths(list(waiting))
+    resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
+    resend = [item for item in resend if item[1] not in already]
+    if resend:
+        log.warning("re-sending %d queued jobs and shards the broker does not hold", len(resend))
+        recovery.mark_enqueued(
+            session,
+            job_ids=[uuid.UUID(item[1]) for item in resend if item[0] != SHARD_TASK],
+            shard_ids=[item[1] for item in resend if item[0] == SHARD_TASK],
+        )
+    return resend
+
+
+def broker_depths(queues: list[str]) -> dict[str, int]:
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        return {name: channel.queue_declare(name, passive=True).message_count for name in queues}
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, settings: Settings):
+        super().__init__(name="reconciler", daemon=True)
+        self.settings = settings
+
+    def run(self) -> None:
+        while True:
+            try:
+                reconcile(self.settings)
+            except Exception:  # the database or the broker may be down: try again next round
+                log.warning("reconciling failed; retrying in %ss", self.settings.reconcile_seconds, exc_info=True)
+            threading.Event().wait(self.settings.reconcile_seconds)
+
+
+@worker_ready.connect
+def start_reconciler(**_) -> None:
+    Reconciler(Settings.from_env()).start()
