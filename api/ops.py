@@ -11,6 +11,7 @@ from api import TASK_QUEUES, services
 from api.errors import APIError
 from api.jobs import iso
 from service import ops
+from service.broker import queue_depths
 from service.models import JOB_STATUSES, JOB_TYPES, JobShard, Worker
 
 blueprint = Blueprint("ops", __name__)
@@ -44,17 +45,14 @@ def workers():
         return jsonify({"workers": [worker_json(w, job_of_shard) for w in rows]})
 
 
-def queue_depths() -> dict[str, int]:
-    """Messages waiting in each Celery queue on the broker (every priority level counted)."""
-    with services().queue.connection_for_read() as connection:
-        channel = connection.default_channel
-        return {name: channel.queue_declare(name, passive=True).message_count for name in QUEUES}
+def broker_depths() -> dict[str, int]:
+    return queue_depths(services().queue, list(QUEUES))
 
 
 @blueprint.get("/queues")
 def queues():
     try:
-        depths = queue_depths()
+        depths = broker_depths()
     except Exception as e:  # the broker is down or unreachable: say so, as JSON
         raise APIError(503, "broker_unavailable", f"the queue broker does not answer: {e}") from None
     with services().sessions() as session:
@@ -124,7 +122,7 @@ def throughput_metrics(session):
 def queue_metrics(session):
     up = GaugeMetricFamily("grocery_broker_up", "1 when the queue broker answers")
     try:
-        depths = queue_depths()
+        depths = broker_depths()
         up.add_metric([], 1)
     except Exception:
         depths = {}

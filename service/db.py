@@ -4,9 +4,15 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str, *, pool_size: int = 5) -> Engine:
+def make_engine(database_url: str, *, pool_size: int = 5, idle_transaction_seconds: float | None = None) -> Engine:
     # pre_ping: a worker idle through a database restart gets a fresh connection, not an error.
-    return create_engine(database_url, pool_size=pool_size, pool_pre_ping=True)
+    connect_args = {}
+    if idle_transaction_seconds:
+        # A process frozen mid-transaction (SIGSTOP, a stalled VM) loses its session and its row
+        # locks after this long, so the work it held can be taken over.
+        timeout_ms = int(idle_transaction_seconds * 1000)
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
+    return create_engine(database_url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

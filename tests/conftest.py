@@ -4,6 +4,7 @@ import collections
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -238,6 +239,9 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_TRAIN_TIME_LIMIT": str(settings.train_time_limit),
         "GROCERY_PREDICT_SOFT_TIME_LIMIT": str(settings.predict_soft_time_limit),
         "GROCERY_PREDICT_TIME_LIMIT": str(settings.predict_time_limit),
+        "GROCERY_JOB_LEASE_SECONDS": str(settings.job_lease_seconds),
+        "GROCERY_JOB_ATTEMPTS": str(settings.job_attempts),
+        "GROCERY_RECONCILE_SECONDS": str(settings.reconcile_seconds),
     }
 
 
@@ -305,3 +309,34 @@ def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240) -> d
             return job
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+class Launcher:
+    """`grocery worker --gpus cpu` as a real process tree, its output kept for debugging."""
+
+    def __init__(self, settings, name: str, queues: str, processes: int = 1):
+        command = [sys.executable, "-m", "grocery.cli", "worker", "--gpus", "cpu", "--processes", str(processes)]
+        self.process = subprocess.Popen(
+            [*command, "--queues", queues, "--name", name],
+            cwd=ROOT,
+            env=settings_env(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output = []
+        threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True).start()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+
+def live_workers(client, count: int, timeout: float = 90) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = {w["name"].split("@")[0]: w for w in client.get("/workers").get_json()["workers"]}
+        if len(workers) == count:
+            return workers
+        time.sleep(0.5)
+    raise TimeoutError(f"expected {count} live workers, saw {workers}")

@@ -3,14 +3,10 @@ a warm shutdown that loses no job."""
 
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
-from conftest import FINISHED, ROOT, clean_store, register_tiny_model, settings_env, stack_settings, wait_for
+from conftest import FINISHED, Launcher, clean_store, live_workers, register_tiny_model, stack_settings, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
@@ -73,37 +69,6 @@ def test_queues_without_a_broker_is_503_json(database_url, tmp_path):
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "broker_unavailable"
     samples = metrics(client)
     assert samples[("grocery_broker_up", ())] == 0
-
-
-class Launcher:
-    """`grocery worker --gpus cpu` as a real process tree, its output kept for debugging."""
-
-    def __init__(self, settings, name: str, queues: str, processes: int = 1):
-        command = [sys.executable, "-m", "grocery.cli", "worker", "--gpus", "cpu", "--processes", str(processes)]
-        self.process = subprocess.Popen(
-            [*command, "--queues", queues, "--name", name],
-            cwd=ROOT,
-            env=settings_env(settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output = []
-        threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True).start()
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=120)
-
-
-def live_workers(client, count: int, timeout: float = 90) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        workers = {w["name"].split("@")[0]: w for w in client.get("/workers").get_json()["workers"]}
-        if len(workers) == count:
-            return workers
-        time.sleep(0.5)
-    raise TimeoutError(f"expected {count} live workers, saw {workers}")
 
 
 def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothing(service, tiny_dataset):

@@ -16,6 +16,7 @@ import uuid
 from celery.signals import worker_ready
 
 from service import recovery
+from service.broker import queue_depths
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
 from worker.runtime import sessions
@@ -63,7 +64,7 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[str, o
         "predict": [(JOB_TASKS["predict"], str(j.id), "predict") for j in jobs if j.type == "predict"]
         + [(SHARD_TASK, s.id, "predict") for s in shards],
     }
-    depths = broker_depths(list(waiting))
+    depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
     resend = [item for item in resend if item[1] not in already]
     if resend:
@@ -74,12 +75,6 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[str, o
             shard_ids=[item[1] for item in resend if item[0] == SHARD_TASK],
         )
     return resend
-
-
-def broker_depths(queues: list[str]) -> dict[str, int]:
-    with app.connection_for_read() as connection:
-        channel = connection.default_channel
-        return {name: channel.queue_declare(name, passive=True).message_count for name in queues}
 
 
 class Reconciler(threading.Thread):

@@ -31,7 +31,9 @@ HEARTBEAT_SECONDS = 5.0
 @functools.cache
 def sessions() -> sessionmaker[Session]:
     """One engine per worker process, made on first use (after the fork)."""
-    return make_session_factory(make_engine(Settings.from_env().database_url, pool_size=2))
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url, pool_size=2, idle_transaction_seconds=settings.job_lease_seconds)
+    return make_session_factory(engine)
 
 
 @worker_ready.connect

