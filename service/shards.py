@@ -105,6 +105,17 @@ def report_shard(
     return bool(stop)
 
 
+def hold_shard(session: Session, *, shard: JobShard, attempt: int) -> bool:
+    """Whether this attempt still owns the shard; if so, its row stays locked until the transaction ends."""
+    held = session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
+        .values(heartbeat_at=func.now())
+        .returning(JobShard.id)
+    )
+    return held is not None
+
+
 def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str) -> None:
     """Error rows for the shard's files that have no result yet: they count as failed, not lost."""
     finished = done_paths(session, job_id=shard.job_id, paths=shard.paths)

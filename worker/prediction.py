@@ -168,6 +168,8 @@ def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str,
             if requeued:
                 send_shard(shard.id, countdown=2**attempt)
             return "queued", message
+        if not shards.hold_shard(session, shard=shard, attempt=attempt):
+            return "queued", message  # another attempt owns it now: leave its files alone
         shards.fail_remaining(
             session, shard=shard, code=error_code(error), message=f"shard failed {attempt} times: {message}"
         )
