@@ -23,7 +23,7 @@ class TrainParams(Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
     mix: Annotated[float, Field(ge=0, le=1)] | None = None
     freeze: Annotated[int, Field(ge=0, le=20)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
     train_limit: Annotated[int, Field(ge=1)] | None = None
     val_limit: Annotated[int, Field(ge=1)] | None = None
     data_dir: str | None = Field(None, description="a dataset inside the allowed input roots")

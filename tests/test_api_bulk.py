@@ -246,3 +246,24 @@ def test_exports_stream_the_whole_set_in_bounded_memory(client, finished_job):
 def test_results_of_an_unknown_job(client):
     assert client.get(f"/jobs/{uuid.uuid4()}/results?format=csv").status_code == 404
     assert client.get(f"/jobs/{uuid.uuid4()}/shards").status_code == 404
+
+
+def test_injection_in_filters_and_sorts_is_inert(client, finished_job, database_url):
+    attacks = [
+        "' OR 1=1 --",
+        "Apple'; DROP TABLE predictions; --",
+        'Apple" OR "1"="1',
+        "%27%20OR%201=1",
+    ]
+    for attack in attacks:
+        response = client.get(f"/jobs/{finished_job}/results", query_string={"label": attack})
+        assert response.status_code == 200 and response.get_json()["results"] == []
+        listing = client.get("/jobs", query_string={"status": attack})
+        assert listing.status_code == 400 and listing.get_json()["error"]["code"] == "invalid_parameter"
+        ordered = client.get("/jobs", query_string={"type": attack, "cursor": attack})
+        assert ordered.status_code == 400
+    for query in ("min_confidence=0.5;DROP TABLE jobs", "limit=1;DELETE FROM jobs", "cursor=1 OR 1=1"):
+        assert client.get(f"/jobs/{finished_job}/results?{query}").status_code == 400, query
+    with store(database_url) as session:
+        assert len(crud.list_predictions(session, job_id=finished_job, limit=ROWS + 1)) == ROWS
+        assert crud.get_job(session, job_id=finished_job) is not None

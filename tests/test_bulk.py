@@ -4,9 +4,11 @@ outcomes, retries, uploads and filtered results."""
 import io
 import os
 import shutil
+import socket
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FINISHED, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker, wait_for
 
@@ -215,3 +217,51 @@ def test_an_upload_of_files_and_of_an_archive(bulk, tiny_dataset):
         "bytes": job["params"]["input"]["upload"]["bytes"],
         "archive": "photos.zip",
     }
+
+
+def bad_image_folder(root: Path, good: Path) -> dict[str, str | None]:
+    """Every awkward kind of file, and what each should become (an error code, or None: classified)."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    expected = {}
+
+    def put(name: str, outcome: str | None, write) -> None:
+        write(root / name)
+        expected[name] = outcome
+
+    data = good.read_bytes()
+    put("truncated.jpg", "truncated", lambda p: p.write_bytes(data[:300]))
+    put("text.jpg", "not_an_image", lambda p: p.write_text("not a photo"))
+    put("zero.jpg", "empty_file", lambda p: p.write_bytes(b""))
+    put("bomb.png", "too_large", lambda p: Image.new("1", (30_000, 30_000)).save(p))  # ~100 kB, 900 MP
+    put("huge.png", "too_large", lambda p: Image.new("1", (20_000, 20_000)).save(p))
+    put("cmyk.jpg", None, lambda p: Image.open(good).convert("CMYK").save(p))
+    put("sixteen-bit.png", None, lambda p: Image.fromarray(np.full((50, 60), 40_000, dtype=np.uint16)).save(p))
+    put("palette-alpha.png", None, lambda p: Image.open(good).convert("P").save(p, transparency=0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    put("rotated.jpg", None, lambda p: Image.open(good).save(p, exif=exif.tobytes()))
+    frames = [Image.open(good).convert("P"), Image.open(good).rotate(90).convert("P")]
+    put("animated.gif", None, lambda p: frames[0].save(p, save_all=True, append_images=frames[1:], loop=0))
+    put("loop-a.jpg", "unreadable", lambda p: os.symlink(root / "loop-b.jpg", p))
+    put("loop-b.jpg", "unreadable", lambda p: os.symlink(root / "loop-a.jpg", p))
+    put("dangling.jpg", "not_found", lambda p: os.symlink(root / "gone.jpg", p))
+    put("socket.jpg", "unreadable", lambda p: socket.socket(socket.AF_UNIX).bind(str(p)))
+    return expected
+
+
+def test_awkward_files_get_their_documented_outcomes_and_memory_stays_bounded(bulk, tiny_dataset):
+    import psutil
+
+    client, settings, workers = bulk
+    folder = settings.upload_dir / "awkward"
+    expected = bad_image_folder(folder, images_of(tiny_dataset)[0])
+    request = {"type": "predict", "input": {"folder": str(folder)}, "max_failed_fraction": 1.0}
+    job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded", job
+    rows = {Path(r["path"]).name: r for r in client.get(f"/jobs/{job['id']}/results").get_json()["results"]}
+    assert {name: r["error"] and r["error"]["code"] for name, r in rows.items()} == expected
+    assert all(rows[name]["label"] in LABELS for name, outcome in expected.items() if outcome is None)
+    for worker in workers:  # nothing decoded the 900-megapixel images (one would take gigabytes)
+        assert psutil.Process(worker.pid).memory_info().rss < 1.5 * 2**30
