@@ -31,6 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
     app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
     register_error_handlers(app)
+    from api.auth import register_auth
+
+    register_auth(app)
 
     from api import health, jobs, models, openapi, ops, results, workshop
 

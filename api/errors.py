@@ -7,19 +7,20 @@ from werkzeug.exceptions import HTTPException
 
 
 class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, details=None):
+    def __init__(self, status: int, code: str, message: str, details=None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, details=None):
-    return jsonify({"error": {"code": code, "message": message, "details": details}}), status
+def error_response(status: int, code: str, message: str, details=None, headers: dict | None = None):
+    return jsonify({"error": {"code": code, "message": message, "details": details}}), status, headers or {}
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def api_error(e: APIError):
-        return error_response(e.status, e.code, e.message, e.details)
+        return error_response(e.status, e.code, e.message, e.details, e.headers)
 
     @app.errorhandler(ValidationError)
     def validation_error(e: ValidationError):

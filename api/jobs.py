@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 
-from api import enqueue, services, uploads
+from api import auth, enqueue, services, uploads
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
 from service import crud, shards
@@ -136,6 +136,7 @@ def record_job(
             progress_unit="epochs" if job_type == "train" else "files",
             idempotency_key=key,
             request_hash=body_hash,
+            owner_token_id=auth.owner_id(),
         )
         session.commit()
     except IntegrityError:
@@ -198,8 +199,9 @@ def _resolve_model_id(session, reference: str) -> uuid.UUID:
 
 
 def existing_job(session, job_id: str) -> Job:
+    """The job, if this request's token may see it: another token's job is as good as absent."""
     job = crud.get_job(session, job_id=parse_job_id(job_id))
-    if job is None:
+    if job is None or not (auth.sees_every_job() or job.owner_token_id == auth.owner_id()):
         raise APIError(404, "not_found", f"no job {job_id}")
     return job
 
@@ -224,7 +226,8 @@ def list_jobs():
     limit = int_arg("limit", default=50, low=1, high=500)
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
     with services().sessions() as session:
-        jobs = crud.list_jobs(session, job_type=job_type, status=status, limit=limit, after=after)
+        owner = None if auth.sees_every_job() else auth.owner_id()
+        jobs = crud.list_jobs(session, job_type=job_type, status=status, limit=limit, after=after, owner=owner)
         next_cursor = encode_cursor(jobs[-1]) if len(jobs) == limit else None
         return jsonify({"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor})
 

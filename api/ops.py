@@ -54,7 +54,8 @@ def queues():
     try:
         depths = broker_depths()
     except Exception as e:  # the broker is down or unreachable: say so, as JSON
-        raise APIError(503, "broker_unavailable", f"the queue broker does not answer: {e}") from None
+        # The class only: a broker URL in the message could carry its password.
+        raise APIError(503, "broker_unavailable", f"the queue broker does not answer ({type(e).__name__})") from None
     with services().sessions() as session:
         oldest = ops.oldest_queued(session)
     now = datetime.now(timezone.utc)

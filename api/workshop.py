@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint, jsonify, request, send_file
 from werkzeug.utils import secure_filename
 
-from api import enqueue, services
+from api import auth, enqueue, services
 from api.errors import APIError
 from service import crud
 from service.models import FINISHED_STATUSES
@@ -74,6 +74,7 @@ def predict():
             model_id=model.id,
             progress_unit="files",
             params={"model": str(model.id), "input": {"paths": [str(path)]}},
+            owner_token_id=auth.owner_id(),
         )
         session.commit()
     enqueue("predict", str(job.id))

@@ -102,6 +102,7 @@ def main() -> None:
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "GROCERY_INPUT_ROOTS": str(work),
+            "GROCERY_AUTH": "off",  # loopback only; token checks are measured by nothing here
             "GROCERY_MODEL_DIR": str(work / "models"),
         }
         redis.Redis.from_url(redis_url).flushdb()

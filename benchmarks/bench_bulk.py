@@ -201,6 +201,7 @@ def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths
         "REDIS_URL": redis_url,
         "GROCERY_DATA_DIR": data_dir,
         "GROCERY_INPUT_ROOTS": f"{data_dir}:{big.parent}",
+        "GROCERY_AUTH": "off",  # loopback only
         "GROCERY_UPLOAD_DIR": str(big.parent / "uploads"),
         "GROCERY_MODEL_DIR": str(big.parent / "models"),
         "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best

@@ -1,4 +1,4 @@
-"""The ``grocery`` command: train, evaluate, predict, export; and worker, the job service's launcher."""
+"""The ``grocery`` command: train, evaluate, predict, export; and for the job service, worker and tokens."""
 
 import argparse
 import csv
@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.launcher import main as launch_workers
 
         return launch_workers(argv[1:])
+    if argv[:1] == ["tokens"]:
+        from service.token_cli import main as manage_tokens
+
+        return manage_tokens(argv[1:])
     args = build_parser().parse_args(argv)
     # Imported here so `grocery --help` answers without loading torch.
     from grocery.artifact import ArtifactError
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=run_export)
 
     commands.add_parser("worker", help="start job-service workers, one per GPU or CPU share (grocery worker --help)")
+    commands.add_parser("tokens", help="create, list and revoke the job service's API tokens (grocery tokens --help)")
     return parser
 
 

@@ -21,9 +21,11 @@ def create_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     job_id: uuid.UUID | None = None,
+    owner_token_id: uuid.UUID | None = None,
 ) -> Job:
     job = Job(
         id=job_id or uuid.uuid4(),
+        owner_token_id=owner_token_id,
         type=job_type,
         params=params,
         progress_unit=progress_unit,
@@ -52,9 +54,13 @@ def list_jobs(
     status: str | None = None,
     limit: int = 50,
     after: tuple[datetime, uuid.UUID] | None = None,
+    owner: uuid.UUID | None = None,
 ) -> list[Job]:
-    """Newest first; ``after`` is the (created_at, id) of the last job of the previous page."""
+    """Newest first; ``after`` is the (created_at, id) of the last job of the previous page;
+    ``owner``: only the jobs of that API token."""
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Job.owner_token_id == owner)
     if job_type:
         query = query.where(Job.type == job_type)
     if status:

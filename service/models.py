@@ -70,6 +70,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime] = mapped_column(server_default=func.now())
     # Attempts whose worker stopped reporting (crashed, killed, frozen): past the limit the job fails.
     lost_attempts: Mapped[int] = mapped_column(server_default="0")
+    # The API token that submitted it (NULL with authentication off): only it, or an ops token, sees the job.
+    owner_token_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
 
 
 class JobShard(Base):
@@ -100,6 +102,19 @@ class JobShard(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is stored; the token itself is shown once, when created."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    revoked_at: Mapped[datetime | None]
 
 
 class Worker(Base):

@@ -11,6 +11,12 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in value.split(":") if p)
 
 
+def _auth(value: str) -> str:
+    if value not in ("required", "off"):
+        raise ValueError(f"GROCERY_AUTH must be 'required' or 'off', not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/grocery"
@@ -19,6 +25,9 @@ class Settings:
     model_dir: Path = Path("var/models")
     upload_dir: Path = Path("var/uploads")
     input_roots: tuple[Path, ...] = field(default_factory=tuple)
+    # API tokens: "required" (every route but health and the API document needs a Bearer token) or
+    # "off" (anyone who can reach the API may use it: `make run` on loopback).
+    auth: str = "required"
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 512 * 2**20
@@ -59,6 +68,7 @@ class Settings:
             model_dir=Path(env.get("GROCERY_MODEL_DIR", "var/models")).resolve(),
             upload_dir=upload_dir,
             input_roots=_paths(roots) if roots else (data_dir, upload_dir),
+            auth=_auth(env.get("GROCERY_AUTH", cls.auth)),
             host=env.get("GROCERY_HOST", cls.host),
             port=int(env.get("GROCERY_PORT", cls.port)),
             max_upload_bytes=int(env.get("GROCERY_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),

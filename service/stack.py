@@ -34,7 +34,12 @@ def main() -> int:
         embedded = start_embedded(ROOT / "var" / "embedded")
         os.environ.setdefault("DATABASE_URL", embedded.database_url)
         os.environ.setdefault("REDIS_URL", embedded.redis_url)
+    # On loopback `make run` may go without tokens; anywhere else they are required.
+    os.environ.setdefault("GROCERY_AUTH", "off")
     settings = Settings.from_env()
+    if settings.auth == "off" and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"refusing to serve {settings.host} without authentication: set GROCERY_AUTH=required", file=sys.stderr)
+        return 2
     migrate(settings.database_url)
     python = sys.executable
     workers = os.environ.get("GROCERY_WORKERS") or str(len(os.sched_getaffinity(0)))
@@ -58,8 +63,12 @@ def main() -> int:
         ),
     ]
     url = f"http://{settings.host}:{settings.port}"
+    if settings.auth == "off":
+        access = "authentication is OFF (loopback only): GROCERY_AUTH=required and `grocery tokens create` turn it on"
+    else:
+        access = "authentication is on: send Authorization: Bearer <token> (`grocery tokens create`)"
     print(
-        f"\ngrocery-jobs is up at {url}  (Ctrl-C stops it)\n"
+        f"\ngrocery-jobs is up at {url}  (Ctrl-C stops it)\n  {access}\n"
         f"  curl -s -X POST {url}/jobs -H 'Content-Type: application/json' "
         f'-d \'{{"type": "train", "params": {{"epochs": 1}}}}\'\n'
         f"  curl -s {url}/jobs\n",

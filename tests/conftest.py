@@ -211,6 +211,7 @@ def stack_settings(database_url: str, redis_url: str, data_dir: Path, store: Pat
     from service.settings import Settings
 
     defaults = dict(
+        auth="off",
         database_url=database_url,
         redis_url=redis_url,
         data_dir=data_dir,
@@ -231,6 +232,7 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_MODEL_DIR": str(settings.model_dir),
         "GROCERY_UPLOAD_DIR": str(settings.upload_dir),
         "GROCERY_INPUT_ROOTS": ":".join(map(str, settings.input_roots)),
+        "GROCERY_AUTH": settings.auth,
         "GROCERY_SHARD_SIZE": str(settings.shard_size),
         "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
         "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),

@@ -34,6 +34,7 @@ def settings(database_url, redis_url, tmp_path):
         session.commit()
     (tmp_path / "photos" / "inner").mkdir(parents=True)
     return Settings(
+        auth="off",
         database_url=database_url,
         redis_url=redis_url,
         data_dir=tmp_path / "photos",

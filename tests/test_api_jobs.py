@@ -16,6 +16,7 @@ from service.settings import Settings
 @pytest.fixture
 def app(database_url, redis_url, tmp_path):
     settings = Settings(
+        auth="off",
         database_url=database_url,
         redis_url=redis_url,
         data_dir=tmp_path,
@@ -194,7 +195,7 @@ def test_health(client, app):
 
 
 def test_not_ready_without_schema_or_redis(empty_database, tmp_path):
-    settings = Settings(database_url=empty_database, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    settings = Settings(auth="off", database_url=empty_database, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
     response = create_app(settings).test_client().get("/readyz")
     assert response.status_code == 503
     checks = response.get_json()["checks"]
@@ -223,7 +224,9 @@ def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
 
 
 def test_upload_over_the_limit_is_413(database_url, redis_url, tmp_path):
-    settings = Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1000)
+    settings = Settings(
+        auth="off", database_url=database_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1000
+    )
     response = create_app(settings).test_client().post("/predict", data={"file": (io.BytesIO(b"x" * 5000), "a.jpg")})
     assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
 

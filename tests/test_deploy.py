@@ -40,6 +40,7 @@ def test_compose_services_hold_together():
     ]
     assert len(gpu_workers) >= 2 and sorted(device_ids) == [[str(n)] for n in range(len(gpu_workers))]
     assert services["worker-cpu"]["profiles"] == ["cpu"] and services["flower"]["profiles"] == ["flower"]
+    assert services["api"]["environment"]["GROCERY_AUTH"] == "required"  # a deployment requires tokens
     for name in ("api", "worker-cpu", *gpu_workers):
         mounts = {next(p for p in volume.rsplit(":", 2) if p.startswith("/")) for volume in services[name]["volumes"]}
         assert {"/srv/models", "/srv/uploads", "/data"} <= mounts, name

@@ -63,7 +63,7 @@ def test_metrics_parse_and_count_the_queued_jobs(service, tiny_dataset):
 def test_queues_without_a_broker_is_503_json(database_url, tmp_path):
     from service.settings import Settings
 
-    settings = Settings(database_url=database_url, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    settings = Settings(auth="off", database_url=database_url, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
     client = create_app(settings).test_client()
     response = client.get("/queues")
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "broker_unavailable"

@@ -9,6 +9,7 @@ def test_defaults_resolve_paths_and_roots():
     assert settings.data_dir.is_absolute() and settings.model_dir.is_absolute()
     assert settings.input_roots == (settings.data_dir, settings.upload_dir)
     assert settings.port == 8000
+    assert settings.auth == "required"  # tokens unless a deployment turns them off
 
 
 def test_environment_overrides(tmp_path):

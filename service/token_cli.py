@@ -1,0 +1,51 @@
+"""`grocery tokens`: create, list and revoke API tokens (in the database of DATABASE_URL)."""
+
+import argparse
+import sys
+import uuid
+
+from service import tokens
+from service.db import make_engine, make_session_factory
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grocery tokens", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a token and print it (shown this once only)")
+    create.add_argument("--name", required=True, help="who or what uses it, e.g. team-produce")
+    create.add_argument("--scopes", required=True, help=f"comma-separated, from {','.join(tokens.SCOPES)}")
+    commands.add_parser("list", help="tokens: id, name, scopes, created, revoked")
+    revoke = commands.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("token_id")
+    args = parser.parse_args(argv)
+
+    sessions = make_session_factory(make_engine(Settings.from_env().database_url))
+    with sessions() as session:
+        if args.command == "create":
+            try:
+                token, secret = tokens.create_token(session, name=args.name, scopes=args.scopes.split(","))
+            except ValueError as e:
+                parser.error(str(e))
+            session.commit()
+            print(f"created token {token.id} ({token.name}; scopes {','.join(token.scopes)}); keep it now:")
+            print(secret)
+        elif args.command == "list":
+            for token in tokens.list_tokens(session):
+                revoked = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
+                print(f"{token.id}  {token.name:<24} {','.join(token.scopes):<28} {revoked}")
+        else:
+            try:
+                token_id = uuid.UUID(args.token_id)
+            except ValueError:
+                parser.error(f"{args.token_id!r} is not a token id")
+            if not tokens.revoke_token(session, token_id=token_id):
+                print(f"grocery tokens: no active token {token_id}", file=sys.stderr)
+                return 1
+            session.commit()
+            print(f"revoked {token_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

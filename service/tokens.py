@@ -1,0 +1,55 @@
+"""Small keyword-only data functions for API tokens. Only a token's SHA-256 is stored: tokens are
+32 random bytes, so a fast hash is enough (no password stretching needed) and a leaked table
+yields no usable token."""
+
+import hashlib
+import hmac
+import secrets
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from service.models import ApiToken
+
+SCOPES = ("jobs:read", "jobs:write", "ops")
+PREFIX = "gj_"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(session: Session, *, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
+    """A new token; the secret is returned here and never again."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be some of {list(SCOPES)}, not {sorted(unknown) or scopes}")
+    secret = PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(id=uuid.uuid4(), name=name, token_hash=token_hash(secret), scopes=sorted(set(scopes)))
+    session.add(token)
+    session.flush()
+    return token, secret
+
+
+def find_token(session: Session, *, secret: str) -> ApiToken | None:
+    """The live token with this secret, compared in constant time."""
+    digest = token_hash(secret)
+    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if token is None or not hmac.compare_digest(token.token_hash, digest) or token.revoked_at is not None:
+        return None
+    return token
+
+
+def revoke_token(session: Session, *, token_id: uuid.UUID) -> bool:
+    revoked = session.scalar(
+        update(ApiToken)
+        .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(ApiToken.id)
+    )
+    return revoked is not None
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
