@@ -211,8 +211,11 @@ def get_job(job_id: str):
     with services().sessions() as session:
         job = existing_job(session, job_id)
         payload = job_json(job)
-        if job.type == "predict" and job.started_at is not None:
+        if job.type == "predict" and job.status == "running":
             payload["summary"] = shards.job_summary(session, job=job)
+        elif job.type == "predict" and job.result and "labels" in job.result:
+            # An ended job's summary was taken when it ended: no need to count again at every poll.
+            payload["summary"] = {k: v for k, v in job.result.items() if k != "results"}
         return jsonify(payload)
 
 
