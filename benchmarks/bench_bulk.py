@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import redis
 from bench_prediction import workshop_loop
-from scratch import free_port, request, scratch_database, start_api
+from scratch import free_port, register_model, request, scratch_database, start_api
 
 from grocery import index
 from grocery.predict import Predictor
@@ -206,17 +206,7 @@ def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths
         "GROCERY_MODEL_DIR": str(big.parent / "models"),
         "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best
     }
-    with make_session_factory(make_engine(database_url))() as session:
-        crud.register_model(
-            session,
-            arch="mobilenet_v3_small",
-            label_level="coarse",
-            class_names=reference_classes(model),
-            metrics={},
-            artifact_path=str(model.resolve()),
-            job_id=None,
-        )
-        session.commit()
+    register_model(database_url, model)
     port, processes = free_port(), []
     try:
         processes.append(start_api(env, port, workers=2))
@@ -279,12 +269,6 @@ def row(label: str, rate: float, workshop: float, alone: float | None = None) ->
 def mebibytes(before_and_peak: tuple[int, int]) -> str:
     before, peak = (n / 2**20 for n in before_and_peak)
     return f"{before:.0f} MiB before, {peak:.0f} MiB at the peak"
-
-
-def reference_classes(model: Path) -> list[str]:
-    from grocery.artifact import read_artifact
-
-    return read_artifact(model).class_names
 
 
 if __name__ == "__main__":

@@ -28,13 +28,11 @@ import time
 from pathlib import Path
 
 import redis
-from bench_bulk import reference_classes, throwaway_model
-from scratch import free_port, request, scratch_database, start_api
+from bench_bulk import throwaway_model
+from scratch import free_port, register_model, request, scratch_database, start_api
 from sqlalchemy import create_engine, text
 
 from grocery import index
-from service import crud
-from service.db import make_engine, make_session_factory
 from service.stack import ROOT
 
 
@@ -64,17 +62,7 @@ def main() -> int:
             "GROCERY_JOB_LEASE_SECONDS": "10",
             "GROCERY_RECONCILE_SECONDS": "2",
         }
-        with make_session_factory(make_engine(database_url))() as session:
-            crud.register_model(
-                session,
-                arch="mobilenet_v3_small",
-                label_level="coarse",
-                class_names=reference_classes(model),
-                metrics={},
-                artifact_path=str(model.resolve()),
-                job_id=None,
-            )
-            session.commit()
+        register_model(database_url, model)
         return run(env, database_url, images, seconds, args.users, work)
 
 

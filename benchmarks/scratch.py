@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -72,3 +73,23 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict
     conn.request(method, path, payload, {"Content-Type": "application/json"} if payload else {})
     response = conn.getresponse()
     return response.status, json.loads(response.read())
+
+
+def register_model(database_url: str, model_dir: Path) -> None:
+    """The artifact as the registry's latest model, as a training job would leave it."""
+    from grocery.artifact import read_artifact
+    from service import crud
+    from service.db import make_engine, make_session_factory
+
+    artifact = read_artifact(model_dir)
+    with make_session_factory(make_engine(database_url))() as session:
+        crud.register_model(
+            session,
+            arch=artifact.arch,
+            label_level=artifact.metadata["label_level"],
+            class_names=artifact.class_names,
+            metrics={},
+            artifact_path=str(model_dir.resolve()),
+            job_id=None,
+        )
+        session.commit()

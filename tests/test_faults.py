@@ -77,6 +77,18 @@ def photo_folder(settings, tiny_dataset: Path, copies: int) -> Path:
     return folder
 
 
+def one_shard_under_way(client, settings, tiny_dataset: Path) -> tuple[str, dict, dict]:
+    """With two workers up: a one-shard job of 3,000 files, some done; its id, its shard, the shard's worker."""
+    live_workers(client, 2)
+    folder = photo_folder(settings, tiny_dataset, 3000)
+    request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
+    job_id = client.post("/jobs", json=request).get_json()["id"]
+    progress(client, job_id, 200)
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    worker = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    return job_id, shard, worker
+
+
 def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(service, launchers, tiny_dataset):
     client, settings = service
     launchers += [Launcher(settings, "a", "train"), Launcher(settings, "b", "train")]
@@ -101,13 +113,7 @@ def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(serv
 def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, launchers, tiny_dataset):
     client, settings = service
     launchers += [Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")]
-    live_workers(client, 2)
-    folder = photo_folder(settings, tiny_dataset, 3000)
-    request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
-    job_id = client.post("/jobs", json=request).get_json()["id"]
-    progress(client, job_id, 200)
-    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
-    victim = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    job_id, _, victim = one_shard_under_way(client, settings, tiny_dataset)
     os.kill(victim["pid"], signal.SIGKILL)
 
     job = wait_for(client, job_id, FINISHED)
@@ -166,13 +172,7 @@ def test_a_frozen_worker_is_replaced_and_its_late_writes_are_refused(service, la
     client, settings = service
     a, b = Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")
     launchers += [a, b]
-    live_workers(client, 2)
-    folder = photo_folder(settings, tiny_dataset, 3000)
-    request = {"type": "predict", "input": {"folder": str(folder)}, "shard_size": 3000}
-    job_id = client.post("/jobs", json=request).get_json()["id"]
-    progress(client, job_id, 200)
-    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
-    frozen = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    job_id, shard, frozen = one_shard_under_way(client, settings, tiny_dataset)
     os.kill(frozen["pid"], signal.SIGSTOP)  # past its lease: the other worker's reconciler takes the shard back
     try:
         job = wait_for(client, job_id, FINISHED)
