@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.launcher import main as launch_workers
 
         return launch_workers(argv[1:])
+    if argv[:1] in (["jobs"], ["models"]):
+        from grocery.client import main as use_the_service  # HTTP only: no torch to load
+
+        return use_the_service(argv)
     if argv[:1] == ["tokens"]:
         from service.token_cli import main as manage_tokens
 
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=run_export)
 
     commands.add_parser("worker", help="start job-service workers, one per GPU or CPU share (grocery worker --help)")
+    commands.add_parser("jobs", help="the job service over HTTP: submit, watch, list, cancel, results (GROCERY_URL)")
+    commands.add_parser("models", help="the job service's model registry: list, alias")
     commands.add_parser("tokens", help="create, list and revoke the job service's API tokens (grocery tokens --help)")
     return parser
 

@@ -1,0 +1,206 @@
+"""`grocery jobs` and `grocery models`: the job service from a terminal, over HTTP.
+
+GROCERY_URL (default http://127.0.0.1:8000) and GROCERY_TOKEN say where and who. Exit codes: 0 the
+job succeeded (or the command did its work), 1 the job failed, 3 it was cancelled, 2 the API refused
+the request or could not be reached (its error message is printed).
+"""
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
+TRAIN_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "arch",
+    "weights",
+    "label_level",
+    "seed",
+    "freeze",
+    "input_size",
+    "data_dir",
+)
+
+
+class APIError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, url: str, token: str | None):
+        self.url, self.token = url.rstrip("/"), token
+
+    def call(self, method: str, path: str, body: dict | None = None, *, data: bytes | None = None, content_type=None):
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if body is not None:
+            data, content_type = json.dumps(body).encode(), "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                raw = response.read()
+                return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+        except urllib.error.HTTPError as e:
+            try:
+                error = json.loads(e.read())["error"]
+                raise APIError(f"{e.code} {error['code']}: {error['message']}") from None
+            except (ValueError, KeyError):
+                raise APIError(f"{e.code} {e.reason}") from None
+        except urllib.error.URLError as e:
+            raise APIError(f"cannot reach {self.url}: {e.reason} (set GROCERY_URL)") from None
+
+    def upload(self, path: str, fields: dict[str, str], files: list[Path]) -> dict:
+        boundary = uuid.uuid4().hex
+        parts = []
+        for name, value in fields.items():
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        for file in files:
+            kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+            field = "archive" if file.suffix.lower() == ".zip" else "files"
+            header = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{file.name}"\r\n'
+            parts.append(f"{header}Content-Type: {kind}\r\n\r\n".encode() + file.read_bytes() + b"\r\n")
+        data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        return self.call("POST", path, data=data, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def watch(client: Client, job_id: str, poll: float = 1.0) -> int:
+    """A progress bar until the job ends; the exit code says how it ended."""
+    from tqdm import tqdm
+
+    job = client.call("GET", f"/jobs/{job_id}")
+    with tqdm(desc=f"{job['type']} {job_id[:8]}", unit=job["progress"]["unit"], disable=None) as bar:
+        while True:
+            progress = job["progress"]
+            bar.total = progress["total"]
+            bar.n = progress["done"] or 0
+            bar.set_postfix_str(job["status"])
+            if job["status"] in EXIT:
+                break
+            time.sleep(poll)
+            job = client.call("GET", f"/jobs/{job_id}")
+    ending = job["status"] + (f": {job['error']['code']}: {job['error']['message']}" if job["error"] else "")
+    print(f"job {job_id} {ending}", file=sys.stderr)
+    if job["result"]:
+        print(json.dumps(job["result"]))
+    return EXIT[job["status"]]
+
+
+def submit(client: Client, args) -> int:
+    if args.kind == "train":
+        params = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+        job = client.call("POST", "/jobs", {"type": "train", "params": params})
+    elif args.folder:
+        job = client.call("POST", "/jobs", {"type": "predict", "model": args.model, "input": {"folder": args.folder}})
+    elif args.files:
+        job = client.upload("/jobs", {"model": args.model}, [Path(f) for f in args.files])
+    else:
+        raise APIError("give --folder (on the server's storage) or files to upload")
+    print(job["id"])
+    return watch(client, job["id"]) if args.watch else 0
+
+
+def results(client: Client, args) -> int:
+    body = client.call("GET", f"/jobs/{args.job_id}/results?format={args.format}")
+    sys.stdout.write(body.decode() if isinstance(body, bytes) else json.dumps(body))
+    return 0
+
+
+def list_jobs(client: Client, args) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("type", args.type), ("status", args.status)) if v)
+    for job in client.call("GET", f"/jobs?limit={args.limit}&{query}")["jobs"]:
+        progress = job["progress"]
+        print(f"{job['id']}  {job['type']:<7} {job['status']:<9} {progress['done']}/{progress['total'] or '?'}")
+    return 0
+
+
+def cancel(client: Client, args) -> int:
+    job = client.call("POST", f"/jobs/{args.job_id}/cancel")
+    print(f"job {job['id']} {job['status']}")
+    return 0
+
+
+def models(client: Client, args) -> int:
+    if args.action == "alias":
+        model = client.call("PUT", f"/models/aliases/{args.name}", {"model_id": args.model_id})
+        print(f"{args.name} -> {model['id']} (version {model['version']})")
+        return 0
+    for model in client.call("GET", "/models")["models"]:
+        top1 = model["metrics"].get("val_top1")
+        score = f"val top-1 {top1:.2%}" if top1 is not None else ""
+        print(f"{model['id']}  v{model['version']:<4} {model['arch']:<20} {','.join(model['aliases']):<12} {score}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grocery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    groups = parser.add_subparsers(dest="group", required=True)
+    jobs = groups.add_parser("jobs", help="submit, watch, list and cancel jobs; fetch results").add_subparsers(
+        dest="command", required=True
+    )
+    submitting = jobs.add_parser("submit", help="submit a job").add_subparsers(dest="kind", required=True)
+    train = submitting.add_parser("train", help="a training job (unset options: the default recipe)")
+    for option in TRAIN_OPTIONS:
+        kind = {
+            "epochs": int,
+            "batch_size": int,
+            "seed": int,
+            "freeze": int,
+            "input_size": int,
+            "learning_rate": float,
+        }.get(option, str)
+        train.add_argument(f"--{option.replace('_', '-')}", dest=option, type=kind)
+    predict = submitting.add_parser("predict", help="classify a folder on the server, or upload files (or a .zip)")
+    predict.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
+    predict.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
+    predict.add_argument("files", nargs="*", help="image files or one .zip to upload")
+    for command in (train, predict):
+        command.add_argument("--watch", action="store_true", help="follow it to the end; exit code says how it ended")
+        command.set_defaults(run=submit)
+    watching = jobs.add_parser("watch", help="a progress bar until the job ends")
+    watching.add_argument("job_id")
+    watching.set_defaults(run=lambda client, args: watch(client, args.job_id))
+    listing = jobs.add_parser("list", help="newest first")
+    listing.add_argument("--type", choices=["train", "predict"])
+    listing.add_argument("--status")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.set_defaults(run=list_jobs)
+    cancelling = jobs.add_parser("cancel", help="cancel a queued or running job")
+    cancelling.add_argument("job_id")
+    cancelling.set_defaults(run=cancel)
+    fetching = jobs.add_parser("results", help="a prediction job's results, whole, to stdout")
+    fetching.add_argument("job_id")
+    fetching.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+    fetching.set_defaults(run=results)
+    registry = groups.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
+    registry.add_parser("list", help="models, newest first").set_defaults(run=models)
+    alias = registry.add_parser("alias", help="point an alias (e.g. production) at a model")
+    alias.add_argument("name")
+    alias.add_argument("model_id")
+    alias.set_defaults(run=models)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    client = Client(os.environ.get("GROCERY_URL", "http://127.0.0.1:8000"), os.environ.get("GROCERY_TOKEN"))
+    try:
+        return args.run(client, args)
+    except APIError as e:
+        print(f"grocery: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
