@@ -272,6 +272,17 @@ def register_tiny_model(session, artifact: Path):
     )
 
 
+def seed_tiny_model(database_url: str, artifact: Path) -> None:
+    """Register one model of the tiny dataset's classes in the test database."""
+    from service.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        register_tiny_model(session, artifact)
+        session.commit()
+    engine.dispose()
+
+
 def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
     """A real Celery worker process, returned once it says it is ready."""
     from worker.launcher import worker_command

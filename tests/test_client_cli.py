@@ -9,11 +9,10 @@ import sys
 import threading
 
 import pytest
-from conftest import ROOT, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker
+from conftest import ROOT, clean_store, seed_tiny_model, stack_settings, start_worker, stop_worker
 from werkzeug.serving import make_server
 
 from api import create_app
-from service.db import make_engine, make_session_factory
 
 TRAIN = ["--arch", "efficientnet_lite0", "--weights", "imagenet", "--freeze", "9", "--input-size", "64"]
 
@@ -22,11 +21,7 @@ TRAIN = ["--arch", "efficientnet_lite0", "--weights", "imagenet", "--freeze", "9
 def service_url(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("client"))
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, tiny_model)
-        session.commit()
-    engine.dispose()
+    seed_tiny_model(database_url, tiny_model)
     server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     worker = start_worker("client@%h", ["train", "predict"], settings)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from conftest import FINISHED, Launcher, clean_store, live_workers, register_tiny_model, stack_settings, wait_for
+from conftest import FINISHED, Launcher, clean_store, live_workers, seed_tiny_model, stack_settings, wait_for
 
 from api import create_app
-from service.db import make_engine, make_session_factory
 
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
 # Work silent for 3 s goes back on the queue; the reconciler looks every second.
@@ -26,11 +25,7 @@ FAST_RECOVERY = dict(job_lease_seconds=3, reconcile_seconds=1, job_attempts=3, s
 
 def service_for(settings, tiny_model):
     clean_store(settings.database_url, settings.redis_url)
-    engine = make_engine(settings.database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, tiny_model)
-        session.commit()
-    engine.dispose()
+    seed_tiny_model(settings.database_url, tiny_model)
     return create_app(settings).test_client()
 
 

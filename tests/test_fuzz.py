@@ -3,24 +3,19 @@ invalid; no 5xx, and responses match the document (status codes, content types, 
 
 import pytest
 import schemathesis
-from conftest import clean_store, register_tiny_model
+from conftest import clean_store, seed_tiny_model
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import positive_data_acceptance
 
 from api import create_app
-from service.db import make_engine, make_session_factory
 from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def api_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, tmp_path_factory.mktemp("no-model"))
-        session.commit()
-    engine.dispose()
+    seed_tiny_model(database_url, tmp_path_factory.mktemp("no-model"))
     store = tmp_path_factory.mktemp("fuzz")
     settings = Settings(
         auth="off",

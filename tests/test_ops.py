@@ -6,11 +6,10 @@ import os
 import time
 
 import pytest
-from conftest import FINISHED, Launcher, clean_store, live_workers, register_tiny_model, stack_settings, wait_for
+from conftest import FINISHED, Launcher, clean_store, live_workers, seed_tiny_model, stack_settings, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
-from service.db import make_engine, make_session_factory
 
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
 
@@ -19,11 +18,7 @@ TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batc
 def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path)
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, tiny_model)
-        session.commit()
-    engine.dispose()
+    seed_tiny_model(database_url, tiny_model)
     return create_app(settings).test_client(), settings
 
 
