@@ -116,13 +116,16 @@ def hold_shard(session: Session, *, shard: JobShard, attempt: int) -> bool:
     return held is not None
 
 
+def error_row(path: str, code: str, message: str) -> dict:
+    """A file's result row when it could not be classified."""
+    empty = {"label": None, "class_id": None, "confidence": None, "top5": None}
+    return {"path": path, **empty, "error_code": code, "error_message": message}
+
+
 def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str) -> None:
     """Error rows for the shard's files that have no result yet: they count as failed, not lost."""
     finished = done_paths(session, job_id=shard.job_id, paths=shard.paths)
-    empty = {"label": None, "class_id": None, "confidence": None, "top5": None}
-    rows = [
-        {"path": p, **empty, "error_code": code, "error_message": message} for p in shard.paths if p not in finished
-    ]
+    rows = [error_row(p, code, message) for p in shard.paths if p not in finished]
     add_predictions(session, job_id=shard.job_id, rows=rows)
 
 

@@ -3,6 +3,7 @@ deliveries, and a broker that restarts empty or is down when a job is submitted.
 processes (started by the launcher) with a short lease, so recovery happens in seconds."""
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -120,8 +121,6 @@ def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, launchers, 
 
 
 def export_rows(client, job_id: str) -> list[dict]:
-    import json
-
     body = client.get(f"/jobs/{job_id}/results?format=jsonl").get_data(as_text=True)
     return [json.loads(line) for line in body.splitlines()]
 

@@ -200,7 +200,7 @@ def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model, de
     roots = [source["folder"]] if "folder" in source else [str(r) for r in Settings.from_env().input_roots]
     todo = [p for p in shard.paths if p not in finished]
     escaping = {p for p in todo if not inside(p, roots)}
-    rows = [error_row(p, "outside_root", "the file resolves outside the job's input folder") for p in escaping]
+    rows = [shards.error_row(p, "outside_root", "the file resolves outside the job's input folder") for p in escaping]
     predictor = cached_predictor(str(model.id), model.artifact_path)
     results = predictor.predict_files([p for p in todo if p not in escaping])
     for batch in _batches(rows, results, predictor.batch_size):
@@ -240,7 +240,7 @@ def _batches(first_rows: list[dict], results, size: int):
 
 def result_row(result) -> dict:
     if result.error is not None:
-        return error_row(result.path, result.error["code"], result.error["message"])
+        return shards.error_row(result.path, result.error["code"], result.error["message"])
     return {
         "path": result.path,
         "label": result.label,
@@ -249,18 +249,6 @@ def result_row(result) -> dict:
         "top5": result.top5,
         "error_code": None,
         "error_message": None,
-    }
-
-
-def error_row(path: str, code: str, message: str) -> dict:
-    return {
-        "path": path,
-        "label": None,
-        "class_id": None,
-        "confidence": None,
-        "top5": None,
-        "error_code": code,
-        "error_message": message,
     }
 
 

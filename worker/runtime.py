@@ -23,6 +23,7 @@ from service import crud, ops
 from service.db import make_engine, make_session_factory
 from service.models import Job
 from service.settings import Settings
+from worker.celery_app import SHARD_TASK
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -119,8 +120,6 @@ def end_presence(**_) -> None:
 
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
-    from worker.celery_app import SHARD_TASK
-
     if task.name == SHARD_TASK:
         presence.update(job_id=None, shard_id=args[0])
     else:
