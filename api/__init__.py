@@ -44,6 +44,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(workshop.blueprint)
     app.register_blueprint(openapi.blueprint)
+    if settings.ui:
+        from api.ui import mount_ui
+
+        mount_ui(app)
     return app
 
 

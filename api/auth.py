@@ -20,6 +20,8 @@ SCOPE_OF = {
     "ops.metrics": "ops",
 }
 READ = "jobs:read"
+UI_PREFIX = "/ui/"
+TOKEN_COOKIE = "grocery_token"  # set by the web UI's sign-in form
 
 
 def register_auth(app: Flask) -> None:
@@ -30,8 +32,10 @@ def authenticate() -> None:
     g.token = None
     if services().settings.auth == "off" or request.endpoint in PUBLIC or request.endpoint is None:
         return
-    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if request.path == UI_PREFIX.rstrip("/") or request.path.startswith(UI_PREFIX):
+        return  # the web UI's pages hold no data: its callbacks call these routes with the visitor's token
+    secret = presented_secret()
+    if not secret:
         raise APIError(
             401,
             "unauthorized",
@@ -39,7 +43,7 @@ def authenticate() -> None:
             headers={"WWW-Authenticate": "Bearer"},
         )
     with services().sessions() as session:
-        token = tokens.find_token(session, secret=secret.strip())
+        token = tokens.find_token(session, secret=secret)
     if token is None:
         raise APIError(
             401, "invalid_token", "the API token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"}
@@ -48,6 +52,17 @@ def authenticate() -> None:
     if scope not in token.scopes:
         raise APIError(403, "forbidden", f"this token lacks the '{scope}' scope ({request.method} {request.path})")
     g.token = token
+
+
+def presented_secret() -> str | None:
+    """The Bearer token; for reads only, the web UI's cookie (an <img> or a download link sends no header,
+    and a cookie never authorises a change, so a forged cross-site form can do nothing)."""
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secret.strip():
+        return secret.strip()
+    if request.method in ("GET", "HEAD"):
+        return request.cookies.get(TOKEN_COOKIE) or None
+    return None
 
 
 def owner_id():

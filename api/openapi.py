@@ -9,6 +9,7 @@ from api.uploads import UploadForm
 blueprint = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
 ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
+IMAGE = {"description": "a JPEG image", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
 JOB = {"description": "the job", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
@@ -107,7 +108,29 @@ def document() -> dict:
             )
         },
         "/class-names": {"get": _op("Class names of the serving model", {"200": JOB})},
-        "/random-image": {"get": _op("A random validation image (JPEG)", {"200": {"description": "image/jpeg"}})},
+        "/random-image": {
+            "get": _op(
+                "A random validation image (JPEG); headers X-Image-Path, X-Label-Coarse, X-Label-Fine",
+                {"200": IMAGE},
+            )
+        },
+        "/classes/{name}": {
+            "get": _op(
+                "A class of the dataset: its label level, product description and iconic image's URL",
+                {"200": JOB},
+                params=[("name", "path", "string")],
+            )
+        },
+        "/classes/{name}/iconic": {
+            "get": _op("The class's iconic image (JPEG)", {"200": IMAGE}, params=[("name", "path", "string")])
+        },
+        "/jobs/{id}/image": {
+            "get": _op(
+                "A JPEG preview of one classified file of a prediction job (path as in its results)",
+                {"200": IMAGE},
+                params=[*job_id, ("path", "query", "string"), ("size", "query", "integer")],
+            )
+        },
         "/predict": {
             "post": {
                 "summary": "Classify one uploaded image (multipart field 'file')",

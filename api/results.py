@@ -3,12 +3,14 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api import services
 from api.errors import APIError
 from api.jobs import existing_job, int_arg, iso
+from api.thumbnails import ThumbnailError, thumbnail_jpeg
 from service import crud
 from service.models import JobShard, Prediction
 
@@ -116,6 +118,27 @@ def _drain(buffer: io.StringIO) -> str:
     buffer.seek(0)
     buffer.truncate()
     return text
+
+
+@blueprint.get("/jobs/<job_id>/image")
+def result_image(job_id: str):
+    """A preview of one classified file of the job (the gallery): only a path the job has a result for."""
+    path = request.args.get("path")
+    if not path:
+        raise APIError(400, "invalid_parameter", "path: give the file's path as it appears in the job's results")
+    size = int_arg("size", default=256, low=16, high=1024)
+    with services().sessions() as session:
+        row = crud.get_prediction(session, job_id=existing_job(session, job_id).id, path=path)
+    if row is None:
+        raise APIError(404, "result_not_found", f"job {job_id} has no result for {path!r}")
+    if row.error_code:
+        raise APIError(422, row.error_code, f"{path} was not classified: {row.error_message}")
+    try:
+        data = thumbnail_jpeg(Path(path), size)
+    except ThumbnailError as e:
+        raise APIError(422, "unreadable_image", f"{path}: {e}") from None
+    # A result's file is not meant to change: browsers may keep the preview for an hour.
+    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 def shard_json(shard: JobShard) -> dict:

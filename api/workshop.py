@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, request, send_file, url_for
 from werkzeug.utils import secure_filename
 
 from api import auth, enqueue, services
@@ -45,13 +45,74 @@ def class_names():
 
 @blueprint.get("/random-image")
 def random_image():
-    index = services().settings.data_dir / "val.txt"
+    """A validation image; its headers name it and its true classes (X-Image-Path, X-Label-Coarse, X-Label-Fine)."""
+    data_dir = services().settings.data_dir
+    index = data_dir / "val.txt"
     try:
-        lines = [line.split(",")[0].strip() for line in index.read_text().splitlines() if line.strip()]
+        lines = [line.split(",") for line in index.read_text().splitlines() if line.strip()]
     except OSError:
         raise APIError(503, "no_images", f"validation index {index} is unreadable") from None
-    path = services().settings.data_dir / random.choice(lines)
-    return send_file(path, mimetype="image/jpeg")
+    if not lines:
+        raise APIError(503, "no_images", f"validation index {index} lists no images")
+    relative, *labels = (part.strip() for part in random.choice(lines))
+    response = send_file(data_dir / relative, mimetype="image/jpeg")
+    response.headers["X-Image-Path"] = relative
+    response.headers.update(_true_labels(data_dir, labels))
+    return response
+
+
+def _true_labels(data_dir, labels: list[str]) -> dict[str, str]:
+    """X-Label-Fine / X-Label-Coarse from the index line's class ids, where the class table names them."""
+    from grocery.index import DatasetError, read_classes  # torch-free
+
+    headers = {}
+    for level, class_id in zip(("fine", "coarse"), labels, strict=False):
+        try:
+            names = [c.name for c in read_classes(data_dir, level)]
+            headers[f"X-Label-{level.title()}"] = names[int(class_id)]
+        except (DatasetError, ValueError, IndexError):
+            continue
+    return headers
+
+
+def find_class(name: str):
+    """A class of the dataset by name (coarse first, then fine) and its label level."""
+    from grocery.index import DatasetError, read_classes  # torch-free
+
+    for level in ("coarse", "fine"):
+        try:
+            classes = read_classes(services().settings.data_dir, level)
+        except DatasetError as e:
+            raise APIError(503, "no_classes", f"the dataset's class table is unreadable: {e}") from None
+        for info in classes:
+            if info.name == name:
+                return info, level
+    raise APIError(404, "class_not_found", f"no class {name!r} in the dataset's class table")
+
+
+@blueprint.get("/classes/<name>")
+def class_details(name: str):
+    """What the product is: its description and iconic image (the first product of a coarse class)."""
+    info, level = find_class(name)
+    has_icon = any(path.is_file() for path in info.iconic_images)
+    description = next((p for p in info.description_files if p.is_file()), None)
+    return jsonify(
+        {
+            "name": info.name,
+            "level": level,
+            "description": description.read_text(encoding="utf-8", errors="replace").strip() if description else None,
+            "iconic_image": url_for("workshop.class_iconic", name=info.name) if has_icon else None,
+        }
+    )
+
+
+@blueprint.get("/classes/<name>/iconic")
+def class_iconic(name: str):
+    info, _ = find_class(name)
+    path = next((p for p in info.iconic_images if p.is_file()), None)
+    if path is None:
+        raise APIError(404, "no_iconic_image", f"class {name!r} has no iconic image in the dataset")
+    return send_file(path, mimetype="image/jpeg", max_age=3600)
 
 
 @blueprint.post("/predict")

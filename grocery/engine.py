@@ -265,7 +265,9 @@ def fit(
         }
         history.append(val_metrics)
         save_checkpoint(setup, output / CHECKPOINT_NAME, epoch, history)
-        if callback and callback({"kind": "epoch", "epochs": config.epochs, **val_metrics}):
+        # The confusion matrix goes to the callback only (a dashboard's heatmap), not into the history.
+        confusion = {"classes": [c.name for c in setup.classes], "matrix": val["confusion"].tolist()}
+        if callback and callback({"kind": "epoch", "epochs": config.epochs, **val_metrics, "confusion": confusion}):
             return TrainResult("stopped", epoch, val_metrics, history)
     artifact_dir = save_artifact(
         output,

@@ -261,6 +261,10 @@ def predictions_query(
     return query
 
 
+def get_prediction(session: Session, *, job_id: uuid.UUID, path: str) -> Prediction | None:
+    return session.scalar(select(Prediction).where(Prediction.job_id == job_id, Prediction.path == path))
+
+
 def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filters) -> list[Prediction]:
     return list(session.scalars(predictions_query(job_id=job_id, **filters).limit(limit)))
 

@@ -11,6 +11,12 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in value.split(":") if p)
 
 
+def _switch(name: str, value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ValueError(f"{name} must be 'on' or 'off', not {value!r}")
+    return value == "on"
+
+
 def _auth(value: str) -> str:
     if value not in ("required", "off"):
         raise ValueError(f"GROCERY_AUTH must be 'required' or 'off', not {value!r}")
@@ -28,6 +34,8 @@ class Settings:
     # API tokens: "required" (every route but health and the API document needs a Bearer token) or
     # "off" (anyone who can reach the API may use it: `make run` on loopback).
     auth: str = "required"
+    # The web UI at /ui/ (off: the JSON API alone).
+    ui: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
     max_upload_bytes: int = 512 * 2**20
@@ -69,6 +77,7 @@ class Settings:
             upload_dir=upload_dir,
             input_roots=_paths(roots) if roots else (data_dir, upload_dir),
             auth=_auth(env.get("GROCERY_AUTH", cls.auth)),
+            ui=_switch("GROCERY_UI", env.get("GROCERY_UI", "on")),
             host=env.get("GROCERY_HOST", cls.host),
             port=int(env.get("GROCERY_PORT", cls.port)),
             max_upload_bytes=int(env.get("GROCERY_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),

@@ -34,8 +34,11 @@ def run_train_job(self, job_id: str) -> None:
         config = TrainConfig.from_dict({"data_dir": str(settings.data_dir), **params})
         reporter.beat(done=0, total=config.epochs, force=True)
 
+        last_confusion = {}
+
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
+                last_confusion.update(event["confusion"])
                 cancelled = reporter.beat(done=event["epoch"], event=("epoch", event))
             else:
                 cancelled = reporter.beat()
@@ -59,7 +62,8 @@ def run_train_job(self, job_id: str) -> None:
         "metrics": result.metrics,
         "class_names": _class_names(output),
     }
-    reporter.finish("succeeded", result={"metrics": result.metrics}, model=metadata)
+    result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
+    reporter.finish("succeeded", result=result_json, model=metadata)
 
 
 def latest_checkpoint(job_dir: Path) -> Path | None:

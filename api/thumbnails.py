@@ -1,0 +1,28 @@
+"""Small JPEG previews of result images for the web UI's gallery (Pillow only: the API never imports torch)."""
+
+import io
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # the workers' too_large limit
+
+
+class ThumbnailError(Exception):
+    pass
+
+
+def thumbnail_jpeg(path: Path, size: int) -> bytes:
+    """The image at ``path`` fitted in ``size`` x ``size``, upright (EXIF), as JPEG bytes."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ThumbnailError(f"{image.width}x{image.height} is too large to preview")
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, far less work
+            preview = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as e:
+        raise ThumbnailError(f"cannot preview the file: {e}") from None
+    preview.thumbnail((size, size))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

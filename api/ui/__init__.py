@@ -1,0 +1,36 @@
+"""The web UI at /ui/: Dash pages served by the API's own Flask app, Plotly charts.
+
+Pages: the workshop (random image or your photo -> prediction), jobs (live list, forms,
+cancel), a job (training curves and confusion matrix, or a prediction job's counts, gallery
+and CSV), models (metrics, aliases). The pages hold no data: their callbacks call the API in
+process with the visitor's token (api/ui/calls.py), so the API's rules are the UI's rules.
+"""
+
+from pathlib import Path
+
+from flask import Flask
+
+from api.auth import UI_PREFIX
+
+
+def mount_ui(app: Flask) -> None:
+    import dash  # only when the UI is on: the API stays importable without it
+
+    from api.ui import job_page, jobs, models, shell, signin, workshop
+    from api.ui.calls import LocalAPI
+
+    ui = dash.Dash(
+        __name__,
+        server=app,
+        url_base_pathname=UI_PREFIX,
+        assets_folder=str(Path(__file__).parent / "assets"),
+        title="grocery-jobs",
+        update_title=None,
+        suppress_callback_exceptions=True,  # each page's components exist only while it is shown
+        on_error=shell.show_internal_error,
+    )
+    calls = LocalAPI(app)
+    ui.layout = shell.layout
+    for page in (shell, workshop, jobs, job_page, models):
+        page.register(ui, calls)
+    app.register_blueprint(signin.blueprint)

@@ -1,0 +1,232 @@
+"""Jobs: the live list with filters and cancel, and the forms that submit training and prediction jobs."""
+
+import base64
+
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
+
+from api.ui.components import FINISHED, field, job_link, message, progress_bar, status_badge, when
+
+JOB_TYPES = ("train", "predict")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ARCHS = ("efficientnet_lite0", "mobilenet_v3_small")
+REFRESH_MS = 2000
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # through the browser; bigger sets: a folder, or `grocery jobs submit`
+
+
+def layout() -> html.Section:
+    return html.Section(
+        [
+            html.H1("Jobs"),
+            html.Div(
+                [
+                    field("Type", dcc.RadioItems(["all", *JOB_TYPES], "all", id="jobs-type", inline=True)),
+                    field("Status", dcc.Dropdown([*STATUSES], None, id="jobs-status", placeholder="any status")),
+                ],
+                className="filters",
+            ),
+            html.Div(id="jobs-message"),
+            html.Div(id="jobs-table"),
+            dcc.Interval(id="jobs-tick", interval=REFRESH_MS),
+            html.Div([train_form(), predict_form()], className="forms"),
+        ]
+    )
+
+
+def train_form() -> html.Details:
+    return html.Details(
+        [
+            html.Summary("New training job"),
+            field("Architecture", dcc.Dropdown(list(ARCHS), ARCHS[0], id="train-arch", clearable=False)),
+            field(
+                "Pretrained weights",
+                dcc.Dropdown(["imagenet", "none"], "imagenet", id="train-weights", clearable=False),
+            ),
+            field("Labels", dcc.RadioItems(["coarse", "fine"], "coarse", id="train-label-level", inline=True)),
+            field("Epochs", dcc.Input(id="train-epochs", type="number", value=5, min=1, max=1000)),
+            field("Batch size", dcc.Input(id="train-batch-size", type="number", placeholder="recipe default", min=1)),
+            field("Learning rate", dcc.Input(id="train-learning-rate", type="number", placeholder="recipe default")),
+            html.Details(
+                [
+                    html.Summary("Advanced"),
+                    field("Input size (px)", dcc.Input(id="train-input-size", type="number", placeholder="224")),
+                    field("Frozen blocks", dcc.Input(id="train-freeze", type="number", placeholder="recipe default")),
+                    field(
+                        "Dataset folder",
+                        dcc.Input(id="train-data-dir", type="text", placeholder="server default"),
+                        "a folder on the server, inside its allowed input roots",
+                    ),
+                ]
+            ),
+            html.Button("Start training", id="train-submit", className="primary"),
+            html.Div(id="train-message"),
+        ],
+        className="form",
+    )
+
+
+def predict_form() -> html.Details:
+    return html.Details(
+        [
+            html.Summary("New prediction job"),
+            field("Model", dcc.Dropdown(id="predict-model", placeholder="latest"), "a model, or an alias"),
+            field(
+                "Folder on the server",
+                dcc.Input(id="predict-folder", type="text", placeholder="/data/photos"),
+                "classified with its subfolders",
+            ),
+            field(
+                "or upload images",
+                dcc.Upload(
+                    html.Div(["Drop images or a .zip here, or ", html.A("choose files")]),
+                    id="predict-files",
+                    multiple=True,
+                    max_size=MAX_UPLOAD_BYTES,
+                    className="dropzone",
+                ),
+            ),
+            html.Div(id="predict-files-chosen", className="muted"),
+            html.Button("Start prediction", id="predict-submit", className="primary"),
+            html.Div(id="predict-message"),
+        ],
+        className="form",
+    )
+
+
+def jobs_table(jobs: list[dict]) -> html.Table | html.P:
+    if not jobs:
+        return html.P("No jobs yet.", className="muted")
+    head = html.Thead(html.Tr([html.Th(h) for h in ("Job", "Type", "Status", "Progress", "Created", "Worker", "")]))
+    return html.Table([head, html.Tbody([job_row(job) for job in jobs])], className="table", id="jobs-list")
+
+
+def job_row(job: dict) -> html.Tr:
+    cancel = None
+    if job["status"] not in FINISHED:
+        cancel = html.Button("Cancel", id={"type": "cancel-job", "job": job["id"]}, className="small")
+    return html.Tr(
+        [
+            html.Td(job_link(job["id"])),
+            html.Td(job["type"]),
+            html.Td(status_badge(job["status"])),
+            html.Td(progress_bar(job["progress"])),
+            html.Td(when(job["created_at"])),
+            html.Td(job.get("worker") or "", className="mono"),
+            html.Td(cancel),
+        ],
+        className=f"job-row job-{job['status']}",
+        **{"data-job": job["id"]},
+    )
+
+
+def train_request(arch, weights, label_level, epochs, batch_size, learning_rate, input_size, freeze, data_dir) -> dict:
+    params = {
+        "arch": arch,
+        "weights": weights,
+        "label_level": label_level,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "input_size": input_size,
+        "freeze": freeze,
+        "data_dir": (data_dir or "").strip() or None,
+    }
+    return {"type": "train", "params": {k: v for k, v in params.items() if v not in (None, "")}}
+
+
+def accepted(reply) -> html.Div:
+    job = reply.body
+    return html.Div(
+        ["Job ", dcc.Link(job["id"], href=f"/ui/jobs/{job['id']}", className="mono"), f" is {job['status']}."],
+        className="message ok",
+        role="status",
+    )
+
+
+def uploaded(contents: list[str], names: list[str]) -> list[tuple[str, bytes]]:
+    return [(name, base64.b64decode(data.partition(",")[2])) for name, data in zip(names, contents, strict=True)]
+
+
+def register(ui: Dash, calls) -> None:
+    @ui.callback(
+        Output("jobs-table", "children"),
+        Output("jobs-message", "children"),
+        Input("jobs-tick", "n_intervals"),
+        Input("jobs-type", "value"),
+        Input("jobs-status", "value"),
+    )
+    def refresh(_tick, job_type, status):
+        reply = calls.get("/jobs", type=None if job_type == "all" else job_type, status=status, limit=50)
+        if not reply.ok:
+            return no_update, message(reply.error)
+        return jobs_table(reply.body["jobs"]), None
+
+    @ui.callback(
+        Output("train-message", "children"),
+        Input("train-submit", "n_clicks"),
+        State("train-arch", "value"),
+        State("train-weights", "value"),
+        State("train-label-level", "value"),
+        State("train-epochs", "value"),
+        State("train-batch-size", "value"),
+        State("train-learning-rate", "value"),
+        State("train-input-size", "value"),
+        State("train-freeze", "value"),
+        State("train-data-dir", "value"),
+        prevent_initial_call=True,
+    )
+    def submit_train(_clicks, *fields):
+        reply = calls.post_json("/jobs", train_request(*fields))
+        return accepted(reply) if reply.ok else message(reply.error)
+
+    @ui.callback(Output("predict-model", "options"), Input("predict-model", "id"))
+    def model_choices(_):
+        reply = calls.get("/models")
+        aliases = ["latest", "production"]
+        if not reply.ok:
+            return aliases
+        versions = [
+            {"label": f"v{m['version']} {m['arch']} ({m['id'][:8]})", "value": m["id"]} for m in reply.body["models"]
+        ]
+        return [*aliases, *versions]
+
+    @ui.callback(Output("predict-files-chosen", "children"), Input("predict-files", "filename"))
+    def files_chosen(names):
+        return f"{len(names)} file(s): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}" if names else None
+
+    @ui.callback(
+        Output("predict-message", "children"),
+        Input("predict-submit", "n_clicks"),
+        State("predict-model", "value"),
+        State("predict-folder", "value"),
+        State("predict-files", "contents"),
+        State("predict-files", "filename"),
+        prevent_initial_call=True,
+    )
+    def submit_predict(_clicks, model, folder, contents, names):
+        model = model or "latest"
+        if contents:
+            files = uploaded(contents, names)
+            if len(files) == 1 and files[0][0].lower().endswith(".zip"):
+                reply = calls.post_files("/jobs", files, "archive", model=model)
+            else:
+                reply = calls.post_files("/jobs", files, "files", model=model)
+        elif (folder or "").strip():
+            reply = calls.post_json("/jobs", {"type": "predict", "model": model, "input": {"folder": folder.strip()}})
+        else:
+            return message("Give a folder on the server, or choose images to upload.")
+        return accepted(reply) if reply.ok else message(reply.error)
+
+    @ui.callback(
+        Output("jobs-message", "children", allow_duplicate=True),
+        Input({"type": "cancel-job", "job": ALL}, "n_clicks"),
+        prevent_initial_call=True,
+    )
+    def cancel(clicks):
+        # The list is redrawn every few seconds: new buttons arrive with no clicks and must do nothing.
+        if not ctx.triggered_id or not any(clicks):
+            return no_update
+        job_id = ctx.triggered_id["job"]
+        reply = calls.post_json(f"/jobs/{job_id}/cancel")
+        if not reply.ok:
+            return message(reply.error)
+        return message(f"Job {job_id[:8]}: cancel requested ({reply.body['status']}).", "ok")

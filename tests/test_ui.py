@@ -1,0 +1,305 @@
+"""The web UI in a real browser: headless Chromium (Debian's package) driven by Playwright, against
+the API's own server on loopback, a real worker, PostgreSQL and Redis. Each test saves screenshots
+of its pages under test-results/ui/."""
+
+import csv
+import io
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    ROOT,
+    TINY_CLASSES,
+    clean_store,
+    seed_tiny_model,
+    stack_settings,
+    start_worker,
+    stop_worker,
+    write_tiny_dataset,
+)
+from PIL import Image
+from sqlalchemy import text
+from werkzeug.serving import make_server
+
+from api import create_app
+from service import tokens
+from service.db import make_engine, make_session_factory
+
+CHROMIUM = Path(os.environ.get("GROCERY_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = ROOT / "test-results" / "ui"
+COARSE_CLASSES = sorted({coarse for _, coarse, _, _ in TINY_CLASSES})
+TRAIN_FORM = {"train-input-size": "64", "train-freeze": "9"}
+WAIT_MS = 180_000
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("GROCERY_REQUIRE_BROWSER"),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"GROCERY_REQUIRE_BROWSER is set but {CHROMIUM} is missing"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+def serve(settings):
+    app = create_app(settings)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, app.test_client(), f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture(scope="module")
+def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+    """The API with the UI, authentication off (as `make run`), and one worker on both queues."""
+    store = tmp_path_factory.mktemp("ui")
+    readable = store / "uploads" / "generated"  # inside the workers' input roots
+    readable.mkdir(parents=True)
+    settings = stack_settings(database_url, redis_url, tiny_dataset, store)
+    clean_store(database_url, redis_url)
+    seed_tiny_model(database_url, tiny_model)
+    server, client, url = serve(settings)
+    worker = start_worker("ui@%h", ["train", "predict"], settings)
+    yield url, client, readable
+    stop_worker(worker)
+    server.shutdown()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=True)
+
+
+def natural_width(page, selector: str) -> int:
+    """>0 once the browser has really loaded and decoded the image."""
+    page.wait_for_function(
+        "s => { const i = document.querySelector(s); return i && i.complete && i.naturalWidth > 0 }", arg=selector
+    )
+    return page.eval_on_selector(selector, "i => i.naturalWidth")
+
+
+def test_random_image_shows_the_photo_its_prediction_and_the_product(service, page, tiny_dataset):
+    url, *_ = service
+    page.goto(f"{url}/ui/")
+    page.get_by_role("button", name="Random image").click()
+    label = page.locator("#prediction-label")
+    label.wait_for()
+    assert label.inner_text() in COARSE_CLASSES
+    assert re.fullmatch(r"confidence \d+\.\d%", page.locator("#prediction-confidence").inner_text())
+    assert natural_width(page, "#workshop-photo") > 0
+    assert natural_width(page, "#product-card img") > 0  # the predicted class's iconic image
+    assert "from the tiny set" in page.locator("#product-card").inner_text()
+    assert "true class:" in page.locator("figcaption").first.inner_text()
+    shot(page, "workshop-random")
+
+
+def test_an_uploaded_photo_gets_the_same_answer_as_the_api(service, page, tmp_path):
+    url, client, _ = service
+    photo = tmp_path / "my-milk.png"
+    Image.fromarray(np.full((80, 90, 3), (40, 60, 200), np.uint8)).save(photo)
+    expected = client.post("/predict", data={"file": (photo.open("rb"), "my-milk.png")}).get_json()
+    page.goto(f"{url}/ui/")
+    page.set_input_files("#photo input[type=file]", str(photo))
+    page.locator("#prediction-label").wait_for()
+    assert page.locator("#prediction-label").inner_text() == expected["prediction"]
+    assert "my-milk.png" in page.locator("figcaption").first.inner_text()
+    shot(page, "workshop-upload")
+
+
+def submit_prediction(page, url: str, folder: str) -> str:
+    page.goto(f"{url}/ui/jobs")
+    page.get_by_text("New prediction job").click()
+    page.fill("#predict-folder", folder)
+    page.get_by_role("button", name="Start prediction").click()
+    link = page.locator("#predict-message a")
+    link.wait_for()
+    return link.inner_text()
+
+
+def wait_for_badge(page, selector: str, status: str) -> None:
+    page.locator(selector).get_by_text(status, exact=True).wait_for(timeout=WAIT_MS)
+
+
+def tiles(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#gallery .tile:not(.failed)",
+        "ts => ts.map(t => ({label: t.dataset.label, confidence: +t.dataset.confidence}))",
+    )
+
+
+def test_a_prediction_job_from_the_form_finishes_and_its_gallery_filters(service, page, tiny_dataset):
+    url, client, _ = service
+    job_id = submit_prediction(page, url, str(tiny_dataset / "val"))
+    wait_for_badge(page, f"tr[data-job='{job_id}']", "succeeded")  # seen in the live list
+    shot(page, "jobs")
+
+    page.locator(f"tr[data-job='{job_id}'] a").click()
+    page.wait_for_url(f"**/ui/jobs/{job_id}")
+    page.locator("#class-counts .main-svg").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#gallery .tile img').length === 16")
+    results = client.get(f"/jobs/{job_id}/results?limit=100").get_json()["results"]
+    assert sorted(t["label"] for t in tiles(page)) == sorted(r["label"] for r in results)
+    assert natural_width(page, "#gallery .tile img") > 0  # previews come from GET /jobs/<id>/image
+    shot(page, "job-predict")
+
+    label = results[0]["label"]
+    wanted = sum(r["label"] == label for r in results)
+    page.locator("#gallery-label").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    page.wait_for_function(
+        "([l, n]) => { const ts = [...document.querySelectorAll('#gallery .tile')];"
+        " return ts.length === n && ts.every(t => t.dataset.label === l) }",
+        arg=[label, wanted],
+    )
+    low = sum(r["label"] == label and r["confidence"] <= 0.9 for r in results)
+    page.get_by_label("below 90%").check()
+    page.wait_for_function(
+        "n => document.querySelectorAll('#gallery .tile').length === n || (n === 0 &&"
+        " document.querySelector('#gallery').innerText.includes('No results match'))",
+        arg=low,
+    )
+    assert all(t["label"] == label and t["confidence"] <= 0.9 for t in tiles(page))
+    shot(page, "job-predict-filtered")
+
+    with page.expect_download() as download:
+        page.get_by_text("Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert {r["label"] for r in rows} <= {label} and len(rows) == low
+
+
+@pytest.fixture(scope="module")
+def slower_dataset(service, tmp_path_factory):
+    """Enough images that each epoch takes a few seconds: the page is seen updating mid-run."""
+    return write_tiny_dataset(service[2], {"train": 120, "val": 10}, seed=1)
+
+
+def test_a_training_job_from_the_form_shows_live_curves_and_its_confusion_matrix(service, page, slower_dataset):
+    url, client, _ = service
+    page.goto(f"{url}/ui/jobs")
+    page.get_by_text("New training job").click()
+    page.fill("#train-epochs", "8")
+    page.get_by_text("Advanced").click()
+    for field, value in {**TRAIN_FORM, "train-data-dir": str(slower_dataset)}.items():
+        page.fill(f"#{field}", value)
+    page.get_by_role("button", name="Start training").click()
+    job_id = page.locator("#train-message a").inner_text()
+    page.goto(f"{url}/ui/jobs/{job_id}")
+
+    seen_while_running = set()
+    note = page.locator("#training-note")
+    while "succeeded" not in page.locator("#job-title").inner_text():
+        assert not re.search("failed|cancelled", page.locator("#job-title").inner_text())
+        if match := re.match(r"epoch (\d+) of 8", note.inner_text()):
+            seen_while_running.add(int(match.group(1)))
+        page.wait_for_timeout(300)
+    assert any(epoch < 8 for epoch in seen_while_running), "the curves never updated while the job ran"
+    page.wait_for_function(
+        "() => { const g = document.querySelector('#training-curves .js-plotly-plot');"
+        " return g && g.data && g.data[0].x.length === 8 }"
+    )
+    heatmap = page.eval_on_selector("#confusion-matrix .js-plotly-plot", "g => g.data[0]")
+    assert heatmap["type"] == "heatmap" and sorted(heatmap["x"]) == COARSE_CLASSES
+    job = client.get(f"/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and sum(map(sum, heatmap["text"])) == sum(
+        map(sum, job["result"]["confusion"]["matrix"])
+    )
+    shot(page, "job-train")
+
+
+def test_the_models_page_moves_production(service, page):
+    url, client, _ = service
+    models = client.get("/models").get_json()["models"]
+    target = next(m for m in models if "production" not in m["aliases"])
+    page.goto(f"{url}/ui/models")
+    row = page.locator(f"tr[data-model='{target['id']}']")
+    row.get_by_role("button", name="Make production").click()
+    row.locator(".alias-production").wait_for()
+    assert "production now points" in page.locator("#models-message").inner_text()
+    assert client.get("/models/production").get_json()["id"] == target["id"]
+    shot(page, "models")
+
+
+def test_api_errors_are_messages_not_blank_pages(service, page, tmp_path):
+    url, *_ = service
+    submit_prediction_error = "outside the allowed input roots"
+    page.goto(f"{url}/ui/jobs")
+    page.get_by_text("New prediction job").click()
+    page.fill("#predict-folder", str(tmp_path))
+    page.get_by_role("button", name="Start prediction").click()
+    assert submit_prediction_error in page.locator("#predict-message .message.error").inner_text()
+    page.get_by_role("button", name="Start prediction").click()  # the message is replaced, not stacked
+    assert page.locator("#predict-message .message").count() == 1
+    shot(page, "jobs-error")
+    page.goto(f"{url}/ui/jobs/00000000-0000-0000-0000-000000000000")
+    assert "no job" in page.locator(".message.error").inner_text()
+    page.goto(f"{url}/ui/nowhere")
+    assert "No page at /ui/nowhere" in page.locator(".message.error").inner_text()
+
+
+@pytest.fixture(scope="module")
+def secured(service, database_url, redis_url, tiny_dataset, tmp_path_factory):
+    """A second API on the same database with tokens required (the worker of `service` runs its jobs)."""
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        session.execute(text("DELETE FROM api_tokens"))
+        made = {
+            name: tokens.create_token(session, name=name, scopes=scopes)[1]
+            for name, scopes in {"alice": ["jobs:read", "jobs:write"], "bob": ["jobs:read", "jobs:write"]}.items()
+        }
+        session.commit()
+    engine.dispose()
+    store = tmp_path_factory.mktemp("ui-secured")
+    server, _, url = serve(stack_settings(database_url, redis_url, tiny_dataset, store, auth="required"))
+    yield url, made
+    server.shutdown()
+
+
+def sign_in(page, url: str, secret: str) -> None:
+    page.goto(f"{url}/ui/login")
+    page.fill("#token", secret)
+    page.click("#signin")
+
+
+def test_signed_in_users_see_their_own_jobs_and_images_load_with_the_cookie(secured, page, tiny_dataset):
+    url, made = secured
+    page.goto(f"{url}/ui/jobs")
+    assert "sign in with an API token" in page.locator("#jobs-message .message.error").inner_text()
+    sign_in(page, url, "not-a-token")
+    assert "unknown or revoked" in page.locator(".message.error").inner_text()
+
+    sign_in(page, url, made["alice"])
+    page.wait_for_url(f"{url}/ui/")
+    job_id = submit_prediction(page, url, str(tiny_dataset / "val"))
+    wait_for_badge(page, f"tr[data-job='{job_id}']", "succeeded")
+    page.goto(f"{url}/ui/jobs/{job_id}")
+    assert natural_width(page, "#gallery .tile img") > 0  # GET /jobs/<id>/image with the cookie
+    page.get_by_text("Sign out").click()
+
+    sign_in(page, url, made["bob"])
+    page.goto(f"{url}/ui/jobs")
+    page.locator("#jobs-table").get_by_text("No jobs yet.").wait_for()  # alice's job is not bob's
+    page.goto(f"{url}/ui/jobs/{job_id}")
+    assert "no job" in page.locator(".message.error").inner_text()
+    page.goto(f"{url}/ui/models")
+    page.locator(".model-row button").first.click()
+    assert "lacks the 'ops' scope" in page.locator("#models-message .message.error").inner_text()
+    shot(page, "models-forbidden")
