@@ -1,0 +1,139 @@
+"""What the web UI needs from the API, over plain HTTP: class details and iconic images, the random
+image's true labels, previews of a job's result images, and the UI's cookie (reads only)."""
+
+import io
+import uuid
+
+import pytest
+from conftest import clean_store, write_tiny_dataset
+from PIL import Image
+from sqlalchemy import text
+
+from api import create_app
+from api.auth import TOKEN_COOKIE
+from service import crud, tokens
+from service.db import make_engine, make_session_factory
+from service.settings import Settings
+
+
+@pytest.fixture
+def setup(database_url, redis_url, tmp_path):
+    """An API with tokens required over a tiny dataset, two users, and a prediction job of alice's with
+    one classified image, one failed file and one result whose file has since become unreadable."""
+    clean_store(database_url, redis_url)
+    data = write_tiny_dataset(tmp_path / "data", {"val": 2})
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (600, 400), (200, 30, 30)).save(photos / "red.jpg")
+    (photos / "gone.jpg").write_bytes(b"not an image any more")
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        session.execute(text("DELETE FROM api_tokens"))
+        alice, alice_secret = tokens.create_token(session, name="alice", scopes=["jobs:read", "jobs:write"])
+        _, bob_secret = tokens.create_token(session, name="bob", scopes=["jobs:read", "jobs:write"])
+        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files", owner_token_id=alice.id)
+        session.flush()
+        rows = [
+            {"path": str(photos / "red.jpg"), "label": "Apple", "class_id": 0, "confidence": 0.9, "top5": []},
+            {"path": str(photos / "bad.jpg"), "error_code": "truncated", "error_message": "cut short"},
+            {"path": str(photos / "gone.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
+        ]
+        crud.add_predictions(session, job_id=job.id, rows=rows)
+        session.commit()
+        job_id = str(job.id)
+    engine.dispose()
+    settings = Settings(
+        database_url=database_url, redis_url=redis_url, data_dir=data, input_roots=(tmp_path,), upload_dir=tmp_path
+    )
+    return create_app(settings).test_client(), job_id, photos, {"alice": alice_secret, "bob": bob_secret}
+
+
+def as_(secret: str) -> dict:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_class_details_name_the_product_and_its_iconic_image(setup):
+    client, _, _, users = setup
+    coarse = client.get("/classes/Apple", headers=as_(users["bob"])).get_json()
+    assert coarse == {
+        "name": "Apple",
+        "level": "coarse",
+        "description": "A red-apple from the tiny set.",
+        "iconic_image": "/classes/Apple/iconic",
+    }
+    assert client.get("/classes/Green-Pear", headers=as_(users["bob"])).get_json()["level"] == "fine"
+    icon = client.get("/classes/Apple/iconic", headers=as_(users["bob"]))
+    assert icon.mimetype == "image/jpeg" and Image.open(io.BytesIO(icon.data)).size == (55, 48)
+    missing = client.get("/classes/Durian", headers=as_(users["bob"]))
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "class_not_found"
+    assert client.get("/classes/Apple").status_code == 401
+
+
+def test_the_random_image_says_what_it_really_is(setup):
+    client, _, _, users = setup
+    response = client.get("/random-image", headers=as_(users["bob"]))
+    path = response.headers["X-Image-Path"]
+    fine = path.split("/")[2]
+    coarse = {"Red-Apple": "Apple", "Pink-Apple": "Apple", "Green-Pear": "Pear", "Blue-Milk": "Milk"}[fine]
+    assert response.mimetype == "image/jpeg" and path.startswith("val/")
+    assert response.headers["X-Label-Fine"] == fine and response.headers["X-Label-Coarse"] == coarse
+
+
+def test_a_result_image_preview_is_small_and_only_for_the_jobs_own_results(setup):
+    client, job_id, photos, users = setup
+    alice = as_(users["alice"])
+    preview = client.get(
+        f"/jobs/{job_id}/image", query_string={"path": str(photos / "red.jpg"), "size": 64}, headers=alice
+    )
+    assert preview.status_code == 200 and preview.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(preview.data)).size == (64, 43)  # fitted, aspect kept
+    assert "max-age" in preview.headers["Cache-Control"]
+
+    def error(path, headers=alice, **query) -> tuple[int, str]:
+        response = client.get(f"/jobs/{job_id}/image", query_string={"path": path, **query}, headers=headers)
+        return response.status_code, response.get_json()["error"]["code"]
+
+    assert error("/etc/passwd") == (404, "result_not_found")  # only paths the job has a result for
+    assert error(str(photos / "bad.jpg")) == (422, "truncated")
+    assert error(str(photos / "gone.jpg")) == (422, "unreadable_image")
+    assert error(str(photos / "red.jpg"), size=5000) == (400, "invalid_parameter")
+    assert error("") == (400, "invalid_parameter")
+    assert error(str(photos / "red.jpg"), headers=as_(users["bob"])) == (404, "not_found")  # not bob's job
+    other = client.get(f"/jobs/{uuid.uuid4()}/image", query_string={"path": "x"}, headers=alice)
+    assert other.status_code == 404
+
+
+def test_the_ui_cookie_reads_but_never_writes(setup):
+    client, job_id, photos, users = setup
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    assert client.get(f"/jobs/{job_id}").status_code == 200
+    assert client.get(f"/jobs/{job_id}/results?format=csv").status_code == 200
+    refused = client.post(f"/jobs/{job_id}/cancel")
+    assert refused.status_code == 401  # a forged cross-site form carries the cookie, and gets nothing
+    assert client.post("/jobs", json={"type": "train"}).status_code == 401
+    client.set_cookie(TOKEN_COOKIE, "forged")
+    assert client.get(f"/jobs/{job_id}").status_code == 401
+
+
+def test_signing_in_sets_a_strict_http_only_cookie(setup):
+    client, _, _, users = setup
+    wrong = client.post("/ui/login", data={"token": "nope"})
+    assert wrong.status_code == 401 and b"unknown or revoked" in wrong.data
+    signed = client.post("/ui/login", data={"token": users["alice"]})
+    assert signed.status_code == 303 and signed.headers["Location"] == "/ui/"
+    cookie = signed.headers["Set-Cookie"]
+    assert cookie.startswith(f"{TOKEN_COOKIE}=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    out = client.get("/ui/logout")
+    assert out.status_code == 303 and f"{TOKEN_COOKIE}=;" in out.headers["Set-Cookie"]
+
+
+def test_the_ui_pages_load_without_a_token_and_can_be_turned_off(setup, database_url, redis_url, tmp_path):
+    client, *_ = setup
+    page = client.get("/ui/")
+    assert page.status_code == 200 and b"grocery-jobs" in page.data
+    assert client.get("/ui/_dash-layout").status_code == 200  # the shell: no data in it
+    settings = Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path, ui=False)
+    assert create_app(settings).test_client().get("/ui/").status_code == 404
+    assert Settings.from_env({"GROCERY_UI": "off"}).ui is False
+    with pytest.raises(ValueError, match="GROCERY_UI"):
+        Settings.from_env({"GROCERY_UI": "maybe"})
