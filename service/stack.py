@@ -67,8 +67,9 @@ def main() -> int:
         access = "authentication is OFF (loopback only): GROCERY_AUTH=required and `grocery tokens create` turn it on"
     else:
         access = "authentication is on: send Authorization: Bearer <token> (`grocery tokens create`)"
+    web_ui = f"  web UI: {url}/ui/\n" if settings.ui else ""
     print(
-        f"\ngrocery-jobs is up at {url}  (Ctrl-C stops it)\n  {access}\n"
+        f"\ngrocery-jobs is up at {url}  (Ctrl-C stops it)\n  {access}\n{web_ui}"
         f"  curl -s -X POST {url}/jobs -H 'Content-Type: application/json' "
         f'-d \'{{"type": "train", "params": {{"epochs": 1}}}}\'\n'
         f"  curl -s {url}/jobs\n",

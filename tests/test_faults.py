@@ -57,6 +57,13 @@ def holder(client, *, job_id: str, not_pids: tuple[int, ...] = (), timeout: floa
     raise TimeoutError(f"no worker took job {job_id}")
 
 
+def claimed(client, *, job_id: str, attempt: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/jobs/{job_id}").get_json())["attempts"] < attempt or job["status"] != "running":
+        assert time.monotonic() < deadline, f"job {job_id} not claimed for attempt {attempt}: {job}"
+        time.sleep(0.05)
+
+
 def progress(client, job_id: str, done: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while client.get(f"/jobs/{job_id}").get_json()["progress"]["done"] < done:
@@ -132,7 +139,9 @@ def test_a_poison_job_fails_after_its_attempts(service, launchers, tiny_dataset)
     params = {**TRAIN, "epochs": 50, "data_dir": str(tiny_dataset)}
     job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
     killed = ()
-    for _ in range(3):  # the job "crashes" every worker that runs it
+    for attempt in (1, 2, 3):  # the job "crashes" every worker that runs it
+        # Killed after its claim: a worker killed between taking the message and claiming costs no attempt.
+        claimed(client, job_id=job_id, attempt=attempt)
         pid = holder(client, job_id=job_id, not_pids=killed)["pid"]
         os.kill(pid, signal.SIGKILL)
         killed += (pid,)

@@ -303,3 +303,38 @@ def test_signed_in_users_see_their_own_jobs_and_images_load_with_the_cookie(secu
     page.locator(".model-row button").first.click()
     assert "lacks the 'ops' scope" in page.locator("#models-message .message.error").inner_text()
     shot(page, "models-forbidden")
+
+
+def listed_jobs(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#jobs-list tbody tr",
+        "rs => rs.map(r => ({id: r.dataset.job, type: r.children[1].innerText, status: r.children[2].innerText}))",
+    )
+
+
+def every_row_shows(page, *, column: int, text: str) -> None:
+    page.wait_for_function(
+        "([c, t]) => [...document.querySelectorAll('#jobs-list tbody tr')].every(r => r.children[c].innerText === t)",
+        arg=[column, text],
+    )
+
+
+def test_the_jobs_list_cancels_and_filters(service, page, slower_dataset):
+    url, client, _ = service
+    params = {"epochs": 200, "data_dir": str(slower_dataset), "input_size": 64, "freeze": 9}
+    long = client.post("/jobs", json={"type": "train", "params": params}).get_json()
+    page.goto(f"{url}/ui/jobs")
+    row = f"tr[data-job='{long['id']}']"
+    page.locator(row).get_by_role("button", name="Cancel").click()
+    wait_for_badge(page, row, "cancelled")
+    assert "cancel requested" in page.locator("#jobs-message").inner_text()
+
+    page.locator("#jobs-type").get_by_label("predict", exact=True).check()
+    every_row_shows(page, column=1, text="predict")
+    assert listed_jobs(page) and long["id"] not in {job["id"] for job in listed_jobs(page)}
+    page.locator("#jobs-type").get_by_label("all", exact=True).check()
+    page.locator("#jobs-status").click()
+    page.get_by_role("option", name="cancelled", exact=True).click()
+    every_row_shows(page, column=2, text="cancelled")
+    assert [job["id"] for job in listed_jobs(page)] == [long["id"]]
+    shot(page, "jobs-filtered")

@@ -193,11 +193,7 @@ def register(ui: Dash, calls) -> None:
             return no_update, no_update, message(reply.error)
         epochs = [e["data"] for e in reply.body["events"] if e["kind"] == "epoch"]
         if not epochs:
-            return (
-                charts.training_curves([]),
-                charts.confusion_heatmap({"classes": [], "matrix": []}),
-                ("The curves start when the first epoch ends."),
-            )
+            return charts.training_curves([]), no_update, "The curves start when the first epoch ends."
         last = epochs[-1]
         note = f"epoch {last['epoch']} of {last['epochs']}: validation top-1 {percent(last.get('val_top1'))}"
         confusion = last.get("confusion") or {"classes": [], "matrix": []}
