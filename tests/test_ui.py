@@ -282,7 +282,7 @@ def sign_in(page, url: str, secret: str) -> None:
 def test_signed_in_users_see_their_own_jobs_and_images_load_with_the_cookie(secured, page, tiny_dataset):
     url, made = secured
     page.goto(f"{url}/ui/jobs")
-    assert "sign in with an API token" in page.locator("#jobs-message .message.error").inner_text()
+    assert "sign in with an API token" in page.locator("#jobs-list-error .message.error").inner_text()
     sign_in(page, url, "not-a-token")
     assert "unknown or revoked" in page.locator(".message.error").inner_text()
 
@@ -338,3 +338,18 @@ def test_the_jobs_list_cancels_and_filters(service, page, slower_dataset):
     every_row_shows(page, column=2, text="cancelled")
     assert [job["id"] for job in listed_jobs(page)] == [long["id"]]
     shot(page, "jobs-filtered")
+
+
+def test_images_uploaded_through_the_form_become_a_prediction_job(service, page, tiny_dataset):
+    url, client, _ = service
+    photos = sorted((tiny_dataset / "val").glob("*/*/*.jpg"))[:3]
+    page.goto(f"{url}/ui/jobs")
+    page.get_by_text("New prediction job").click()
+    page.set_input_files("#predict-files input[type=file]", [str(p) for p in photos])
+    page.locator("#predict-files-chosen").get_by_text("3 file(s)", exact=False).wait_for()
+    page.get_by_role("button", name="Start prediction").click()
+    job_id = page.locator("#predict-message a").inner_text()
+    wait_for_badge(page, f"tr[data-job='{job_id}']", "succeeded")
+    results = client.get(f"/jobs/{job_id}/results").get_json()["results"]
+    assert sorted(Path(r["path"]).name for r in results) == sorted(p.name for p in photos)
+    assert all(r["label"] in COARSE_CLASSES for r in results)

@@ -25,6 +25,7 @@ def layout() -> html.Section:
                 className="filters",
             ),
             html.Div(id="jobs-message"),
+            html.Div(id="jobs-list-error"),
             html.Div(id="jobs-table"),
             dcc.Interval(id="jobs-tick", interval=REFRESH_MS),
             html.Div([train_form(), predict_form()], className="forms"),
@@ -149,7 +150,7 @@ def uploaded(contents: list[str], names: list[str]) -> list[tuple[str, bytes]]:
 def register(ui: Dash, calls) -> None:
     @ui.callback(
         Output("jobs-table", "children"),
-        Output("jobs-message", "children"),
+        Output("jobs-list-error", "children"),
         Input("jobs-tick", "n_intervals"),
         Input("jobs-type", "value"),
         Input("jobs-status", "value"),
@@ -217,7 +218,7 @@ def register(ui: Dash, calls) -> None:
         return accepted(reply) if reply.ok else message(reply.error)
 
     @ui.callback(
-        Output("jobs-message", "children", allow_duplicate=True),
+        Output("jobs-message", "children"),
         Input({"type": "cancel-job", "job": ALL}, "n_clicks"),
         prevent_initial_call=True,
     )
