@@ -122,6 +122,7 @@ def test_an_uploaded_photo_gets_the_same_answer_as_the_api(service, page, tmp_pa
     page.locator("#prediction-label").wait_for()
     assert page.locator("#prediction-label").inner_text() == expected["prediction"]
     assert "my-milk.png" in page.locator("figcaption").first.inner_text()
+    assert natural_width(page, "#workshop-photo") == 90
     shot(page, "workshop-upload")
 
 

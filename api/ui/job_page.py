@@ -48,6 +48,7 @@ def header(job: dict) -> list:
     }
     if job.get("model_id"):
         facts["model"] = dcc.Link(short_id(job["model_id"]), href="/ui/models", className="mono")
+    facts["input" if job["type"] == "predict" else "parameters"] = described(job["params"])
     parts = [
         html.H1(
             [
@@ -69,6 +70,18 @@ def header(job: dict) -> list:
     if job["status"] not in FINISHED:
         parts.append(html.Button("Cancel job", id="job-cancel", className="small"))
     return parts
+
+
+def described(params: dict) -> str:
+    """A job's request in a line: a training job's settings, or what a prediction job reads."""
+    source = params.get("input")
+    if source is None:
+        return ", ".join(f"{name} {value}" for name, value in params.items()) or "the default recipe"
+    if "upload" in source:
+        return f"{source['upload']['files']} uploaded file(s)"
+    if "folder" in source:
+        return source["folder"]
+    return f"{source.get('paths_count', len(source['paths']))} listed file(s)"
 
 
 def training_body() -> html.Div:

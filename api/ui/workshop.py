@@ -44,8 +44,9 @@ def register(ui: Dash, calls) -> None:
         if ctx.triggered_id == "photo":
             if not contents:
                 return no_update
-            picture, truth = base64.b64decode(contents.partition(",")[2]), None
-            return predicted(calls, picture, filename or "photo.jpg", truth)
+            header, _, data = contents.partition(",")  # data:image/png;base64,...
+            mime = header.removeprefix("data:").split(";")[0] or "image/jpeg"
+            return predicted(calls, base64.b64decode(data), filename or "photo.jpg", None, mime)
         reply = calls.get("/random-image")
         if not reply.ok:
             return message(reply.error)
@@ -53,19 +54,20 @@ def register(ui: Dash, calls) -> None:
         return predicted(calls, reply.content, reply.headers.get("X-Image-Path", "random.jpg"), truth)
 
 
-def predicted(calls, picture: bytes, filename: str, truth: tuple | None):
+def predicted(calls, picture: bytes, filename: str, truth: tuple | None, mime: str = "image/jpeg"):
     reply = calls.post_files("/predict", [(filename, picture)], "file")
+    photo = photo_card(picture, filename, truth, mime)
     if not reply.ok:
-        return [photo_card(picture, filename, truth), message(reply.error)]
+        return [photo, message(reply.error)]
     prediction = reply.body
     return html.Div(
-        [photo_card(picture, filename, truth), prediction_card(prediction, truth), product_card(calls, prediction)],
+        [photo, prediction_card(prediction, truth), product_card(calls, prediction)],
         className="workshop-grid",
     )
 
 
-def photo_card(picture: bytes, filename: str, truth: tuple | None) -> html.Figure:
-    source = "data:image/jpeg;base64," + base64.b64encode(picture).decode()
+def photo_card(picture: bytes, filename: str, truth: tuple | None, mime: str) -> html.Figure:
+    source = f"data:{mime};base64," + base64.b64encode(picture).decode()
     caption = [html.Span(filename, className="mono")]
     if truth and truth[0]:
         caption.append(html.Span(f"true class: {truth[0]}" + (f" ({truth[1]})" if truth[1] else "")))
