@@ -179,6 +179,7 @@ def test_a_prediction_job_from_the_form_finishes_and_its_gallery_filters(service
         arg=low,
     )
     assert all(t["label"] == label and t["confidence"] <= 0.9 for t in tiles(page))
+    page.wait_for_function("() => document.querySelector('#results-csv').href.includes('max_confidence=0.9')")
     shot(page, "job-predict-filtered")
 
     with page.expect_download() as download:

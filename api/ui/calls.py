@@ -5,6 +5,7 @@ unchanged, and no request leaves the process: nothing to configure, no worker wa
 """
 
 import contextvars
+import hashlib
 import io
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -25,6 +26,11 @@ class Reply:
     @property
     def ok(self) -> bool:
         return self.status < 400
+
+    @property
+    def digest(self) -> str:
+        """What the answer said, in a few bytes: a page redraws only when it changes."""
+        return hashlib.sha256(self.content).hexdigest()
 
     @property
     def error(self) -> str:

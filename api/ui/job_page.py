@@ -114,6 +114,7 @@ def prediction_body() -> html.Div:
             ),
             dcc.Store(id="gallery-page", data={"cursor": None, "previous": []}),
             dcc.Store(id="gallery-next-cursor"),
+            dcc.Store(id="gallery-digest"),
             html.Div(id="gallery", className="gallery"),
             html.Div(
                 [
@@ -259,19 +260,24 @@ def register(ui: Dash, calls) -> None:
         Output("results-csv", "href"),
         Output("gallery-next", "disabled"),
         Output("gallery-previous", "disabled"),
+        Output("gallery-digest", "data"),
         Input("gallery-page", "data"),
         Input("job-tick", "n_intervals"),
         State("gallery-label", "value"),
         State("gallery-confidence", "value"),
         State("gallery-errors", "value"),
         State("job-id", "data"),
+        State("gallery-digest", "data"),
     )
-    def gallery(page, _tick, label, max_confidence, errors, job_id):
+    def gallery(page, _tick, label, max_confidence, errors, job_id, shown_digest):
         filters = result_filters(label, max_confidence, errors)
         csv = f"/jobs/{job_id}/results?" + urlencode({**filters, "format": "csv"})
         reply = calls.get(f"/jobs/{job_id}/results", limit=GALLERY_PAGE, cursor=page["cursor"], **filters)
         if not reply.ok:
-            return message(reply.error), None, csv, True, True
+            return message(reply.error), None, csv, True, True, None
+        shown = f"{csv} {page} {reply.digest}"  # the same question, answered the same
+        if shown == shown_digest:  # e.g. a full page stays full while the job runs on
+            return (no_update,) * 6
         results, next_cursor = reply.body["results"], reply.body["next_cursor"]
         tiles = [tile(job_id, r) for r in results] or [html.P("No results match.", className="muted")]
-        return tiles, next_cursor, csv, not next_cursor, not page["previous"]
+        return tiles, next_cursor, csv, not next_cursor, not page["previous"], shown

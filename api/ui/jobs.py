@@ -27,6 +27,7 @@ def layout() -> html.Section:
             html.Div(id="jobs-message"),
             html.Div(id="jobs-list-error"),
             html.Div(id="jobs-table"),
+            dcc.Store(id="jobs-digest"),
             dcc.Interval(id="jobs-tick", interval=REFRESH_MS),
             html.Div([train_form(), predict_form()], className="forms"),
         ]
@@ -151,15 +152,20 @@ def register(ui: Dash, calls) -> None:
     @ui.callback(
         Output("jobs-table", "children"),
         Output("jobs-list-error", "children"),
+        Output("jobs-digest", "data"),
         Input("jobs-tick", "n_intervals"),
         Input("jobs-type", "value"),
         Input("jobs-status", "value"),
+        State("jobs-digest", "data"),
     )
-    def refresh(_tick, job_type, status):
+    def refresh(_tick, job_type, status, shown_digest):
         reply = calls.get("/jobs", type=None if job_type == "all" else job_type, status=status, limit=50)
         if not reply.ok:
-            return no_update, message(reply.error)
-        return jobs_table(reply.body["jobs"]), None
+            return no_update, message(reply.error), None
+        # Most ticks find the list as it was: send nothing, and the browser redraws nothing.
+        if reply.digest == shown_digest:
+            return no_update, None, no_update
+        return jobs_table(reply.body["jobs"]), None, reply.digest
 
     @ui.callback(
         Output("train-message", "children"),
