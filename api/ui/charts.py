@@ -15,7 +15,8 @@ def training_curves(epochs: list[dict]) -> go.Figure:
         figure.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], name=name, mode="lines+markers"), 1, 1)
     for key, name in (("train_acc", "train"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5")):
         figure.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], name=name, mode="lines+markers"), 1, 2)
-    figure.update_xaxes(title_text="epoch", dtick=1)
+    total = epochs[-1]["epochs"] if epochs else 1
+    figure.update_xaxes(title_text="epoch", dtick=1, range=[0.5, total + 0.5])  # the whole run: how far along
     figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
     figure.update_layout(**LAYOUT)
     return figure

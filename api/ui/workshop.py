@@ -58,7 +58,7 @@ def predicted(calls, picture: bytes, filename: str, truth: tuple | None, mime: s
     reply = calls.post_files("/predict", [(filename, picture)], "file")
     photo = photo_card(picture, filename, truth, mime)
     if not reply.ok:
-        return [photo, message(reply.error)]
+        return html.Div([photo, message(reply.error)], className="workshop-grid")
     prediction = reply.body
     return html.Div(
         [photo, prediction_card(prediction, truth), product_card(calls, prediction)],
