@@ -2,6 +2,7 @@
 image's true labels, previews of a job's result images, and the UI's cookie (reads only)."""
 
 import io
+import json
 import uuid
 
 import pytest
@@ -137,3 +138,34 @@ def test_the_ui_pages_load_without_a_token_and_can_be_turned_off(setup, database
     assert Settings.from_env({"GROCERY_UI": "off"}).ui is False
     with pytest.raises(ValueError, match="GROCERY_UI"):
         Settings.from_env({"GROCERY_UI": "maybe"})
+
+
+def dash_call(client, output_part: str, values: dict) -> tuple[int, dict]:
+    """POST one UI callback as the browser would: the callback whose outputs name ``output_part``,
+    each input and state taking its value from ``values`` (by component id)."""
+    callback = next(c for c in client.get("/ui/_dash-dependencies").get_json() if output_part in c["output"])
+    outputs = [dict(zip(("id", "property"), o.split("."), strict=True)) for o in callback["output"][2:-2].split("...")]
+    fill = [{**item, "value": values.get(item["id"])} for item in callback["inputs"]]
+    body = {
+        "output": callback["output"],
+        "outputs": outputs,
+        "inputs": fill,
+        "state": [{**item, "value": values.get(item["id"])} for item in callback["state"]],
+        "changedPropIds": [f"{fill[0]['id']}.{fill[0]['property']}"],
+    }
+    response = client.post("/ui/_dash-update-component", json=body)
+    return response.status_code, response.get_json(silent=True) or {}
+
+
+def test_a_failing_ui_callback_says_so_on_the_page(setup):
+    client, job_id, _, users = setup
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    # A gallery page state no browser sends: the callback raises, and the page gets a sentence for it.
+    status, answer = dash_call(client, "gallery.children", {"gallery-page": "not a page", "job-id": job_id})
+    assert status == 200
+    shown = json.dumps(answer["sideUpdate"]["ui-error"])
+    assert "Something went wrong on the server" in shown and "Traceback" not in shown
+    status, answer = dash_call(
+        client, "gallery.children", {"gallery-page": {"cursor": None, "previous": []}, "job-id": job_id}
+    )
+    assert status == 200 and len(answer["response"]["gallery"]["children"]) == 3  # the same call, well formed
