@@ -14,6 +14,8 @@ class ThumbnailError(Exception):
 
 def thumbnail_jpeg(path: Path, size: int) -> bytes:
     """The image at ``path`` fitted in ``size`` x ``size``, upright (EXIF), as JPEG bytes."""
+    if not path.is_file():  # a FIFO put in its place would block the open below for ever
+        raise ThumbnailError("it is no longer a regular file")
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:

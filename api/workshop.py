@@ -8,6 +8,7 @@ model loaded, so a moved alias is picked up by the next request.
 import random
 import time
 import uuid
+from urllib.parse import quote
 
 from flask import Blueprint, jsonify, request, send_file, url_for
 from werkzeug.utils import secure_filename
@@ -55,8 +56,10 @@ def random_image():
     if not lines:
         raise APIError(503, "no_images", f"validation index {index} lists no images")
     relative, *labels = (part.strip() for part in random.choice(lines))
+    if not (data_dir / relative).is_file():
+        raise APIError(503, "no_images", f"{relative}, listed in {index}, is not in the dataset")
     response = send_file(data_dir / relative, mimetype="image/jpeg")
-    response.headers["X-Image-Path"] = relative
+    response.headers["X-Image-Path"] = quote(relative)  # percent-encoded: headers carry ASCII only
     response.headers.update(_true_labels(data_dir, labels))
     return response
 
@@ -69,7 +72,7 @@ def _true_labels(data_dir, labels: list[str]) -> dict[str, str]:
     for level, class_id in zip(("fine", "coarse"), labels, strict=False):
         try:
             names = [c.name for c in read_classes(data_dir, level)]
-            headers[f"X-Label-{level.title()}"] = names[int(class_id)]
+            headers[f"X-Label-{level.title()}"] = quote(names[int(class_id)])
         except (DatasetError, ValueError, IndexError):
             continue
     return headers
@@ -92,7 +95,7 @@ def find_class(name: str):
 
 @blueprint.get("/classes/<name>")
 def class_details(name: str):
-    """What the product is: its description and iconic image (the first product of a coarse class)."""
+    """What the product is: its description and iconic image; a coarse class shows its first product's."""
     info, level = find_class(name)
     has_icon = any(path.is_file() for path in info.iconic_images)
     description = next((p for p in info.description_files if p.is_file()), None)
@@ -100,10 +103,19 @@ def class_details(name: str):
         {
             "name": info.name,
             "level": level,
+            "product": _first_product(info) if level == "coarse" else info.name,
             "description": description.read_text(encoding="utf-8", errors="replace").strip() if description else None,
             "iconic_image": url_for("workshop.class_iconic", name=info.name) if has_icon else None,
         }
     )
+
+
+def _first_product(coarse) -> str | None:
+    """The fine class whose iconic image and description a coarse class shows."""
+    from grocery.index import read_classes  # torch-free
+
+    fine = read_classes(services().settings.data_dir, "fine")
+    return next((f.name for f in fine if f.iconic_images[:1] == coarse.iconic_images[:1]), None)
 
 
 @blueprint.get("/classes/<name>/iconic")

@@ -3,6 +3,7 @@ image's true labels, previews of a job's result images, and the UI's cookie (rea
 
 import io
 import json
+import os
 import uuid
 
 import pytest
@@ -20,13 +21,14 @@ from service.settings import Settings
 @pytest.fixture
 def setup(database_url, redis_url, tmp_path):
     """An API with tokens required over a tiny dataset, two users, and a prediction job of alice's with
-    one classified image, one failed file and one result whose file has since become unreadable."""
+    one classified image, one failed file and two results whose files have since become unreadable."""
     clean_store(database_url, redis_url)
     data = write_tiny_dataset(tmp_path / "data", {"val": 2})
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (600, 400), (200, 30, 30)).save(photos / "red.jpg")
     (photos / "gone.jpg").write_bytes(b"not an image any more")
+    os.mkfifo(photos / "pipe.jpg")  # a file replaced by a FIFO after it was classified
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
         session.execute(text("DELETE FROM api_tokens"))
@@ -38,6 +40,7 @@ def setup(database_url, redis_url, tmp_path):
             {"path": str(photos / "red.jpg"), "label": "Apple", "class_id": 0, "confidence": 0.9, "top5": []},
             {"path": str(photos / "bad.jpg"), "error_code": "truncated", "error_message": "cut short"},
             {"path": str(photos / "gone.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
+            {"path": str(photos / "pipe.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
         ]
         crud.add_predictions(session, job_id=job.id, rows=rows)
         session.commit()
@@ -59,6 +62,7 @@ def test_class_details_name_the_product_and_its_iconic_image(setup):
     assert coarse == {
         "name": "Apple",
         "level": "coarse",
+        "product": "Red-Apple",
         "description": "A red-apple from the tiny set.",
         "iconic_image": "/classes/Apple/iconic",
     }
@@ -97,6 +101,7 @@ def test_a_result_image_preview_is_small_and_only_for_the_jobs_own_results(setup
     assert error("/etc/passwd") == (404, "result_not_found")  # only paths the job has a result for
     assert error(str(photos / "bad.jpg")) == (422, "truncated")
     assert error(str(photos / "gone.jpg")) == (422, "unreadable_image")
+    assert error(str(photos / "pipe.jpg")) == (422, "unreadable_image")  # answered, not blocked on the FIFO
     assert error(str(photos / "red.jpg"), size=5000) == (400, "invalid_parameter")
     assert error("") == (400, "invalid_parameter")
     assert error(str(photos / "red.jpg"), headers=as_(users["bob"])) == (404, "not_found")  # not bob's job
@@ -168,4 +173,4 @@ def test_a_failing_ui_callback_says_so_on_the_page(setup):
     status, answer = dash_call(
         client, "gallery.children", {"gallery-page": {"cursor": None, "previous": []}, "job-id": job_id}
     )
-    assert status == 200 and len(answer["response"]["gallery"]["children"]) == 3  # the same call, well formed
+    assert status == 200 and len(answer["response"]["gallery"]["children"]) == 4  # the same call, well formed

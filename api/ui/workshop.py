@@ -1,6 +1,7 @@
 """The workshop's page: a random validation image, or your own photo, next to its predicted product."""
 
 import base64
+from urllib.parse import unquote
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
@@ -50,8 +51,8 @@ def register(ui: Dash, calls) -> None:
         reply = calls.get("/random-image")
         if not reply.ok:
             return message(reply.error)
-        truth = reply.headers.get("X-Label-Coarse"), reply.headers.get("X-Label-Fine")
-        return predicted(calls, reply.content, reply.headers.get("X-Image-Path", "random.jpg"), truth)
+        truth = unquote(reply.headers.get("X-Label-Coarse", "")), unquote(reply.headers.get("X-Label-Fine", ""))
+        return predicted(calls, reply.content, unquote(reply.headers.get("X-Image-Path", "random.jpg")), truth)
 
 
 def predicted(calls, picture: bytes, filename: str, truth: tuple | None, mime: str = "image/jpeg"):
@@ -109,7 +110,12 @@ def product_card(calls, prediction: dict) -> html.Div:
             [html.Div("The product", className="card-title"), message(reply.error, "info")], className="card"
         )
     details = reply.body
-    parts = [html.Div(details["name"], className="card-title")]
+    title = (
+        details["name"]
+        if details.get("product") in (None, details["name"])
+        else f"{details['name']}: {details['product']}"
+    )
+    parts = [html.Div(title, className="card-title")]
     if details.get("iconic_image"):
         parts.append(html.Img(src=details["iconic_image"], className="iconic", alt=f"{details['name']} (iconic)"))
     parts.append(html.P(details.get("description") or "No description in the dataset.", className="description"))
