@@ -4,6 +4,7 @@ image's true labels, previews of a job's result images, and the UI's cookie (rea
 import io
 import json
 import os
+import re
 import uuid
 
 import pytest
@@ -174,3 +175,19 @@ def test_a_failing_ui_callback_says_so_on_the_page(setup):
         client, "gallery.children", {"gallery-page": {"cursor": None, "previous": []}, "job-id": job_id}
     )
     assert status == 200 and len(answer["response"]["gallery"]["children"]) == 4  # the same call, well formed
+
+
+def test_a_form_sent_twice_before_its_answer_makes_one_job(setup, tmp_path):
+    """The browser sends a second click with the state it has: the key the first answer has not yet replaced."""
+    client, *_, users = setup
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    form = {"train-submit": 1, "train-key": "key-1", "train-epochs": 2, "train-arch": "mobilenet_v3_small"}
+    first = dash_call(client, "train-message.children", form)[1]["response"]
+    second = dash_call(client, "train-message.children", {**form, "train-submit": 2})[1]["response"]
+    shown = [json.dumps(answer["train-message"]["children"]) for answer in (first, second)]
+    job_id = re.search(r"[0-9a-f-]{36}", shown[0]).group()
+    assert job_id in shown[1] and first["train-key"]["data"] not in ("key-1", None)
+    third = dash_call(client, "train-message.children", {**form, "train-key": first["train-key"]["data"]})[1]
+    assert job_id not in json.dumps(third["response"]["train-message"])
+    jobs = client.get("/jobs?type=train", headers=as_(users["alice"])).get_json()["jobs"]
+    assert len(jobs) == 2 and job_id in {job["id"] for job in jobs}

@@ -45,9 +45,9 @@ class LocalAPI:
     def __init__(self, app: Flask):
         self.client = Client(app, use_cookies=False)  # never carry one visitor's cookies to another
 
-    def call(self, method: str, path: str, **options) -> Reply:
+    def call(self, method: str, path: str, *, headers: dict | None = None, **options) -> Reply:
         token = request.cookies.get(TOKEN_COOKIE)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         # An empty context: the inner request gets its own app context (and `g`), not the UI callback's.
         response = contextvars.Context().run(
             self.client.open, path, method=method, headers=headers, buffered=True, **options
@@ -58,13 +58,18 @@ class LocalAPI:
     def get(self, path: str, **query) -> Reply:
         return self.call("GET", path, query_string={k: v for k, v in query.items() if v is not None})
 
-    def post_json(self, path: str, payload: dict | None = None) -> Reply:
-        return self.call("POST", path, json=payload if payload is not None else {})
+    def post_json(self, path: str, payload: dict | None = None, *, key: str | None = None) -> Reply:
+        """``key``: an Idempotency-Key, so that a double click submits one job."""
+        headers = {"Idempotency-Key": key} if key else {}
+        return self.call("POST", path, json=payload if payload is not None else {}, headers=headers)
 
-    def post_files(self, path: str, files: list[tuple[str, bytes]], field: str, **fields) -> Reply:
+    def post_files(
+        self, path: str, files: list[tuple[str, bytes]], field: str, *, key: str | None = None, **fields
+    ) -> Reply:
         """multipart/form-data: each (filename, bytes) under ``field``, plus plain form fields."""
         form = {field: [(io.BytesIO(data), name) for name, data in files], **fields}
-        return self.call("POST", path, data=form, content_type="multipart/form-data")
+        headers = {"Idempotency-Key": key} if key else {}
+        return self.call("POST", path, data=form, content_type="multipart/form-data", headers=headers)
 
     def put_json(self, path: str, payload: dict) -> Reply:
         return self.call("PUT", path, json=payload)

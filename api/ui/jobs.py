@@ -1,6 +1,7 @@
 """Jobs: the live list with filters and cancel, and the forms that submit training and prediction jobs."""
 
 import base64
+import uuid
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
@@ -59,6 +60,7 @@ def train_form() -> html.Details:
                     ),
                 ]
             ),
+            dcc.Store(id="train-key", data=new_key()),
             html.Button("Start training", id="train-submit", className="primary"),
             html.Div(id="train-message"),
         ],
@@ -87,6 +89,7 @@ def predict_form() -> html.Details:
                 ),
             ),
             html.Div(id="predict-files-chosen", className="muted"),
+            dcc.Store(id="predict-key", data=new_key()),
             html.Button("Start prediction", id="predict-submit", className="primary"),
             html.Div(id="predict-message"),
         ],
@@ -144,6 +147,19 @@ def accepted(reply) -> html.Div:
     )
 
 
+def new_key() -> str:
+    """One form submission's Idempotency-Key: a second click sent before the first one's answer came
+    back, or a retry, gets the same job; the form takes a new key once a job was accepted."""
+    return str(uuid.uuid4())
+
+
+def submitted(reply, key: str) -> tuple:
+    """The form's message, and the key its next submission uses."""
+    if not reply.ok:
+        return message(reply.error), key
+    return accepted(reply), new_key()
+
+
 def uploaded(contents: list[str], names: list[str]) -> list[tuple[str, bytes]]:
     return [(name, base64.b64decode(data.partition(",")[2])) for name, data in zip(names, contents, strict=True)]
 
@@ -169,7 +185,9 @@ def register(ui: Dash, calls) -> None:
 
     @ui.callback(
         Output("train-message", "children"),
+        Output("train-key", "data"),
         Input("train-submit", "n_clicks"),
+        State("train-key", "data"),
         State("train-arch", "value"),
         State("train-weights", "value"),
         State("train-label-level", "value"),
@@ -181,9 +199,9 @@ def register(ui: Dash, calls) -> None:
         State("train-data-dir", "value"),
         prevent_initial_call=True,
     )
-    def submit_train(_clicks, *fields):
-        reply = calls.post_json("/jobs", train_request(*fields))
-        return accepted(reply) if reply.ok else message(reply.error)
+    def submit_train(_clicks, key, *fields):
+        reply = calls.post_json("/jobs", train_request(*fields), key=key)
+        return submitted(reply, key)
 
     @ui.callback(Output("predict-model", "options"), Input("predict-model", "id"))
     def model_choices(_):
@@ -202,26 +220,27 @@ def register(ui: Dash, calls) -> None:
 
     @ui.callback(
         Output("predict-message", "children"),
+        Output("predict-key", "data"),
         Input("predict-submit", "n_clicks"),
+        State("predict-key", "data"),
         State("predict-model", "value"),
         State("predict-folder", "value"),
         State("predict-files", "contents"),
         State("predict-files", "filename"),
         prevent_initial_call=True,
     )
-    def submit_predict(_clicks, model, folder, contents, names):
+    def submit_predict(_clicks, key, model, folder, contents, names):
         model = model or "latest"
         if contents:
             files = uploaded(contents, names)
-            if len(files) == 1 and files[0][0].lower().endswith(".zip"):
-                reply = calls.post_files("/jobs", files, "archive", model=model)
-            else:
-                reply = calls.post_files("/jobs", files, "files", model=model)
+            field = "archive" if len(files) == 1 and files[0][0].lower().endswith(".zip") else "files"
+            reply = calls.post_files("/jobs", files, field, key=key, model=model)
         elif (folder or "").strip():
-            reply = calls.post_json("/jobs", {"type": "predict", "model": model, "input": {"folder": folder.strip()}})
+            request = {"type": "predict", "model": model, "input": {"folder": folder.strip()}}
+            reply = calls.post_json("/jobs", request, key=key)
         else:
-            return message("Give a folder on the server, or choose images to upload.")
-        return accepted(reply) if reply.ok else message(reply.error)
+            return message("Give a folder on the server, or choose images to upload."), no_update
+        return submitted(reply, key)
 
     @ui.callback(
         Output("jobs-message", "children"),
