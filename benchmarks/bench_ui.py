@@ -33,16 +33,18 @@ from service.db import make_engine, make_session_factory
 PREVIEW_PX = 160
 JSON = {"Content-Type": "application/json"}
 JOBS_CALLBACK = {
-    "output": "..jobs-table.children...jobs-list-error.children...jobs-digest.data..",
+    "output": "..jobs-table.children...jobs-list-error.children...jobs-digest.data...jobs-more.hidden..",
     "outputs": [
         {"id": "jobs-table", "property": "children"},
         {"id": "jobs-list-error", "property": "children"},
         {"id": "jobs-digest", "property": "data"},
+        {"id": "jobs-more", "property": "hidden"},
     ],
     "inputs": [
         {"id": "jobs-tick", "property": "n_intervals", "value": 1},
         {"id": "jobs-type", "property": "value", "value": "all"},
         {"id": "jobs-status", "property": "value", "value": None},
+        {"id": "jobs-more", "property": "n_clicks", "value": None},
     ],
     "changedPropIds": ["jobs-tick.n_intervals"],
     "state": [{"id": "jobs-digest", "property": "data", "value": None}],

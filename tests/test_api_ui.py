@@ -191,3 +191,23 @@ def test_a_form_sent_twice_before_its_answer_makes_one_job(setup, tmp_path):
     assert job_id not in json.dumps(third["response"]["train-message"])
     jobs = client.get("/jobs?type=train", headers=as_(users["alice"])).get_json()["jobs"]
     assert len(jobs) == 2 and job_id in {job["id"] for job in jobs}
+
+
+def test_the_jobs_list_shows_fifty_then_older_ones_on_request(setup, database_url):
+    client, job_id, _, users = setup
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        for _ in range(59):  # alice has 60 jobs in all
+            crud.create_job(session, job_type="train", params={}, progress_unit="epochs", owner_token_id=owner)
+        session.commit()
+    engine.dispose()
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+
+    def listed(clicks) -> tuple[int, bool]:
+        answer = dash_call(client, "jobs-table.children", {"jobs-type": "all", "jobs-more": clicks})[1]["response"]
+        rows = json.dumps(answer["jobs-table"]).count('"data-job"')
+        return rows, answer["jobs-more"]["hidden"]
+
+    assert listed(None) == (50, False)
+    assert listed(1) == (60, True)

@@ -11,6 +11,7 @@ JOB_TYPES = ("train", "predict")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ARCHS = ("efficientnet_lite0", "mobilenet_v3_small")
 REFRESH_MS = 2000
+PAGE, MAX_LISTED = 50, 500  # jobs shown at first, and at most ("Show older jobs" adds a page)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # through the browser; bigger sets: a folder, or `grocery jobs submit`
 
 
@@ -28,6 +29,7 @@ def layout() -> html.Section:
             html.Div(id="jobs-message"),
             html.Div(id="jobs-list-error"),
             html.Div(id="jobs-table"),
+            html.Button("Show older jobs", id="jobs-more", className="small", hidden=True),
             dcc.Store(id="jobs-digest"),
             dcc.Interval(id="jobs-tick", interval=REFRESH_MS),
             html.Div([train_form(), predict_form()], className="forms"),
@@ -169,19 +171,23 @@ def register(ui: Dash, calls) -> None:
         Output("jobs-table", "children"),
         Output("jobs-list-error", "children"),
         Output("jobs-digest", "data"),
+        Output("jobs-more", "hidden"),
         Input("jobs-tick", "n_intervals"),
         Input("jobs-type", "value"),
         Input("jobs-status", "value"),
+        Input("jobs-more", "n_clicks"),
         State("jobs-digest", "data"),
     )
-    def refresh(_tick, job_type, status, shown_digest):
-        reply = calls.get("/jobs", type=None if job_type == "all" else job_type, status=status, limit=50)
+    def refresh(_tick, job_type, status, more, shown_digest):
+        limit = min(MAX_LISTED, PAGE * (1 + (more or 0)))
+        reply = calls.get("/jobs", type=None if job_type == "all" else job_type, status=status, limit=limit)
         if not reply.ok:
-            return no_update, message(reply.error), None
+            return no_update, message(reply.error), None, True
         # Most ticks find the list as it was: send nothing, and the browser redraws nothing.
         if reply.digest == shown_digest:
-            return no_update, None, no_update
-        return jobs_table(reply.body["jobs"]), None, reply.digest
+            return no_update, None, no_update, no_update
+        jobs = reply.body["jobs"]
+        return jobs_table(jobs), None, reply.digest, not reply.body["next_cursor"] or limit >= MAX_LISTED
 
     @ui.callback(
         Output("train-message", "children"),
