@@ -89,6 +89,7 @@ def predict_form() -> html.Details:
                     max_size=MAX_UPLOAD_BYTES,
                     className="dropzone",
                 ),
+                f"up to {MAX_UPLOAD_BYTES // 2**20} MiB in all; bigger sets: a folder, or `grocery jobs submit`",
             ),
             html.Div(id="predict-files-chosen", className="muted"),
             dcc.Store(id="predict-key", data=new_key()),
