@@ -1,5 +1,6 @@
 """Small pieces every page uses: messages, status badges, progress bars, times."""
 
+import base64
 from datetime import datetime
 
 from dash import dcc, html
@@ -46,3 +47,9 @@ def field(label: str, control, hint: str | None = None) -> html.Label:
     if hint:
         parts.append(html.Small(hint, className="hint"))
     return html.Label(parts, className="field")
+
+
+def uploaded_file(contents: str) -> tuple[str, bytes]:
+    """dcc.Upload's "data:image/png;base64,..." as (media type, bytes)."""
+    header, _, data = contents.partition(",")
+    return header.removeprefix("data:").split(";")[0] or "application/octet-stream", base64.b64decode(data)

@@ -1,11 +1,10 @@
 """Jobs: the live list with filters and cancel, and the forms that submit training and prediction jobs."""
 
-import base64
 import uuid
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from api.ui.components import FINISHED, field, job_link, message, progress_bar, status_badge, when
+from api.ui.components import FINISHED, field, job_link, message, progress_bar, status_badge, uploaded_file, when
 
 JOB_TYPES = ("train", "predict")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -164,7 +163,7 @@ def submitted(reply, key: str) -> tuple:
 
 
 def uploaded(contents: list[str], names: list[str]) -> list[tuple[str, bytes]]:
-    return [(name, base64.b64decode(data.partition(",")[2])) for name, data in zip(names, contents, strict=True)]
+    return [(name, uploaded_file(data)[1]) for name, data in zip(names, contents, strict=True)]
 
 
 def register(ui: Dash, calls) -> None:

@@ -6,7 +6,7 @@ from urllib.parse import unquote
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from api.ui.calls import segment
-from api.ui.components import message, percent
+from api.ui.components import message, percent, uploaded_file
 
 MAX_PHOTO_BYTES = 20 * 1024 * 1024
 
@@ -45,9 +45,8 @@ def register(ui: Dash, calls) -> None:
         if ctx.triggered_id == "photo":
             if not contents:
                 return no_update
-            header, _, data = contents.partition(",")  # data:image/png;base64,...
-            mime = header.removeprefix("data:").split(";")[0] or "image/jpeg"
-            return predicted(calls, base64.b64decode(data), filename or "photo.jpg", None, mime)
+            mime, picture = uploaded_file(contents)
+            return predicted(calls, picture, filename or "photo.jpg", None, mime)
         reply = calls.get("/random-image")
         if not reply.ok:
             return message(reply.error)
