@@ -22,6 +22,7 @@ def model_json(model: Model, aliases: list[str]) -> dict:
         "label_level": model.label_level,
         "classes": model.class_names,
         "metrics": model.metrics,
+        "serving": model.serving,
         "artifact": model.artifact_path,
         "job_id": str(model.job_id) if model.job_id else None,
         "created_at": iso(model.created_at),

@@ -151,6 +151,7 @@ def shard_json(shard: JobShard) -> dict:
         "attempts": shard.attempts,
         "worker": shard.worker,
         "device": shard.device,
+        "runtime": shard.runtime,
         "error_message": shard.error_message,
         "started_at": iso(shard.started_at),
         "finished_at": iso(shard.finished_at),

@@ -23,6 +23,7 @@ from grocery.transforms import Preprocessing
 WEIGHTS_NAME = "model.safetensors"
 METADATA_NAME = "metadata.json"
 ONNX_NAMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+CHECK_IMAGES_NAME = "check_images.safetensors"
 FORMAT_VERSION = 1
 
 
@@ -105,6 +106,16 @@ def read_artifact(directory: str | Path) -> Artifact:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{meta_path}: unsupported format_version {metadata.get('format_version')!r}")
     return Artifact(directory, metadata)
+
+
+def update_metadata(directory: str | Path, **entries) -> dict:
+    """Add or replace top-level entries of an artifact's metadata.json (written whole, atomically)."""
+    meta_path = Path(directory) / METADATA_NAME
+    metadata = {**json.loads(meta_path.read_text()), **entries}
+    partial = meta_path.with_suffix(".partial")
+    partial.write_text(json.dumps(metadata, indent=2) + "\n")
+    partial.replace(meta_path)
+    return metadata
 
 
 def load_artifact(directory: str | Path) -> tuple[nn.Module, Artifact]:

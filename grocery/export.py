@@ -1,7 +1,9 @@
-"""Export an artifact's model for ONNX Runtime, optionally int8-quantised.
+"""Export an artifact's model for ONNX Runtime and OpenVINO, checked, with int8 optional.
 
-The exported file lands inside the artifact directory, so ``Predictor`` finds it
-there and the artifact stays self-contained.
+Every exported graph lands inside the artifact directory, so the artifact stays self-contained:
+``model.onnx`` (fp32, checked against torch on the model's own validation photos),
+``model.int8.onnx`` (static QDQ, calibrated on training images), and ``check_images.safetensors``,
+the validation photos the runtime chooser measures agreement on (grocery.runtimes).
 """
 
 import random
@@ -9,13 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision.io import decode_jpeg, encode_jpeg
 
 from grocery import images, index
-from grocery.artifact import Artifact, read_artifact
+from grocery.artifact import CHECK_IMAGES_NAME, Artifact, read_artifact, update_metadata
 from grocery.transforms import normalize
 
 EXPORT_FORMATS = ("onnx", "onnx-int8")
 OPSET = 17
+# Photos kept for the runtime chooser: at 296, one disagreement is 0.34%, under the 0.5% allowed.
+CHECK_IMAGES = 512
+CHECK_BATCH = 64
+# fp32 graphs compute the same function in another order: logits may differ in the last digits only.
+EXPORT_ATOL = 1e-3
+REFERENCE_KEY = "reference_top1"
 
 
 def export(
@@ -36,15 +47,94 @@ def export(
     return quantize_int8(artifact, fp32_path, data_dir, calibration_images)
 
 
-def export_fp32(artifact: Artifact) -> Path:
-    model = artifact.build_model()
+def prepare_for_serving(
+    model_dir: str | Path,
+    *,
+    model: nn.Module | None = None,
+    data_dir: str | Path | None = None,
+    int8: bool = True,
+    calibration_images: int = 128,
+) -> dict:
+    """Export and check what serving needs; record the outcome in metadata.json and return it.
+
+    An export that fails or disagrees with torch is removed and recorded with its reason, never
+    raised: the model is then served by torch. ``model``: the module to export (default: the
+    artifact's own weights).
+    """
+    artifact = read_artifact(model_dir)
+    model = (model or artifact.build_model()).eval()
+    data_dir = Path(data_dir or artifact.metadata["training"]["data_dir"])
+    try:
+        checks = write_check_images(artifact, model, data_dir)
+    except Exception as e:  # without check images only fp32 runtimes serve (grocery.runtimes)
+        checks, reason = _stacked([], artifact), f"{type(e).__name__}: {e}"
+    else:
+        reason = None
+    exports = {
+        "onnx": _attempt(artifact, "onnx", lambda: check_export(artifact, model, export_fp32(artifact, model), checks))
+    }
+    if int8 and exports["onnx"]["ok"]:
+        exports["onnx-int8"] = _attempt(
+            artifact,
+            "onnx-int8",
+            lambda: _quantized(quantize_int8(artifact, artifact.onnx_path(), data_dir, calibration_images)),
+        )
+    serving = {"exports": exports, "check_images": len(checks)}
+    if reason is not None:
+        serving["check_images_error"] = reason
+    update_metadata(artifact.path, serving=serving)
+    return serving
+
+
+def _attempt(artifact: Artifact, fmt: str, step) -> dict:
+    try:
+        return step()
+    except Exception as e:  # any exporter or checker failure leaves the model served by torch
+        artifact.onnx_path(fmt).unlink(missing_ok=True)
+        return {"ok": False, "reason": f"{type(e).__name__}: {e}"}
+
+
+def _quantized(path: Path) -> dict:
+    return {"ok": True, "file": path.name}
+
+
+class ExportMismatch(ValueError):
+    """The exported graph does not compute what the torch model computes."""
+
+
+def check_export(artifact: Artifact, model: nn.Module, path: Path, checks: torch.Tensor) -> dict:
+    """ONNX Runtime's logits against torch's on a batch of the model's validation photos."""
+    import onnxruntime as ort
+
+    batch = (
+        checks[:CHECK_BATCH] if len(checks) else torch.randint(0, 256, (8, *_input_shape(artifact)), dtype=torch.uint8)
+    )
+    inputs = normalize(batch, artifact.preprocessing)
+    with torch.inference_mode():
+        expected = model(inputs).numpy()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {"input": inputs.numpy()})
+    difference = float(np.abs(actual - expected).max())
+    if not difference <= EXPORT_ATOL:  # also catches NaN
+        raise ExportMismatch(f"the ONNX graph's logits differ from torch's by up to {difference:.3g} (> {EXPORT_ATOL})")
+    return {"ok": True, "file": path.name, "max_abs_diff": difference, "checked_images": len(batch)}
+
+
+def _input_shape(artifact: Artifact) -> tuple[int, int, int]:
     size = artifact.preprocessing.input_size
+    return (3, size, size)
+
+
+def export_fp32(artifact: Artifact, model: nn.Module | None = None) -> Path:
+    model = (model or artifact.build_model()).eval()
     target = artifact.onnx_path("onnx")
     partial = target.with_suffix(".partial")
     # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for a CNN.
     torch.onnx.export(
         model,
-        (torch.zeros(1, 3, size, size),),
+        (torch.zeros(1, *_input_shape(artifact)),),
         str(partial),
         dynamo=False,
         input_names=["input"],
@@ -85,3 +175,55 @@ def quantize_int8(artifact: Artifact, fp32_path: Path, data_dir: str | Path, cou
         weight_type=QuantType.QInt8,
     )
     return target
+
+
+def check_image_samples(artifact: Artifact, data_dir: Path) -> list[index.Sample]:
+    """The photos the model was validated on (at most CHECK_IMAGES, a seeded choice); none if unreadable."""
+    training = artifact.metadata.get("training", {})
+    try:
+        samples = index.read_split(data_dir, training.get("val_split", "val"), artifact.metadata["label_level"])
+    except index.DatasetError:
+        return []
+    if len(samples) > CHECK_IMAGES:
+        samples = random.Random(0).sample(samples, CHECK_IMAGES)
+    return samples
+
+
+def write_check_images(artifact: Artifact, model: nn.Module, data_dir: Path) -> torch.Tensor:
+    """Keep the check photos in the artifact, resized as served and JPEG-encoded (about 15 KB each),
+    with torch fp32's top-1 on them: a worker that cannot see the dataset still measures agreement."""
+    encoded = [encode_jpeg(image, quality=95) for image in _load(check_image_samples(artifact, data_dir), artifact)]
+    checks = _stacked([decode_jpeg(data) for data in encoded], artifact)
+    if encoded:
+        with torch.inference_mode():
+            pre = artifact.preprocessing
+            top1 = torch.cat([model(normalize(b, pre)).argmax(1) for b in checks.split(CHECK_BATCH)])
+        stored = {f"image_{i:05d}": data for i, data in enumerate(encoded)}
+        save_file({**stored, REFERENCE_KEY: top1}, str(artifact.path / CHECK_IMAGES_NAME))
+    return checks
+
+
+def read_check_images(artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The artifact's check photos (uint8, N x 3 x S x S) and torch fp32's top-1 on them; where the
+    artifact predates them, photos from its validation split if readable (no labels); else none."""
+    path = artifact.path / CHECK_IMAGES_NAME
+    if path.is_file():
+        stored = load_file(str(path))
+        photos = [decode_jpeg(stored[k]) for k in sorted(stored) if k.startswith("image_")]
+        return _stacked(photos, artifact), stored[REFERENCE_KEY]
+    data_dir = Path(artifact.metadata.get("training", {}).get("data_dir", ""))
+    return _stacked(_load(check_image_samples(artifact, data_dir), artifact), artifact), None
+
+
+def _load(samples: list[index.Sample], artifact: Artifact) -> list[torch.Tensor]:
+    loaded = []
+    for sample in samples:
+        try:
+            loaded.append(images.load_resized(sample.path, artifact.preprocessing.input_size))
+        except images.ImageError:
+            continue  # a photo that went bad since training is one check image fewer
+    return loaded
+
+
+def _stacked(decoded: list[torch.Tensor], artifact: Artifact) -> torch.Tensor:
+    return torch.stack(decoded) if decoded else torch.empty((0, *_input_shape(artifact)), dtype=torch.uint8)

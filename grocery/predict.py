@@ -1,8 +1,8 @@
 """Batched prediction over files, folders and in-memory images.
 
 Decoding runs on a small thread pool while the model infers the previous batch,
-so a bad file costs one error row, never the batch. Two runtimes: torch eager
-and ONNX Runtime (needs the artifact's exported ``model.onnx``).
+so a bad file costs one error row, never the batch. The engine is one of grocery.runtimes'
+variants, by default the fastest one measured on this machine that agrees with fp32.
 """
 
 import os
@@ -14,12 +14,9 @@ from pathlib import Path
 
 import torch
 
-from grocery import images
+from grocery import images, runtimes
 from grocery.artifact import Artifact, read_artifact
 from grocery.listing import chunked, walk_files
-from grocery.transforms import normalize
-
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -55,8 +52,8 @@ class Predictor:
         decode_threads: int | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
     ):
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+        if runtime not in ("auto", *runtimes.RUNTIMES):
+            raise ValueError(f"runtime must be one of {('auto', *runtimes.RUNTIMES)}, not {runtime!r}")
         self.artifact = artifact
         self.pre = artifact.preprocessing
         self.class_names = artifact.class_names
@@ -67,48 +64,16 @@ class Predictor:
         self.threads = threads or len(os.sched_getaffinity(0))
         # Decoding and resizing run torch ops too: a worker process given one core keeps to it.
         torch.set_num_threads(self.threads)
-        if runtime == "auto":
-            # On a CPU, ONNX Runtime beat torch eager in benchmarks/bench_prediction.py; a GPU runs torch.
-            exported = artifact.onnx_path().is_file()
-            runtime = "onnx" if exported and not torch.cuda.is_available() else "torch"
-        self.runtime = runtime
-        self._infer = self._torch_model() if runtime == "torch" else self._onnx_session(runtime)
+        # auto: the fastest variant that agrees with fp32, measured on this machine (grocery.runtimes).
+        self.choice = (
+            runtimes.choose_cached(artifact, threads=self.threads, batch_size=batch_size) if runtime == "auto" else None
+        )
+        self.runtime = self.choice.runtime if self.choice else runtime
+        self._infer = runtimes.build_engine(artifact, self.runtime, threads=self.threads)
 
     @classmethod
     def from_path(cls, model_dir: str | Path, **options) -> "Predictor":
         return cls(read_artifact(model_dir), **options)
-
-    def _torch_model(self):
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = self.artifact.build_model().to(device, memory_format=torch.channels_last)
-
-        @torch.inference_mode()
-        def infer(batch_u8: torch.Tensor) -> torch.Tensor:
-            inputs = normalize(batch_u8.to(device), self.pre).contiguous(memory_format=torch.channels_last)
-            return model(inputs).softmax(1).cpu()
-
-        return infer
-
-    def _onnx_session(self, fmt: str):
-        import onnxruntime as ort
-
-        path = self.artifact.onnx_path(fmt)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: run `grocery export --model {self.artifact.path} --format {fmt}` first"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        # Spinning ORT threads would steal the cores the decode threads need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-        def infer(batch_u8: torch.Tensor) -> torch.Tensor:
-            (logits,) = session.run(None, {"input": normalize(batch_u8, self.pre).numpy()})
-            return torch.from_numpy(logits).softmax(1)
-
-        return infer
 
     def predict_batch(self, batch_u8: torch.Tensor) -> torch.Tensor:
         """Class probabilities for uint8 images (N, 3, S, S) already resized."""

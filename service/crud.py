@@ -193,6 +193,7 @@ def register_model(
     metrics: dict,
     artifact_path: str,
     job_id: uuid.UUID | None,
+    serving: dict | None = None,
 ) -> Model:
     model = Model(
         id=uuid.uuid4(),
@@ -202,10 +203,18 @@ def register_model(
         metrics=metrics,
         artifact_path=artifact_path,
         job_id=job_id,
+        serving=serving or {},
     )
     session.add(model)
     session.flush()
     return model
+
+
+def record_runtime_choice(session: Session, *, model_id: uuid.UUID, machine: str, choice: dict) -> None:
+    """Keep a machine's runtime choice with the model (serving.runtimes[machine]), beside its exports."""
+    model = session.get(Model, model_id, with_for_update=True)  # two workers choosing at once keep both
+    if model is not None:
+        model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
 
 
 def resolve_model(session: Session, *, reference: str) -> Model | None:

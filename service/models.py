@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -96,6 +97,7 @@ class JobShard(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
+    runtime: Mapped[str | None] = mapped_column(String(32))  # the inference engine it ran on (grocery.runtimes)
     error_message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     enqueued_at: Mapped[datetime] = mapped_column(server_default=func.now())
@@ -155,6 +157,8 @@ class Model(Base):
     class_names: Mapped[list] = mapped_column()
     metrics: Mapped[dict] = mapped_column(default=dict)
     artifact_path: Mapped[str] = mapped_column(Text)
+    # What serving needs: its exports and their checks, and the runtime each machine chose for it.
+    serving: Mapped[dict] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

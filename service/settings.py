@@ -50,6 +50,9 @@ class Settings:
     max_job_bytes: int = 8 * 2**30
     # Threads one worker process gives prediction (decoding and inference); 0 means every core.
     worker_threads: int = 0
+    # The inference engine workers serve with: "auto" (the fastest that agrees with fp32, measured
+    # per model and machine: grocery.runtimes) or one of its names, e.g. "onnx" or "torch".
+    runtime: str = "auto"
     # Seconds a training job, or one prediction shard, may run. At the soft limit it stops cleanly
     # (a training job keeps its epoch checkpoint); at the hard one its worker process exits.
     train_soft_time_limit: float = 24 * 3600
@@ -87,6 +90,7 @@ class Settings:
             max_job_files=int(env.get("GROCERY_MAX_JOB_FILES", cls.max_job_files)),
             max_job_bytes=int(env.get("GROCERY_MAX_JOB_BYTES", cls.max_job_bytes)),
             worker_threads=int(env.get("GROCERY_WORKER_THREADS", cls.worker_threads)),
+            runtime=env.get("GROCERY_RUNTIME", cls.runtime),
             train_soft_time_limit=float(env.get("GROCERY_TRAIN_SOFT_TIME_LIMIT", cls.train_soft_time_limit)),
             train_time_limit=float(env.get("GROCERY_TRAIN_TIME_LIMIT", cls.train_time_limit)),
             predict_soft_time_limit=float(env.get("GROCERY_PREDICT_SOFT_TIME_LIMIT", cls.predict_soft_time_limit)),

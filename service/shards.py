@@ -81,7 +81,14 @@ def done_paths(session: Session, *, job_id: uuid.UUID, paths: list[str]) -> set[
 
 
 def report_shard(
-    session: Session, *, shard: JobShard, attempt: int, done: int, failed: int, labels: dict[str, int]
+    session: Session,
+    *,
+    shard: JobShard,
+    attempt: int,
+    done: int,
+    failed: int,
+    labels: dict[str, int],
+    runtime: str,
 ) -> bool | None:
     """A shard's progress, and its job's (the sum over its shards) and heartbeat. Returns whether to
     stop, or None when this attempt no longer owns the shard: then it must write nothing. The row
@@ -89,7 +96,7 @@ def report_shard(
     current = session.scalar(
         update(JobShard)
         .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(done=done, failed=failed, labels=labels, heartbeat_at=func.now())
+        .values(done=done, failed=failed, labels=labels, runtime=runtime, heartbeat_at=func.now())
         .returning(JobShard.id)
     )
     if current is None:

@@ -210,7 +210,13 @@ def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model, de
         with sessions()() as session:
             # Ownership first: its row lock keeps a takeover out until these rows are committed.
             stop = shards.report_shard(
-                session, shard=shard, attempt=attempt, done=done, failed=failed, labels=dict(labels)
+                session,
+                shard=shard,
+                attempt=attempt,
+                done=done,
+                failed=failed,
+                labels=dict(labels),
+                runtime=predictor.runtime,
             )
             if stop is None:
                 session.rollback()
@@ -274,8 +280,21 @@ def preload_serving_model(sender=None, **_) -> None:
 
 @functools.lru_cache(maxsize=2)
 def cached_predictor(model_id: str, artifact_path: str):
-    """Each worker process loads a model once and keeps it, by model id, for the next shards."""
+    """Each worker process loads a model once and keeps it, by model id, for the next shards. Its
+    first load on a machine measures the runtimes (grocery.runtimes); the choice is kept with the model."""
     from grocery.predict import Predictor
 
-    threads = Settings.from_env().worker_threads or len(os.sched_getaffinity(0))
-    return Predictor.from_path(artifact_path, threads=threads, decode_threads=threads)
+    settings = Settings.from_env()
+    threads = settings.worker_threads or len(os.sched_getaffinity(0))
+    predictor = Predictor.from_path(artifact_path, threads=threads, decode_threads=threads, runtime=settings.runtime)
+    if predictor.choice is not None:
+        with sessions()() as session:
+            crud.record_runtime_choice(
+                session,
+                model_id=uuid.UUID(model_id),
+                machine=predictor.choice.record["machine"],
+                choice=predictor.choice.record,
+            )
+            session.commit()
+        log.info("model %s serves on %s here (%s)", model_id, predictor.runtime, predictor.choice.record["machine"])
+    return predictor

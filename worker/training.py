@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 @app.task(name=JOB_TASKS["train"], bind=True)
 def run_train_job(self, job_id: str) -> None:
     from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
+    from grocery.export import prepare_for_serving
 
     started = start(self, job_id)
     if started is None:
@@ -48,6 +49,10 @@ def run_train_job(self, job_id: str) -> None:
         resume = latest_checkpoint(output.parent)
         with hard_time_limit(settings.train_time_limit, on_hard_limit):
             result = fit(config, output, resume=resume, callback=on_progress)
+            if result.status == "completed":
+                # Exported and checked before it is registered; a failed export is recorded, not raised.
+                reporter.beat(force=True)
+                serving = prepare_for_serving(output, data_dir=config.data_dir)
     except Exception as e:  # the job fails with the reason; the worker lives on
         log.exception("train job %s failed", job_id)
         reporter.finish("failed", error_code=error_code(e), error_message=str(e))
@@ -61,6 +66,7 @@ def run_train_job(self, job_id: str) -> None:
         "artifact_path": str(output),
         "metrics": result.metrics,
         "class_names": _class_names(output),
+        "serving": serving,
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
     reporter.finish("succeeded", result=result_json, model=metadata)

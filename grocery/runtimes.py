@@ -1,0 +1,289 @@
+"""Serving runtimes, and choosing among them by measurement on the machine that serves.
+
+One artifact can run on several engines: torch eager, ONNX Runtime on the fp32 or the int8 (static
+QDQ) graph, OpenVINO on the same graphs in fp32, bf16 or int8, and on a GPU torch with fp16 or bf16
+autocast. Which is fastest depends on the CPU (Intel Sapphire Rapids has AMX, AMD Zen 5 has
+avx512_bf16 and VNNI) and on the threads a worker has, so no rule fixed in advance picks well.
+``choose`` times every variant the machine can run on the model's own check images, accepts
+only those whose top-1 agrees with torch fp32 on at least ``AGREEMENT_THRESHOLD`` of them, and
+the fastest accepted one serves. The choice is cached in the artifact, per machine.
+"""
+
+import functools
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grocery.artifact import Artifact
+from grocery.transforms import normalize
+
+# Names a user may ask for (`--runtime`); "auto" asks `choose`.
+RUNTIMES = ("torch", "torch-fp16", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
+AGREEMENT_THRESHOLD = 0.995
+CHOICES_NAME = "runtimes.json"
+# The graph each variant reads: None is the torch module itself.
+GRAPH = {
+    "torch": None,
+    "torch-fp16": None,
+    "torch-bf16": None,
+    "onnx": "onnx",
+    "onnx-int8": "onnx-int8",
+    "openvino": "onnx",
+    "openvino-bf16": "onnx",
+    "openvino-int8": "onnx-int8",
+}
+# Variants that compute in fp32 like torch: without check images they are the only ones trusted.
+FP32_VARIANTS = ("torch", "onnx", "openvino")
+# The CPU flags that decide which reduced-precision kernels exist; part of the machine's identity.
+PRECISION_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+Engine = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 3, S, S) -> class probabilities (N, C)
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A variant this artifact or machine cannot run (no exported graph, no such instructions)."""
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def build_engine(artifact: Artifact, name: str, *, threads: int) -> Engine:
+    """An inference function for one runtime variant; raises RuntimeUnavailable when it cannot run here."""
+    if name not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {('auto', *RUNTIMES)}, not {name!r}")
+    graph = GRAPH[name]
+    if graph is not None and not artifact.onnx_path(graph).is_file():
+        raise FileNotFoundError(
+            f"{artifact.onnx_path(graph)} not found: "
+            f"run `grocery export --model {artifact.path} --format {graph}` first"
+        )
+    if name.startswith("torch"):
+        dtype = {"torch": None, "torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}[name]
+        return _torch_engine(artifact, dtype)
+    if name.startswith("onnx"):
+        return _onnx_engine(artifact, artifact.onnx_path(graph), threads)
+    precision = "bf16" if name == "openvino-bf16" else "f32"
+    return _openvino_engine(artifact, artifact.onnx_path(graph), precision, threads)
+
+
+def _torch_engine(artifact: Artifact, dtype: torch.dtype | None) -> Engine:
+    device = torch.device("cuda" if cuda_available() else "cpu")
+    if dtype is torch.float16 and device.type != "cuda":
+        raise RuntimeUnavailable("fp16 autocast is for GPUs")
+    model = artifact.build_model().to(device, memory_format=torch.channels_last)
+    pre = artifact.preprocessing
+
+    @torch.inference_mode()
+    def infer(batch_u8: torch.Tensor) -> torch.Tensor:
+        inputs = normalize(batch_u8.to(device, non_blocking=True), pre).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+        return logits.float().softmax(1).cpu()
+
+    return infer
+
+
+def _onnx_engine(artifact: Artifact, path: Path, threads: int) -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Spinning ORT threads would steal the cores the decode threads need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # not a warning per unused initializer of an exported graph
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    pre = artifact.preprocessing
+
+    def infer(batch_u8: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run(None, {"input": normalize(batch_u8, pre).numpy()})
+        return torch.from_numpy(logits).softmax(1)
+
+    return infer
+
+
+def _openvino_engine(artifact: Artifact, path: Path, precision: str, threads: int) -> Engine:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeUnavailable("OpenVINO is not installed (pip install openvino)") from None
+    core = ov.Core()
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision == "bf16" and "BF16" not in capabilities:
+        raise RuntimeUnavailable("this CPU has no bf16 instructions (avx512_bf16 or AMX)")
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": precision,
+        "NUM_STREAMS": 1,
+        # Pinning would fight the other worker processes sharing this machine's cores.
+        "ENABLE_CPU_PINNING": False,
+    }
+    compiled = core.compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    pre = artifact.preprocessing
+
+    def infer(batch_u8: torch.Tensor) -> torch.Tensor:
+        request.infer({0: normalize(batch_u8, pre).numpy()})
+        # The output tensor is the request's own buffer, overwritten by the next call: copy it.
+        logits = torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+        return logits.softmax(1)
+
+    return infer
+
+
+@functools.cache
+def machine_key(threads: int) -> str:
+    """What decides a runtime's speed here: the processor, its precision instructions, the threads."""
+    if cuda_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}|threads={threads}"
+    name, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    present = ",".join(f for f in PRECISION_FLAGS if f in flags)
+    return f"cpu:{name}|{present}|threads={threads}"
+
+
+def candidates(artifact: Artifact) -> list[str]:
+    """The variants worth timing on this machine: the GPU's on a GPU, the CPU's otherwise."""
+    if cuda_available():
+        return ["torch", "torch-fp16", "torch-bf16"]
+    return [
+        n
+        for n in RUNTIMES
+        if not n.startswith("torch-") and (GRAPH[n] is None or artifact.onnx_path(GRAPH[n]).is_file())
+    ]
+
+
+@dataclass
+class Choice:
+    runtime: str
+    record: dict  # what was measured: every variant's speed and agreement, the machine, when
+
+
+def choose(
+    artifact: Artifact,
+    *,
+    threads: int,
+    batch_size: int = 64,
+    check_images: torch.Tensor | None = None,
+    names: list[str] | None = None,
+    min_seconds: float = 0.5,
+) -> Choice:
+    """Time each variant and check it against torch fp32 on the check images; the fastest accepted wins.
+
+    Torch fp32 is the reference and always accepted. A variant that fails to build or run is
+    recorded with its error and skipped. ``names`` limits the variants tried (default: ``candidates``).
+    Without check images (an artifact whose validation photos are gone) only fp32 variants serve.
+    """
+    if check_images is None:
+        images, reference = load_check_images(artifact)
+    else:
+        images, reference = check_images, None
+    timing = (
+        images[:batch_size]
+        if len(images)
+        else torch.randint(0, 256, (batch_size, *images.shape[1:]), dtype=torch.uint8)
+    )
+    names = names or candidates(artifact)
+    variants = {}
+    for name in ["torch", *(n for n in names if n != "torch")]:
+        try:
+            engine = build_engine(artifact, name, threads=threads)
+            speed = images_per_second(engine, timing, min_seconds)
+            # The reference: torch fp32's labels, stored with the check images or computed here first.
+            labels = reference if name == "torch" and reference is not None else top1(engine, images, batch_size)
+        except Exception as e:  # an engine that cannot run here is one refused variant, never a failed load
+            if name == "torch":
+                raise  # the reference itself: the model cannot be served at all
+            variants[name] = {"accepted": False, "error": f"{type(e).__name__}: {e}"}
+            continue
+        reference = labels if reference is None else reference
+        agreement = float((labels == reference).float().mean()) if len(labels) else None
+        accepted = name in FP32_VARIANTS if agreement is None else agreement >= AGREEMENT_THRESHOLD
+        variants[name] = {
+            "images_per_s": round(speed, 1),
+            "agreement": None if agreement is None else round(agreement, 4),
+            "accepted": name == "torch" or accepted,
+        }
+    tried = {n: v for n, v in variants.items() if n in names or n == "torch"}
+    accepted = [n for n, v in tried.items() if v["accepted"]]
+    best = max(accepted, key=lambda n: tried[n]["images_per_s"])
+    record = {
+        "runtime": best,
+        "machine": machine_key(threads),
+        "threads": threads,
+        "batch_size": batch_size,
+        "threshold": AGREEMENT_THRESHOLD,
+        "check_images": len(images),
+        "variants": tried,
+        "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return Choice(best, record)
+
+
+def images_per_second(engine: Engine, batch: torch.Tensor, min_seconds: float) -> float:
+    engine(batch)  # warm-up: first-call allocations and graph compilation are not throughput
+    runs, start = 0, time.perf_counter()
+    while runs < 2 or time.perf_counter() - start < min_seconds:
+        engine(batch)
+        runs += 1
+    return runs * len(batch) / (time.perf_counter() - start)
+
+
+def top1(engine: Engine, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    labels = [engine(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)]
+    return torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+
+
+def load_check_images(artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The artifact's check images (see grocery.export), uint8 (N, 3, S, S), and torch fp32's top-1 on them."""
+    from grocery.export import read_check_images
+
+    return read_check_images(artifact)
+
+
+def choose_cached(artifact: Artifact, *, threads: int, batch_size: int = 64) -> Choice:
+    """``choose``, measured once per machine and kept in the artifact's runtimes.json."""
+    key = machine_key(threads)
+    path = artifact.path / CHOICES_NAME
+    choices = read_choices(path)
+    record = choices.get(key)
+    if record is not None and record.get("runtime") in candidates(artifact) + ["torch"]:
+        return Choice(record["runtime"], record)
+    choice = choose(artifact, threads=threads, batch_size=batch_size)
+    write_choice(path, key, choice.record)
+    return choice
+
+
+def read_choices(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_choice(path: Path, key: str, record: dict) -> None:
+    """Merge one machine's choice into the file; a write lost to a concurrent one is measured again later."""
+    choices = read_choices(path)
+    choices[key] = record
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        partial.write_text(json.dumps(choices, indent=2) + "\n")
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a read-only artifact: the choice still serves this process

@@ -1,0 +1,140 @@
+"""Exports checked against torch, and the runtime chooser: by measurement, never past the agreement threshold."""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from grocery import runtimes
+from grocery.artifact import CHECK_IMAGES_NAME, read_artifact
+from grocery.export import prepare_for_serving, read_check_images
+from grocery.predict import Predictor
+from grocery.transforms import normalize
+
+
+@pytest.fixture
+def served_model(tiny_model, tmp_path):
+    """A copy of the tiny model, prepared for serving as a training job leaves it."""
+    artifact_dir = shutil.copytree(tiny_model, tmp_path / "model")
+    (artifact_dir / runtimes.CHOICES_NAME).unlink(missing_ok=True)
+    serving = prepare_for_serving(artifact_dir, int8=False)
+    return artifact_dir, serving
+
+
+def test_export_is_checked_and_equals_torch_on_the_models_own_photos(served_model, tiny_dataset):
+    artifact_dir, serving = served_model
+    artifact = read_artifact(artifact_dir)
+    assert serving["exports"]["onnx"]["ok"] and serving["exports"]["onnx"]["max_abs_diff"] <= 1e-3
+    assert artifact.metadata["serving"] == serving  # recorded in the artifact itself
+    photos, reference = read_check_images(artifact)
+    assert serving["check_images"] == len(photos) == 16  # the tiny set's 16 validation photos
+    inputs = normalize(photos, artifact.preprocessing)
+    with torch.inference_mode():
+        expected = artifact.build_model()(inputs)
+    session = ort.InferenceSession(str(artifact.onnx_path()), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {"input": inputs.numpy()})
+    assert np.allclose(actual, expected.numpy(), atol=1e-3)
+    assert torch.equal(reference, expected.argmax(1))  # torch fp32's labels are stored with the photos
+
+
+class NotExportable(nn.Module):
+    """A model with an operator the ONNX exporter does not know (cummax): a broken export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        return logits + torch.cummax(logits, 1).values * 0
+
+
+def test_a_broken_export_leaves_the_model_served_by_torch_with_the_reason(tiny_model, tmp_path):
+    artifact_dir = shutil.copytree(tiny_model, tmp_path / "model")
+    (artifact_dir / "model.onnx").unlink()
+    model = NotExportable(read_artifact(artifact_dir).build_model())
+    serving = prepare_for_serving(artifact_dir, model=model)
+    onnx = serving["exports"]["onnx"]
+    assert not onnx["ok"] and "aten::cummax" in onnx["reason"]
+    assert "onnx-int8" not in serving["exports"] and not (artifact_dir / "model.onnx").exists()
+    predictor = Predictor.from_path(artifact_dir, threads=1)
+    assert predictor.runtime == "torch" and set(predictor.choice.record["variants"]) == {"torch"}
+    assert read_artifact(artifact_dir).metadata["serving"]["exports"]["onnx"]["reason"] == onnx["reason"]
+
+
+def degrade(artifact_dir, fmt: str) -> None:
+    """Write a deliberately wrong graph as ``fmt``: the classifier's rows rotated, so labels move class."""
+    artifact = read_artifact(artifact_dir)
+    model = artifact.build_model()
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight.roll(1, 0))
+        model.classifier.bias.copy_(model.classifier.bias.roll(1, 0))
+    size = artifact.preprocessing.input_size
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, size, size),),
+        str(artifact.onnx_path(fmt)),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def test_the_chooser_refuses_a_variant_below_the_agreement_threshold(served_model):
+    artifact_dir, _ = served_model
+    degrade(artifact_dir, "onnx-int8")
+    artifact = read_artifact(artifact_dir)
+    choice = runtimes.choose(artifact, threads=1, names=["onnx", "onnx-int8"], min_seconds=0.05)
+    degraded = choice.record["variants"]["onnx-int8"]
+    assert degraded["agreement"] < runtimes.AGREEMENT_THRESHOLD and not degraded["accepted"]
+    assert choice.record["variants"]["onnx"] == {
+        **choice.record["variants"]["onnx"],
+        "agreement": 1.0,
+        "accepted": True,
+    }
+    assert choice.runtime in ("torch", "onnx")  # however fast the degraded graph ran
+    assert choice.record["check_images"] == 16 and choice.record["threshold"] == 0.995
+
+
+def test_auto_measures_once_per_machine_and_keeps_the_choice_in_the_artifact(served_model):
+    artifact_dir, _ = served_model
+    first = Predictor.from_path(artifact_dir, threads=1)
+    record = first.choice.record
+    assert first.runtime == record["runtime"] and record["variants"][first.runtime]["accepted"]
+    fastest = max(
+        (n for n, v in record["variants"].items() if v["accepted"]), key=lambda n: record["variants"][n]["images_per_s"]
+    )
+    assert first.runtime == fastest
+    assert set(record["variants"]) >= {"torch", "onnx", "openvino"}
+    stored = json.loads((artifact_dir / runtimes.CHOICES_NAME).read_text())
+    assert stored == {runtimes.machine_key(1): record}
+    again = Predictor.from_path(artifact_dir, threads=1)
+    assert again.choice.record == record  # read back, not measured again
+    other_threads = Predictor.from_path(artifact_dir, threads=2)
+    assert other_threads.choice.record["machine"] != record["machine"]  # a choice per machine and threads
+
+
+def test_without_check_images_only_fp32_variants_serve(served_model):
+    artifact_dir, _ = served_model
+    (artifact_dir / CHECK_IMAGES_NAME).unlink()
+    artifact = read_artifact(artifact_dir)
+    artifact.metadata["training"]["data_dir"] = "/nonexistent"  # the dataset is gone too
+    degrade(artifact_dir, "onnx-int8")
+    choice = runtimes.choose(artifact, threads=1, min_seconds=0.05)
+    assert choice.record["check_images"] == 0
+    assert not choice.record["variants"]["onnx-int8"]["accepted"]
+    assert choice.runtime in runtimes.FP32_VARIANTS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_gpu_variants_autocast_and_agree(served_model):
+    artifact_dir, _ = served_model
+    choice = runtimes.choose(read_artifact(artifact_dir), threads=1, min_seconds=0.05)
+    assert set(choice.record["variants"]) == {"torch", "torch-fp16", "torch-bf16"}
+    assert choice.record["machine"].startswith("cuda:")
