@@ -237,6 +237,7 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
         "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),
         "GROCERY_WORKER_THREADS": str(settings.worker_threads),
+        "GROCERY_RUNTIME": settings.runtime,
         "GROCERY_TRAIN_SOFT_TIME_LIMIT": str(settings.train_soft_time_limit),
         "GROCERY_TRAIN_TIME_LIMIT": str(settings.train_time_limit),
         "GROCERY_PREDICT_SOFT_TIME_LIMIT": str(settings.predict_soft_time_limit),

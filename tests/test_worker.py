@@ -1,9 +1,11 @@
 """Jobs end to end: the API, real PostgreSQL and Redis, and a real Celery worker process."""
 
 import io
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
+from conftest import FINISHED, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker, wait_for
 
 from api import create_app
 
@@ -43,6 +45,11 @@ def test_train_then_predict(stack, tiny_dataset):
     model = client.get(f"/models/{job['result']['model_id']}").get_json()
     assert model["classes"] == ["Apple", "Pear", "Milk"] and model["job_id"] == job["id"]
     assert client.get("/models/latest").get_json()["id"] == model["id"]
+    # Exported and checked inside the job, before it was registered.
+    exports = model["serving"]["exports"]
+    assert exports["onnx"]["ok"] and exports["onnx"]["max_abs_diff"] <= 1e-3 and exports["onnx-int8"]["ok"]
+    assert model["serving"]["check_images"] == 16
+    assert (Path(model["artifact"]) / "model.onnx").is_file()
 
     folder = tiny_dataset / "val"
     predicted = client.post("/jobs", json={"type": "predict", "model": "latest", "input": {"folder": str(folder)}})
@@ -56,6 +63,38 @@ def test_train_then_predict(stack, tiny_dataset):
     assert rest["next_cursor"] is None and len(rows) == 16
     correct = sum(r["path"].split("/")[-3] == r["label"] for r in rows)  # val/<coarse>/<fine>/<file>
     assert correct >= 12
+    # The worker measured the runtimes at its first load and serves with the fastest accepted one.
+    (choice,) = client.get(f"/models/{model['id']}").get_json()["serving"]["runtimes"].values()
+    assert choice["variants"][choice["runtime"]]["accepted"] and choice["check_images"] == 16
+    shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
+    assert {s["runtime"] for s in shards} == {choice["runtime"]}
+
+
+def test_a_model_whose_export_failed_is_served_by_torch(stack, tiny_model, tiny_dataset, database_url, tmp_path):
+    from service.db import make_engine, make_session_factory
+
+    client = stack
+    artifact = shutil.copytree(tiny_model, tmp_path / "no-export")
+    for name in ("model.onnx", "runtimes.json"):
+        (artifact / name).unlink(missing_ok=True)
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        failed = {"exports": {"onnx": {"ok": False, "reason": "UnsupportedOperatorError: aten::cummax"}}}
+        model = register_tiny_model(session, artifact)
+        model.serving = failed
+        session.commit()
+        model_id = str(model.id)
+    engine.dispose()
+    submitted = client.post(
+        "/jobs", json={"type": "predict", "model": model_id, "input": {"folder": str(tiny_dataset / "val")}}
+    )
+    job = wait_for(client, submitted.get_json()["id"], FINISHED)
+    shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
+    assert {s["runtime"] for s in shards} == {"torch"}
+    served = client.get(f"/models/{model_id}").get_json()["serving"]
+    assert served["exports"] == failed["exports"]  # the reason stays beside the choice
+    (choice,) = served["runtimes"].values()
+    assert choice["runtime"] == "torch" and set(choice["variants"]) == {"torch"}
 
 
 def test_train_on_a_subset_of_the_shared_dataset(stack, shared_dataset):
