@@ -1,15 +1,17 @@
-"""Bulk classification through the whole system against the workshop's loop, in one run.
+"""Bulk classification of the model users serve, through the whole system, against baselines in one run.
 
+The model: the default recipe trained through the service (POST /jobs type train; --train-epochs
+shortens its schedule, said in the output), or --model, an artifact a service job trained earlier.
 (a) the workshop loop in one process (PIL, transform, model(x) one image at a time, torch eager);
-(b) the library's prediction pipeline alone, in one process; (c) bulk jobs through the system
-(POST /jobs, poll GET /jobs/<id> until done) over the training images and over a generated
-folder of --files images, with one single-threaded worker process per core; (d) a client
-POSTing each file to /predict. Also: result rows written per second, and the API's memory
-while the big job lists and while its results export as CSV.
+(b) a plain ONNX Runtime fp32 pipeline: the model's model.onnx, PIL decoding, one single-threaded
+session per core in its own process, batch 64; (c) bulk jobs through the system (POST /jobs, poll
+GET /jobs/<id> until done) over the training images and over a generated folder of --files images,
+one single-threaded worker process per core, serving with the runtime each chose by measurement;
+(d) a client POSTing each file to /predict. Also: result rows written per second, and the API's
+memory while the big job lists and while its results export as CSV.
 
 Uses the PostgreSQL and Redis of DATABASE_URL's server and REDIS_URL (defaults: the local ones);
-creates and drops its own database. Without --model it trains a throwaway MobileNetV3-small
-(throughput does not depend on accuracy).
+creates and drops its own database.
 
     python benchmarks/bench_bulk.py --data-dir ../shared/grocery-store-dataset
 """
@@ -17,6 +19,7 @@ creates and drops its own database. Without --model it trains a throwaway Mobile
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -24,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import psutil
@@ -39,24 +43,61 @@ from service.stack import ROOT
 from worker.launcher import worker_command
 
 
-def throwaway_model(data_dir: str, output: Path) -> Path:
-    from grocery.engine import TrainConfig, fit
-    from grocery.export import export
+def plain_onnx_pipeline(model: Path, paths: list[str], processes: int) -> float:
+    """The baseline a competent engineer writes in an afternoon: PIL decoding and ONNX Runtime fp32,
+    one single-threaded session per core, each process taking its share of the files."""
+    shares = [paths[i::processes] for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_plain_onnx_share, [(str(model), share[:64]) for share in shares])  # warm-up
+        start = time.perf_counter()
+        counts = pool.map(_plain_onnx_share, [(str(model), share) for share in shares])
+    return sum(counts) / (time.perf_counter() - start)
 
-    config = TrainConfig(
-        data_dir=data_dir, arch="mobilenet_v3_small", weights="none", epochs=1, train_limit=64, val_limit=32
-    )
-    fit(config, output)
-    export(output, "onnx")
-    return output
+
+def _plain_onnx_share(job: tuple[str, list[str]]) -> int:
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    from grocery.artifact import read_artifact
+
+    artifact = read_artifact(job[0])
+    pre = artifact.preprocessing
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = 1, 1, 3
+    session = ort.InferenceSession(str(artifact.onnx_path()), options, providers=["CPUExecutionProvider"])
+    mean, std = np.array(pre.mean, np.float32) * 255, np.array(pre.std, np.float32) * 255
+    paths, done = job[1], 0
+    for start in range(0, len(paths), 64):
+        batch = [
+            np.asarray(Image.open(p).convert("RGB").resize((pre.input_size, pre.input_size), Image.BILINEAR))
+            for p in paths[start : start + 64]
+        ]
+        inputs = ((np.stack(batch).astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+        session.run(None, {"input": np.ascontiguousarray(inputs)})
+        done += len(batch)
+    return done
 
 
-def pipeline_alone(model: Path, paths: list[str]) -> float:
-    predictor = Predictor.from_path(model)
-    list(predictor.predict_files(paths[:64]))  # warm-up
+def train_through_the_service(conn, epochs: int | None) -> tuple[str, Path]:
+    """The default recipe as a user submits it: POST /jobs with no params (or only a shorter schedule)."""
+    params = {"epochs": epochs} if epochs else {}
     start = time.perf_counter()
-    count = sum(1 for _ in predictor.predict_files(paths))
-    return count / (time.perf_counter() - start)
+    status, job = request(conn, "POST", "/jobs", {"type": "train", "params": params})
+    assert status == 202, job
+    while job["status"] in ("queued", "running"):
+        time.sleep(2)
+        job = request(conn, "GET", f"/jobs/{job['id']}")[1]
+    assert job["status"] == "succeeded", job
+    model = request(conn, "GET", f"/models/{job['result']['model_id']}")[1]
+    recipe = f"{epochs} epochs" if epochs else "its full schedule"
+    print(
+        f"trained the default recipe through the service ({recipe}) in {(time.perf_counter() - start) / 60:.1f} min: "
+        f"{model['arch']}, val top-1 {model['metrics']['val_top1']:.4f}; "
+        f"exports {json.dumps(model['serving']['exports'])}",
+        flush=True,
+    )
+    return model["id"], Path(model["artifact"])
 
 
 def generated_folder(sources: list[str], target: Path, count: int) -> Path:
@@ -167,32 +208,34 @@ def write_rate(database_url: str, rows: int, batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--model", help="a model artifact with model.onnx (default: train a throwaway one)")
+    parser.add_argument("--model", help="an artifact a service training job wrote (default: train one now)")
+    parser.add_argument("--train-epochs", type=int, help="shorten the default recipe's schedule (default: in full)")
     parser.add_argument("--files", type=int, default=20_000, help="images in the generated folder")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
     parser.add_argument("--posts", type=int, default=300, help="images POSTed one by one to /predict")
+    parser.add_argument("--workshop-images", type=int, default=600, help="images the workshop loop classifies")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="grocery-bulk-"))
     data_dir = str(Path(args.data_dir).resolve())
-    model = Path(args.model) if args.model else throwaway_model(data_dir, work / "model")
     paths = [str(s.path) for s in index.read_split(data_dir, "train", "coarse")]
-    print(f"{len(paths)} training images, model {model}, {args.workers} worker processes", flush=True)
-
-    reference = Predictor.from_path(model, runtime="torch")
-    workshop, _ = workshop_loop(reference.artifact.build_model(), reference.pre, paths)
-    print(f"(a) workshop loop                          {workshop:8.1f} img/s  1.00x", flush=True)
-    alone = pipeline_alone(model, paths)
-    row(f"(b) library pipeline alone ({Predictor.from_path(model).runtime})", alone, workshop)
     big = generated_folder(paths, work / "generated", args.files)
-    figures = {"images": len(paths), "workshop_loop": round(workshop, 1), "pipeline_alone": round(alone, 1)}
     with scratch_database() as database_url:
-        figures |= system(args, database_url, model, data_dir, big, paths, workshop, alone)
+        figures = system(args, database_url, data_dir, big, paths)
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(figures))
 
 
-def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths, workshop, alone) -> dict:
+def baselines(model: Path, paths: list[str], args) -> tuple[float, float]:
+    reference = Predictor.from_path(model, runtime="torch")
+    workshop, _ = workshop_loop(reference.artifact.build_model(), reference.pre, paths[: args.workshop_images])
+    print(f"(a) workshop loop ({args.workshop_images} images)        {workshop:8.1f} img/s  1.00x", flush=True)
+    plain = plain_onnx_pipeline(model, paths, args.workers)
+    row(f"(b) plain ONNX Runtime fp32 pipeline, {args.workers} processes", plain, workshop)
+    return workshop, plain
+
+
+def system(args, database_url: str, data_dir: str, big: Path, paths) -> dict:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
     redis.Redis.from_url(redis_url).flushdb()
     env = {
@@ -206,24 +249,37 @@ def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths
         "GROCERY_MODEL_DIR": str(big.parent / "models"),
         "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best
     }
-    register_model(database_url, model)
+    if args.model:
+        register_model(database_url, Path(args.model))
     port, processes = free_port(), []
     try:
         processes.append(start_api(env, port, workers=2))
         for n in range(args.workers):
-            command = worker_command(f"bench{n}@%h", ["predict"])
+            command = worker_command(f"bench{n}@%h", ["train", "predict"])
             processes.append(
                 subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
         conn = http.client.HTTPConnection("127.0.0.1", port)
-        time.sleep(10)  # workers start and warm up
-        run_job(conn, {"paths": paths[: 64 * args.workers]})  # each worker loads the model
+        time.sleep(10)  # workers start
+        if args.model:
+            model_id, model = request(conn, "GET", "/models/latest")[1]["id"], Path(args.model)
+        else:
+            model_id, model = train_through_the_service(conn, args.train_epochs)
+        run_job(conn, {"paths": paths[: 64 * args.workers]})  # each worker loads the model, choosing its runtime
+        choices = request(conn, "GET", f"/models/{model_id}")[1]["serving"].get("runtimes", {})
+        for machine, choice in choices.items():
+            speeds = ", ".join(variant_line(n, v) for n, v in choice["variants"].items())
+            print(f"runtime chosen on {machine}: {choice['runtime']} ({speeds})", flush=True)
+        workshop, plain = baselines(model, paths, args)
         train_rate, _ = run_job(conn, {"folder": str(Path(data_dir) / "train")})
-        row(f"(c) bulk job, {len(paths)} training images", train_rate, workshop, alone)
+        row(f"(c) bulk job, {len(paths)} training images", train_rate, workshop, plain)
         watch = MemoryWatch(processes[0].pid)
         big_rate, job = run_job(conn, {"folder": str(big)})
         listing_memory = watch.stop()
-        row(f"(c) bulk job, {job['result']['total']} generated images", big_rate, workshop, alone)
+        row(f"(c) bulk job, {job['result']['total']} generated images", big_rate, workshop, plain)
+        shards = request(conn, "GET", f"/jobs/{job['id']}/shards?limit=1000")[1]["shards"]
+        runtimes_used = dict(Counter(s["runtime"] for s in shards))
+        print(f"shards by runtime: {runtimes_used}", flush=True)
         watch = MemoryWatch(processes[0].pid)
         seconds, rows = export_csv(port, job["id"])
         export_memory = watch.stop()
@@ -241,14 +297,19 @@ def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths
     writes = {batch: write_rate(database_url, 20_000, batch) for batch in (64, 1000)}
     print("result rows written: " + ", ".join(f"{rate:,.0f} rows/s in batches of {b}" for b, rate in writes.items()))
     return {
+        "model": {"id": model_id, "trained_epochs": args.train_epochs or "default", "given": bool(args.model)},
+        "runtimes_chosen": {machine: c["runtime"] for machine, c in choices.items()},
+        "shards_by_runtime": runtimes_used,
+        "workshop_loop": round(workshop, 1),
+        "plain_onnx_pipeline": round(plain, 1),
         "system_train_images": round(train_rate, 1),
         "system_generated_images": round(big_rate, 1),
         "generated_files": job["result"]["total"],
         "post_each": round(post_rate, 1),
         "ratios": {
-            "pipeline_vs_workshop": round(alone / workshop, 2),
+            "plain_onnx_vs_workshop": round(plain / workshop, 2),
             "system_vs_workshop": round(big_rate / workshop, 2),
-            "system_vs_pipeline": round(big_rate / alone, 2),
+            "system_vs_plain_onnx": round(big_rate / plain, 2),
             "post_each_vs_workshop": round(post_rate / workshop, 2),
         },
         "api_rss_mib": {
@@ -261,8 +322,13 @@ def system(args, database_url: str, model: Path, data_dir: str, big: Path, paths
     }
 
 
-def row(label: str, rate: float, workshop: float, alone: float | None = None) -> None:
-    share = f"  ({rate / alone:.0%} of (b))" if alone else ""
+def variant_line(name: str, variant: dict) -> str:
+    verdict = "" if variant["accepted"] else " refused"
+    return f"{name} {variant.get('images_per_s', '-')} img/s, agreement {variant.get('agreement', '-')}{verdict}"
+
+
+def row(label: str, rate: float, workshop: float, plain: float | None = None) -> None:
+    share = f"  ({rate / plain:.2f}x (b))" if plain else ""
     print(f"{label:<46} {rate:8.1f} img/s  {rate / workshop:5.2f}x{share}", flush=True)
 
 

@@ -28,12 +28,24 @@ import time
 from pathlib import Path
 
 import redis
-from bench_bulk import throwaway_model
 from scratch import free_port, register_model, request, scratch_database, start_api
 from sqlalchemy import create_engine, text
 
 from grocery import index
 from service.stack import ROOT
+
+
+def throwaway_model(data_dir: str, output: Path) -> Path:
+    """A toy MobileNetV3-small (one epoch on 64 images): this run measures the service under load, not the model."""
+    from grocery.engine import TrainConfig, fit
+    from grocery.export import prepare_for_serving
+
+    config = TrainConfig(
+        data_dir=data_dir, arch="mobilenet_v3_small", weights="none", epochs=1, train_limit=64, val_limit=32
+    )
+    fit(config, output)
+    prepare_for_serving(output)
+    return output
 
 
 def main() -> int:
