@@ -3,7 +3,8 @@
 ``model.safetensors`` holds the weights (no pickle, so loading runs no code);
 ``metadata.json`` holds everything else needed to use them: arch, class names in
 id order, label level, preprocessing, training parameters, metrics, a fingerprint
-of the training data and library versions. ``load_artifact`` needs nothing else.
+of the training data and library versions, and ``fine_to_coarse`` for a coarse
+classifier read from a fine-class head. ``load_artifact`` needs nothing else.
 """
 
 import json
@@ -17,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import grocery
-from grocery.models import create_model
+from grocery.models import FineToCoarse, create_model
 from grocery.transforms import Preprocessing
 
 WEIGHTS_NAME = "model.safetensors"
@@ -52,7 +53,11 @@ class Artifact:
         return self.path / ONNX_NAMES[fmt]
 
     def build_model(self) -> nn.Module:
-        model = create_model(len(self.class_names), self.arch, "none")
+        fine_to_coarse = self.metadata.get("fine_to_coarse")
+        if fine_to_coarse is None:
+            model = create_model(len(self.class_names), self.arch, "none")
+        else:  # coarse classes read from a fine-class head: still a plain coarse classifier outside
+            model = FineToCoarse(create_model(len(fine_to_coarse), self.arch, "none"), fine_to_coarse)
         model.load_state_dict(load_file(str(self.path / WEIGHTS_NAME)))
         return model.eval()
 
@@ -69,6 +74,7 @@ def save_artifact(
     metrics: dict,
     history: list[dict],
     data_fingerprint: str,
+    fine_to_coarse: list[int] | None = None,
 ) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -89,6 +95,8 @@ def save_artifact(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": library_versions(),
     }
+    if fine_to_coarse is not None:
+        metadata["fine_to_coarse"] = list(fine_to_coarse)
     (directory / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
     return directory
 

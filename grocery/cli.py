@@ -59,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze", type=int, help="backbone stages (stem first) kept frozen")
     train.add_argument("--mix", type=float, help="share of batches given CutMix or MixUp (0 to 1)")
     train.add_argument("--seed", type=int)
+    train.add_argument("--input-size", type=int, help="pixels of the square model input")
+    train.add_argument(
+        "--coarse-from-fine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="coarse labels: train a fine-class head and sum its probabilities per coarse class",
+    )
+    train.add_argument("--layer-decay", type=float, help="learning rate factor per backbone stage below the head")
+    train.add_argument("--ema-decay", type=float, help="> 0: keep and save a moving average of the weights")
+    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="training autocast (auto: bf16 if native)")
+    train.add_argument("--iconic-copies", type=int, help="add each class's iconic image this many times")
+    train.add_argument("--train-split", help="index files to train on, '+'-joined (e.g. train+val)")
+    train.add_argument("--val-split", help="index file to validate on (unused with --folds)")
+    train.add_argument("--folds", type=int, help="cross-validation: cut TRAIN_SPLIT into this many stratified folds")
+    train.add_argument("--fold", type=int, help="the fold held out for validation (0-based)")
     train.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
     train.add_argument("--val-limit", type=int)
     train.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")

@@ -105,10 +105,56 @@ def read_split(
     return samples
 
 
+def split_names(splits: str) -> list[str]:
+    """``"train+val"`` names two index files pooled; ``"train"`` one."""
+    names = [name.strip() for name in splits.split("+")]
+    if not all(names):
+        raise DatasetError(f"split {splits!r}: expected names joined by '+', such as 'train+val'")
+    return names
+
+
+def read_splits(
+    data_dir: str | Path, splits: str, label_level: str = "coarse", num_classes: int | None = None
+) -> list[Sample]:
+    """The samples of one or more split index files (``"train+val"``), in file order."""
+    return [s for name in split_names(splits) for s in read_split(data_dir, name, label_level, num_classes)]
+
+
+def fine_to_coarse(data_dir: str | Path) -> list[int]:
+    """The coarse class id of each fine class, indexed by fine id (from classes.csv)."""
+    table = Path(data_dir) / "classes.csv"
+    read_classes(data_dir, "fine")  # the table's checks, with their messages
+    coarse_of: dict[int, int] = {}
+    with table.open(newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for line_no, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            try:
+                coarse_of[int(row[1])] = int(row[3])
+            except ValueError:
+                raise DatasetError(f"{table}:{line_no}: coarse class id {row[3]!r} is not an integer") from None
+    return [coarse_of[i] for i in range(len(coarse_of))]
+
+
+def read_iconic(data_dir: str | Path, label_level: str = "coarse") -> list[Sample]:
+    """One sample per fine class: its iconic product image, labelled at ``label_level``."""
+    fine = read_classes(data_dir, "fine")
+    labels = fine_to_coarse(data_dir) if label_level == "coarse" else [c.id for c in fine]
+    samples = []
+    for c in fine:
+        path = c.iconic_images[0]
+        if not path.is_file():
+            raise DatasetError(f"{path}: iconic image of {c.name} not found")
+        samples.append(Sample(path, labels[c.id]))
+    return samples
+
+
 def fingerprint(data_dir: str | Path, split: str) -> str:
-    """A short digest of the class table and a split index: which data a model saw."""
+    """A short digest of the class table and the split index files: which data a model saw."""
     data_dir = Path(data_dir)
     digest = hashlib.sha256()
-    for name in ("classes.csv", f"{split}.txt"):
+    for name in ("classes.csv", *(f"{s}.txt" for s in split_names(split))):
         digest.update((data_dir / name).read_bytes())
     return digest.hexdigest()[:16]

@@ -246,3 +246,51 @@ def freeze_stages(model: nn.Module, arch: str, count: int) -> list[nn.Module]:
         for p in stage.parameters():
             p.requires_grad_(False)
     return frozen
+
+
+class FineToCoarse(nn.Module):
+    """A fine-class classifier read as a coarse one.
+
+    Its output is, for each coarse class, the log of the summed probabilities of its fine
+    classes: softmax of it is exactly those sums, so prediction, confidence, top-5 and
+    export see a plain coarse classifier. The grouping is a constant, not a weight.
+    """
+
+    def __init__(self, fine: nn.Module, fine_to_coarse: list[int]):
+        super().__init__()
+        self.fine = fine
+        self.register_buffer("mask", coarse_mask(fine_to_coarse), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return coarse_log_probs(self.fine(x), self.mask)
+
+
+def coarse_mask(fine_to_coarse: list[int]) -> torch.Tensor:
+    """(coarse, fine): 0 where the fine class belongs to the coarse one, a large negative elsewhere."""
+    member = torch.zeros(max(fine_to_coarse) + 1, len(fine_to_coarse), dtype=torch.bool)
+    member[torch.tensor(fine_to_coarse), torch.arange(len(fine_to_coarse))] = True
+    # Not -inf: exp() of it is 0 all the same, and no runtime meets inf - inf.
+    return torch.where(member, 0.0, -1e4)
+
+
+def coarse_log_probs(fine_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N, fine) logits to (N, coarse) log summed probabilities; ``mask`` is FineToCoarse's."""
+    log_probs = torch.log_softmax(fine_logits.float(), dim=1)
+    return torch.logsumexp(log_probs[:, None, :] + mask[None], dim=2)
+
+
+def layerwise_param_groups(model: nn.Module, arch: str, learning_rate: float, decay: float) -> list[dict]:
+    """Optimiser groups whose learning rate shrinks by ``decay`` per backbone stage below the head.
+
+    Early stages hold generic ImageNet features that a small training set should nudge, not
+    rewrite; the head and last stages adapt at the full rate. Frozen parameters are left out.
+    """
+    stages = backbone_stages(model, arch)
+    in_stage = {id(p) for stage in stages for p in stage.parameters()}
+    head = [p for p in model.parameters() if id(p) not in in_stage and p.requires_grad]
+    groups = [{"params": head, "lr": learning_rate}]
+    for depth, stage in enumerate(reversed(stages)):
+        params = [p for p in stage.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": learning_rate * decay ** (depth + 1)})
+    return groups
