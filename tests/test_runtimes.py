@@ -70,9 +70,10 @@ def degrade(artifact_dir, fmt: str) -> None:
     """Write a deliberately wrong graph as ``fmt``: the classifier's rows rotated, so labels move class."""
     artifact = read_artifact(artifact_dir)
     model = artifact.build_model()
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        model.classifier.weight.copy_(model.classifier.weight.roll(1, 0))
-        model.classifier.bias.copy_(model.classifier.bias.roll(1, 0))
+        classifier.weight.copy_(classifier.weight.roll(1, 0))
+        classifier.bias.copy_(classifier.bias.roll(1, 0))
     size = artifact.preprocessing.input_size
     torch.onnx.export(
         model,
