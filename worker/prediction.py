@@ -20,7 +20,16 @@ from service import crud, shards
 from service.models import JobShard, Model
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
-from worker.runtime import JobError, device_name, error_code, hard_time_limit, sessions, start, worker_name
+from worker.runtime import (
+    JobError,
+    device_name,
+    error_code,
+    hard_time_limit,
+    presence,
+    sessions,
+    start,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 # An input smaller than SPREAD full shards is cut into SPREAD smaller ones (of at least
@@ -124,6 +133,7 @@ def run_shard(task, shard_id: int) -> None:
         model = session.get(Model, job.model_id)
         session.commit()
     attempt = shard.attempts
+    presence.hold("shard", shard.id, attempt)
     settings = Settings.from_env()
 
     def on_hard_limit():
