@@ -11,6 +11,7 @@ from api import services
 from api.errors import APIError
 from api.jobs import existing_job, int_arg, iso
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
+from grocery.client import ROW_COUNT_HEADER
 from service import crud
 from service.models import JobShard, Prediction
 
@@ -80,20 +81,28 @@ def _bool_arg(name: str) -> bool | None:
 
 
 def export(job_id, output: str, filters: dict) -> Response:
-    """Stream the whole (filtered) set: rows go out as the database cursor yields them."""
+    """Stream the whole (filtered) set: rows go out as the database cursor yields them. The row count
+    goes first, in a header, from the same snapshot as the rows, so a client can tell a cut download."""
+    session = services().sessions()
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    count = crud.count_predictions(session, job_id=job_id, **filters)
     encode = _csv_lines if output == "csv" else _jsonl_lines
 
     def generate():
-        with services().sessions() as session:
+        try:
             yield from encode(crud.stream_predictions(session, job_id=job_id, **filters))
+        finally:
+            session.close()
 
     mimetype = "text/csv" if output == "csv" else "application/x-ndjson"
     filename = f"{job_id}-results.{output}"
-    return Response(
+    response = Response(
         stream_with_context(generate()),
         mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', ROW_COUNT_HEADER: str(count)},
     )
+    response.call_on_close(session.close)  # also when the client leaves before the first row
+    return response
 
 
 def _jsonl_lines(rows):
