@@ -18,7 +18,7 @@ SLOW_SECONDS = 6  # the reader takes this long, past the server timeout each tes
 
 @pytest.fixture(scope="module")
 def big_job(database_url, redis_url, tiny_dataset, tmp_path_factory):
-    """A prediction job with ROWS result rows, written as workers write them."""
+    """A finished prediction job with ROWS result rows, written as workers write them."""
     from service import crud
     from service.db import make_engine, make_session_factory
 
@@ -42,6 +42,7 @@ def big_job(database_url, redis_url, tiny_dataset, tmp_path_factory):
                 for i in range(start, start + 10_000)
             ]
             crud.add_predictions(session, job_id=job.id, rows=rows)
+        job.status = "succeeded"  # as its last shard would leave it
         session.commit()
         job_id = str(job.id)
     engine.dispose()
@@ -110,3 +111,23 @@ def test_the_client_says_when_a_download_was_cut(big_job):
             time.sleep(0.05)
         assert client.wait(timeout=60) == 2
     assert received < ROWS and "cut short" in client.stderr.read().decode()
+
+
+def test_a_cut_file_download_resumes_with_range(big_job):
+    settings, job_id = big_job
+    with gunicorn(settings, "--workers", "1") as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("GET", f"/jobs/{job_id}/results/file?format=csv")
+        whole = connection.getresponse()
+        body = whole.read()
+        assert whole.status == 200 and int(whole.headers["Content-Length"]) == len(body)
+        assert whole.headers["X-Row-Count"] == str(ROWS) and body.count(b"\n") == ROWS + 1
+        # A client cut after the first third asks for the rest, and gets exactly the rest.
+        third = len(body) // 3
+        connection.request("GET", f"/jobs/{job_id}/results/file?format=csv", headers={"Range": f"bytes={third}-"})
+        rest = connection.getresponse()
+        assert rest.status == 206 and rest.headers["Content-Range"] == f"bytes {third}-{len(body) - 1}/{len(body)}"
+        assert body[:third] + rest.read() == body
+        # The same rows as the stream, which goes on serving filtered sets and running jobs.
+        connection.request("GET", f"/jobs/{job_id}/results?format=csv")
+        assert connection.getresponse().read() == body
