@@ -13,6 +13,8 @@ PUBLIC = {"health.healthz", "health.readyz", "openapi.openapi_json", "openapi.do
 SCOPE_OF = {
     "jobs.submit_job": "jobs:write",
     "jobs.cancel_job": "jobs:write",
+    "jobs.delete_job": "jobs:write",
+    "models.delete_model": "ops",
     "workshop.predict": "jobs:write",
     "models.move_alias": "ops",
     "ops.workers": "ops",
