@@ -28,7 +28,8 @@ def job_json(job: Job) -> dict:
         "type": job.type,
         "status": job.status,
         "progress": {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit},
-        "params": _shown_params(job.params),
+        # Listed jobs come with shown_params from the database (crud.list_jobs), without their params.
+        "params": job.shown_params if job.shown_params is not None else _shown_params(job.params),
         "model_id": str(job.model_id) if job.model_id else None,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
@@ -230,7 +231,15 @@ def list_jobs():
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
     with services().sessions() as session:
         owner = None if auth.sees_every_job() else auth.owner_id()
-        jobs = crud.list_jobs(session, job_type=job_type, status=status, limit=limit, after=after, owner=owner)
+        jobs = crud.list_jobs(
+            session,
+            job_type=job_type,
+            status=status,
+            limit=limit,
+            after=after,
+            owner=owner,
+            manifest_shown=MANIFEST_SHOWN,
+        )
         next_cursor = encode_cursor(jobs[-1]) if len(jobs) == limit else None
         return jsonify({"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor})
 
@@ -283,6 +292,11 @@ def delete_job(job_id: str):
 
 @blueprint.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
+    """Oldest first, a page at a time (a long training has an event per epoch): pass next_cursor back."""
+    limit = int_arg("limit", default=1000, low=1, high=1000)
+    after = int_arg("cursor", default=0, low=0, high=2**62)
     with services().sessions() as session:
-        events = crud.list_events(session, job_id=existing_job(session, job_id).id)
-        return jsonify({"events": [{"at": iso(e.at), "kind": e.kind, "data": e.data} for e in events]})
+        events = crud.list_events(session, job_id=existing_job(session, job_id).id, limit=limit, after_id=after)
+        next_cursor = str(events[-1].id) if len(events) == limit else None
+        page = [{"at": iso(e.at), "kind": e.kind, "data": e.data} for e in events]
+        return jsonify({"events": page, "next_cursor": next_cursor})

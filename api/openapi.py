@@ -83,7 +83,13 @@ def document() -> dict:
             ),
         },
         "/jobs/{id}/cancel": {"post": _op("Cancel a job", {"200": JOB, "202": JOB}, params=job_id)},
-        "/jobs/{id}/events": {"get": _op("State transitions and per-epoch metrics", {"200": JOB}, params=job_id)},
+        "/jobs/{id}/events": {
+            "get": _op(
+                "State transitions and per-epoch metrics, oldest first, a page at a time",
+                {"200": JOB},
+                params=[*job_id, ("limit", "query", "integer"), ("cursor", "query", "string")],
+            )
+        },
         "/jobs/{id}/results": {
             "get": _op(
                 "Per-file prediction results: JSON pages, or the whole set streamed with format=csv|jsonl",

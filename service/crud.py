@@ -4,9 +4,9 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import ARRAY, Select, Text, and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, with_expression
 
 from service.models import FINISHED_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, Prediction
 
@@ -55,10 +55,18 @@ def list_jobs(
     limit: int = 50,
     after: tuple[datetime, uuid.UUID] | None = None,
     owner: uuid.UUID | None = None,
+    manifest_shown: int = 20,
 ) -> list[Job]:
     """Newest first; ``after`` is the (created_at, id) of the last job of the previous page;
-    ``owner``: only the jobs of that API token."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    ``owner``: only the jobs of that API token. A manifest's paths stay in the database: each job's
+    params come with at most ``manifest_shown`` of them and their count (``paths_count``), so a page
+    of 500 jobs of 100,000 paths each does not cross the wire."""
+    query = (
+        select(Job)
+        .options(defer(Job.params), query_expression_of_params(manifest_shown))
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+    )
     if owner is not None:
         query = query.where(Job.owner_token_id == owner)
     if job_type:
@@ -71,12 +79,28 @@ def list_jobs(
     return list(session.scalars(query))
 
 
+def query_expression_of_params(shown: int):
+    """Load Job.params with a manifest's paths cut to ``shown`` and counted, in SQL."""
+    paths = Job.params["input"]["paths"]
+    count = func.jsonb_array_length(paths)
+    element = func.jsonb_array_elements(paths).table_valued("value", with_ordinality="n").render_derived("element")
+    first = select(func.jsonb_agg(element.c.value)).where(element.c.n <= shown).scalar_subquery()
+    trimmed = func.jsonb_set(
+        Job.params,
+        literal("{input}").cast(ARRAY(Text)),
+        Job.params["input"].op("||")(func.jsonb_build_object("paths", first, "paths_count", count)),
+    )
+    long_manifest = and_(func.jsonb_typeof(paths) == "array", count > shown)
+    return with_expression(Job.shown_params, case((long_manifest, trimmed), else_=Job.params))
+
+
 def add_event(session: Session, *, job_id: uuid.UUID, kind: str, data: dict) -> None:
     session.add(JobEvent(job_id=job_id, kind=kind, data=data))
 
 
-def list_events(session: Session, *, job_id: uuid.UUID) -> list[JobEvent]:
-    return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+def list_events(session: Session, *, job_id: uuid.UUID, limit: int = 1000, after_id: int = 0) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
 
 
 def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) -> int | None:

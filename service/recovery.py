@@ -94,14 +94,16 @@ def stranded_jobs(session: Session) -> list[uuid.UUID]:
     return list(session.scalars(query))
 
 
-def waiting_jobs(session: Session, *, older_than: float) -> list[Job]:
-    query = select(Job).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
-    return list(session.scalars(query.order_by(Job.enqueued_at)))
+def waiting_jobs(session: Session, *, older_than: float) -> list[tuple[uuid.UUID, str]]:
+    """(id, type) of jobs queued longer than ``older_than``: ids only, never their params."""
+    query = select(Job.id, Job.type).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
+    return [tuple(row) for row in session.execute(query.order_by(Job.enqueued_at))]
 
 
-def waiting_shards(session: Session, *, older_than: float) -> list[JobShard]:
+def waiting_shards(session: Session, *, older_than: float) -> list[int]:
+    """Ids of shards queued longer than ``older_than`` in running jobs: not their thousand paths each."""
     job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running")
-    query = select(JobShard).where(
+    query = select(JobShard.id).where(
         JobShard.status == "queued", _older_than(JobShard.enqueued_at, older_than), job_runs.exists()
     )
     return list(session.scalars(query.order_by(JobShard.enqueued_at)))

@@ -131,3 +131,23 @@ def test_a_cut_file_download_resumes_with_range(big_job):
         # The same rows as the stream, which goes on serving filtered sets and running jobs.
         connection.request("GET", f"/jobs/{job_id}/results?format=csv")
         assert connection.getresponse().read() == body
+
+
+def test_events_come_a_page_at_a_time(big_job, database_url):
+    from api import create_app
+    from service import crud
+    from service.db import make_engine, make_session_factory
+
+    settings, job_id = big_job
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        for epoch in range(1, 6):
+            crud.add_event(session, job_id=job_id, kind="epoch", data={"epoch": epoch})
+        session.commit()
+    engine.dispose()
+    client = create_app(settings).test_client()
+    first = client.get(f"/jobs/{job_id}/events?limit=4").get_json()
+    rest = client.get(f"/jobs/{job_id}/events?limit=4&cursor={first['next_cursor']}").get_json()
+    events = first["events"] + rest["events"]
+    assert [e["data"].get("epoch") for e in events if e["kind"] == "epoch"] == [1, 2, 3, 4, 5]
+    assert len(first["events"]) == 4 and len(rest["events"]) == 2 and rest["next_cursor"] is None  # and "queued"

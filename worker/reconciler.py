@@ -82,9 +82,9 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[str, o
     jobs = recovery.waiting_jobs(session, older_than=older_than)
     shards = recovery.waiting_shards(session, older_than=older_than)
     waiting = {
-        "train": [(JOB_TASKS["train"], str(j.id), "train") for j in jobs if j.type == "train"],
-        "predict": [(JOB_TASKS["predict"], str(j.id), "predict") for j in jobs if j.type == "predict"]
-        + [(SHARD_TASK, s.id, "predict") for s in shards],
+        "train": [(JOB_TASKS["train"], str(job_id), "train") for job_id, kind in jobs if kind == "train"],
+        "predict": [(JOB_TASKS["predict"], str(job_id), "predict") for job_id, kind in jobs if kind == "predict"]
+        + [(SHARD_TASK, shard_id, "predict") for shard_id in shards],
     }
     depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
