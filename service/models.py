@@ -19,7 +19,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
 JOB_TYPES = ("train", "predict")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -46,6 +46,8 @@ class Job(Base):
     type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict] = mapped_column(default=dict)
+    # params as lists show them (crud.list_jobs fills it in SQL, a long manifest cut short); else None.
+    shown_params: Mapped[dict | None] = query_expression()
     model_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("models.id", use_alter=True, name="jobs_model_id_fkey")
     )
