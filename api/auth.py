@@ -70,5 +70,10 @@ def owner_id():
     return g.token.id if g.get("token") is not None else None
 
 
+def token_roots() -> list[str] | None:
+    """The folders this request's token may read (None: the service's roots)."""
+    return g.token.roots if g.get("token") is not None else None
+
+
 def sees_every_job() -> bool:
     return g.get("token") is None or "ops" in g.token.scopes

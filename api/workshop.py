@@ -175,8 +175,10 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
             500, "prediction_failed", job.error_message or "the prediction job failed", {"job_id": str(job_id)}
         )
     row = rows[0]
-    if row.error_code == "outside_root":  # the workers' GROCERY_INPUT_ROOTS leave out GROCERY_UPLOAD_DIR
-        raise APIError(500, "misconfigured", "the workers may not read the upload directory", {"job_id": str(job_id)})
+    if row.error_code == "outside_root":  # the workers' GROCERY_UPLOAD_DIR is not the API's
+        raise APIError(
+            500, "misconfigured", "the workers do not share the API's upload storage", {"job_id": str(job_id)}
+        )
     if row.error_code:
         raise APIError(422, row.error_code, row.error_message, {"job_id": str(job_id)})
     return jsonify(

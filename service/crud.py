@@ -43,8 +43,10 @@ def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
-def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def get_job_by_idempotency_key(session: Session, *, key: str, owner: uuid.UUID | None) -> Job | None:
+    """The job this owner submitted with ``key`` (another owner's key is another job)."""
+    same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
+    return session.scalar(select(Job).where(Job.idempotency_key == key, same_owner))
 
 
 def list_jobs(

@@ -48,7 +48,11 @@ def setup(database_url, redis_url, tmp_path):
         job_id = str(job.id)
     engine.dispose()
     settings = Settings(
-        database_url=database_url, redis_url=redis_url, data_dir=data, input_roots=(tmp_path,), upload_dir=tmp_path
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data,
+        input_roots=(tmp_path,),
+        upload_dir=tmp_path / "uploads",
     )
     return create_app(settings).test_client(), job_id, photos, {"alice": alice_secret, "bob": bob_secret}
 

@@ -24,7 +24,7 @@ def api_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
         data_dir=tiny_dataset,
         model_dir=store / "models",
         upload_dir=store / "uploads",
-        input_roots=(tiny_dataset, store / "uploads"),
+        input_roots=(tiny_dataset,),
     )
     app = create_app(settings)
     # POST /predict waits for a worker to classify the upload (504 after 30 s without one):

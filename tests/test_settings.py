@@ -7,7 +7,7 @@ def test_defaults_resolve_paths_and_roots():
     settings = Settings.from_env({})
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.data_dir.is_absolute() and settings.model_dir.is_absolute()
-    assert settings.input_roots == (settings.data_dir, settings.upload_dir)
+    assert settings.input_roots == (settings.data_dir,)  # the upload storage is never a root
     assert settings.port == 8000
     assert settings.auth == "required"  # tokens unless a deployment turns them off
 
