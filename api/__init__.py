@@ -28,7 +28,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.config["MAX_FORM_PARTS"] = settings.max_job_files + 16  # one part a file, plus the form fields
+    # One part a file, plus the form fields: each part costs memory while the form is parsed.
+    app.config["MAX_FORM_PARTS"] = min(settings.max_upload_files, settings.max_job_files) + 16
     engine = make_engine(settings.database_url)
     queue = Celery("grocery", broker=settings.redis_url)
     queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
