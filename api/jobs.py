@@ -109,7 +109,10 @@ def submit_upload(key: str | None):
         folder = settings.upload_dir / str(job_id) / "input"
         try:
             stored = uploads.store_upload(
-                request.files, folder, max_files=settings.max_job_files, max_bytes=settings.max_job_bytes
+                request.files,
+                folder,
+                max_files=min(settings.max_upload_files, settings.max_job_files),
+                max_bytes=settings.max_job_bytes,
             )
             options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
             check_shard_size(options.get("shard_size"), files=stored["files"])
@@ -137,6 +140,7 @@ def record_job(
 ) -> tuple[Job, bool]:
     """Write and commit the row, then enqueue. Returns (job, False) when a concurrent request with the
     same Idempotency-Key committed first."""
+    check_quota(session, files=_files_named(params))
     try:
         job = crud.create_job(
             session,
@@ -155,6 +159,42 @@ def record_job(
         return crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id()), False
     enqueue(job_type, str(job.id))
     return job, True
+
+
+def _files_named(params: dict) -> int:
+    source = params.get("input", {})
+    return len(source["paths"]) if "paths" in source else source.get("upload", {}).get("files", 0)
+
+
+QUOTA_RETRY_SECONDS = 30
+
+
+def check_quota(session, *, files: int) -> None:
+    """The owner's queued plus running jobs, and their files, stay within its quota (429 beyond).
+    Holds the owner's lock until the caller commits, so concurrent submissions count each other."""
+    jobs_limit, files_limit = auth.quotas()
+    owner = auth.owner_id()
+    crud.hold_owner(session, owner=owner)
+    jobs, in_flight = crud.active_work(session, owner=owner)
+    retry = {"Retry-After": str(QUOTA_RETRY_SECONDS)}
+    if jobs + 1 > jobs_limit:
+        raise APIError(
+            429,
+            "too_many_jobs",
+            f"{jobs} of your jobs are queued or running: at most {jobs_limit} (GROCERY_TOKEN_MAX_ACTIVE_JOBS); "
+            "retry when some have ended",
+            {"active_jobs": jobs, "limit": jobs_limit},
+            headers=retry,
+        )
+    if in_flight + files > files_limit:
+        raise APIError(
+            429,
+            "too_many_files_in_flight",
+            f"your queued and running jobs hold {in_flight} files, this one {files}: at most {files_limit} "
+            "(GROCERY_TOKEN_MAX_ACTIVE_FILES); retry when some have ended",
+            {"files_in_flight": in_flight, "limit": files_limit},
+            headers=retry,
+        )
 
 
 def accepted(job: Job):

@@ -15,6 +15,7 @@ from werkzeug.utils import secure_filename
 
 from api import auth, enqueue, services
 from api.errors import APIError
+from api.jobs import check_quota
 from service import crud
 from service.models import FINISHED_STATUSES
 
@@ -135,6 +136,7 @@ def predict():
     settings = services().settings
     with services().sessions() as session:
         model = serving_model(session)
+        check_quota(session, files=1)
         job_id = uuid.uuid4()
         folder = settings.upload_dir / str(job_id)
         folder.mkdir(parents=True, exist_ok=True)
