@@ -183,3 +183,25 @@ def test_allowed_hosts_default_to_the_bind_host():
     assert Settings.from_env({"GROCERY_HOST": "10.1.2.3"}).allowed_hosts == ("10.1.2.3",)
     explicit = Settings.from_env({"GROCERY_ALLOWED_HOSTS": "grocery.example, API.example"})
     assert explicit.allowed_hosts == ("grocery.example", "api.example")
+
+
+def test_docs_load_nothing_from_elsewhere(door):
+    """Swagger UI's files come from this server (the swagger-ui-py package), under a policy that lets
+    no other origin's script run beside the user's cookie."""
+    from api.openapi import swagger_ui_folder
+
+    app, _ = door
+    client = app()
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"/openapi.json" in page.data
+    assert b"https://" not in page.data and b"http://" not in page.data
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert client.get("/docs/LICENSE").status_code == 404  # only the files the page needs
+    if swagger_ui_folder() is None:
+        pytest.skip("swagger-ui-py is not installed: /docs says so instead of loading Swagger UI")
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "init.js"):
+        response = client.get(f"/docs/{asset}")
+        assert response.status_code == 200 and len(response.data) > 20, asset
+        assert f"/docs/{asset}".encode() in page.data
+    assert b"SwaggerUIBundle" in client.get("/docs/swagger-ui-bundle.js").data
