@@ -173,6 +173,10 @@ def check_quota(session, *, files: int) -> None:
     """The owner's queued plus running jobs, and their files, stay within its quota (429 beyond).
     Holds the owner's lock until the caller commits, so concurrent submissions count each other."""
     jobs_limit, files_limit = auth.quotas()
+    if files > files_limit:  # never, however long one waits: not a 429
+        raise APIError(
+            413, "too_many_files", f"{files} files: at most {files_limit} in flight (GROCERY_TOKEN_MAX_ACTIVE_FILES)"
+        )
     owner = auth.owner_id()
     crud.hold_owner(session, owner=owner)
     jobs, in_flight = crud.active_work(session, owner=owner)

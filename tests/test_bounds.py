@@ -170,6 +170,8 @@ def test_quotas_per_token_answer_429_with_retry_after(bounded):
     assert files.status_code == 429 and files.get_json()["error"]["code"] == "too_many_files_in_flight"
     assert "Retry-After" in files.headers
     assert client.post("/jobs", json=manifest(photos, 3), headers=small).status_code == 202
+    never = client.post("/jobs", json=manifest(photos, 6), headers=small)  # more than its quota alone
+    assert never.status_code == 413 and "Retry-After" not in never.headers
     # The service's default quota (GROCERY_TOKEN_MAX_ACTIVE_JOBS, here 4) for tokens without their own.
     for _ in range(3):
         assert client.post("/jobs", json={"type": "train"}, headers=as_(made["b"])).status_code == 202
