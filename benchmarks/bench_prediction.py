@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 from grocery import index
-from grocery.export import export
+from grocery.export import prepare_for_serving
 from grocery.predict import Predictor
 
 
@@ -40,6 +40,8 @@ def workshop_loop(model, pre, paths) -> tuple[float, list[int]]:
 
 def pipeline(model_dir, runtime, paths, batch_size, decode_threads) -> tuple[float, list[int]]:
     predictor = Predictor.from_path(model_dir, runtime=runtime, batch_size=batch_size, decode_threads=decode_threads)
+    if runtime == "auto":
+        print(f"  auto chose {predictor.runtime}")
     list(predictor.predict_files(paths[:batch_size]))  # warm-up: first-call allocations are not throughput
     start = time.perf_counter()
     labels = [row.class_id for row in predictor.predict_files(paths)]
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--decode-threads", type=int, help="default: the library's (one per core)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runtimes", default="torch,onnx,onnx-int8")
+    parser.add_argument("--runtimes", default="torch,onnx,onnx-int8,openvino,openvino-bf16,openvino-int8,auto")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -68,9 +70,8 @@ def main() -> None:
     paths = [s.path for s in index.read_split(args.data_dir, args.split, reference.artifact.metadata["label_level"])]
     paths = paths[: args.limit] if args.limit else paths
     runtimes = args.runtimes.split(",")
-    for fmt in ("onnx", "onnx-int8"):
-        if fmt in runtimes and not reference.artifact.onnx_path(fmt).is_file():
-            export(args.model, fmt, data_dir=args.data_dir)
+    if not reference.artifact.onnx_path("onnx-int8").is_file():
+        prepare_for_serving(args.model, data_dir=args.data_dir)
 
     baseline_rate, baseline_labels = workshop_loop(reference.artifact.build_model(), reference.pre, paths)
     results = {

@@ -210,7 +210,7 @@ def read_check_images(artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor | 
     if path.is_file():
         stored = load_file(str(path))
         photos = [decode_jpeg(stored[k]) for k in sorted(stored) if k.startswith("image_")]
-        return _stacked(photos, artifact), stored[REFERENCE_KEY]
+        return _stacked(photos, artifact), stored.get(REFERENCE_KEY)
     data_dir = Path(artifact.metadata.get("training", {}).get("data_dir", ""))
     return _stacked(_load(check_image_samples(artifact, data_dir), artifact), artifact), None
 

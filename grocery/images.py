@@ -71,6 +71,41 @@ def load_resized(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_P
     return resize(load(path, max_pixels=max_pixels), size)
 
 
+def decode_resized_on_gpu(
+    blobs: list[bytes], size: int, *, names: list[str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[torch.Tensor | ImageError]:
+    """Decode and resize on the GPU: upright JPEGs in one nvjpeg call, every other image (and a batch
+    nvjpeg refuses) through ``decode`` on the CPU, so the errors and EXIF handling stay those of ``decode``.
+    Returns, per blob, a uint8 CUDA tensor (3, size, size) or the ImageError."""
+    results: list = [None] * len(blobs)
+    on_gpu = []
+    for i, (data, name) in enumerate(zip(blobs, names, strict=True)):
+        try:
+            if _check_header(data, max_pixels, name) == "JPEG" and _exif_orientation(data) == 1:
+                on_gpu.append(i)
+            else:
+                results[i] = resize(decode(data, max_pixels=max_pixels, name=name), size).cuda()
+        except ImageError as e:
+            results[i] = e
+    encoded = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in on_gpu]
+    try:
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device="cuda") if encoded else []
+    except RuntimeError:  # one file nvjpeg cannot read fails the call: decode them one by one instead
+        decoded = [None] * len(on_gpu)
+    for i, image in zip(on_gpu, decoded, strict=True):
+        try:
+            image = image if image is not None else decode(blobs[i], max_pixels=max_pixels, name=names[i]).cuda()
+            results[i] = resize(image, size)
+        except ImageError as e:
+            results[i] = e
+    return results
+
+
+def _exif_orientation(data: bytes) -> int:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.getexif().get(0x0112, 1)
+
+
 def _check_header(data: bytes, max_pixels: int, name: str) -> str:
     """Identify the format and refuse oversized images before any pixel is decoded."""
     try:

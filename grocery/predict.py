@@ -70,6 +70,8 @@ class Predictor:
         )
         self.runtime = self.choice.runtime if self.choice else runtime
         self._infer = runtimes.build_engine(artifact, self.runtime, threads=self.threads)
+        # A model on the GPU also decodes there (nvjpeg), so the CPU threads only read files.
+        self.decode_on_gpu = self.runtime.startswith("torch") and runtimes.cuda_available()
 
     @classmethod
     def from_path(cls, model_dir: str | Path, **options) -> "Predictor":
@@ -98,6 +100,8 @@ class Predictor:
                 yield from self._finish(*pending.popleft().result())
 
     def _decode_chunk(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
+        if self.decode_on_gpu:
+            return self._decode_chunk_on_gpu(paths)
         size = self.pre.input_size
         batch = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
         errors, ok = {}, []
@@ -108,6 +112,27 @@ class Predictor:
             except images.ImageError as e:
                 errors[i] = e.as_dict()
         return [str(p) for p in paths], batch[: len(ok)], errors
+
+    def _decode_chunk_on_gpu(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
+        blobs, errors = {}, {}
+        for i, path in enumerate(paths):
+            try:
+                blobs[i] = images.read_bytes(path)
+            except images.ImageError as e:
+                errors[i] = e.as_dict()
+        names = [str(paths[i]) for i in blobs]
+        decoded = images.decode_resized_on_gpu(
+            list(blobs.values()), self.pre.input_size, names=names, max_pixels=self.max_pixels
+        )
+        good = []
+        for i, result in zip(blobs, decoded, strict=True):
+            if isinstance(result, images.ImageError):
+                errors[i] = result.as_dict()
+            else:
+                good.append(result)
+        size = self.pre.input_size
+        batch = torch.stack(good) if good else torch.empty((0, 3, size, size), dtype=torch.uint8, device="cuda")
+        return [str(p) for p in paths], batch, errors
 
     def _finish(self, names: list[str], batch: torch.Tensor, errors: dict[int, dict]) -> list[Prediction]:
         good_names = [n for i, n in enumerate(names) if i not in errors]

@@ -190,39 +190,22 @@ def choose(
     recorded with its error and skipped. ``names`` limits the variants tried (default: ``candidates``).
     Without check images (an artifact whose validation photos are gone) only fp32 variants serve.
     """
-    if check_images is None:
-        images, reference = load_check_images(artifact)
-    else:
-        images, reference = check_images, None
+    images, reference = (check_images, None) if check_images is not None else load_check_images(artifact)
     timing = (
         images[:batch_size]
         if len(images)
         else torch.randint(0, 256, (batch_size, *images.shape[1:]), dtype=torch.uint8)
     )
-    names = names or candidates(artifact)
-    variants = {}
-    for name in ["torch", *(n for n in names if n != "torch")]:
-        try:
-            engine = build_engine(artifact, name, threads=threads)
-            speed = images_per_second(engine, timing, min_seconds)
-            # The reference: torch fp32's labels, stored with the check images or computed here first.
-            labels = reference if name == "torch" and reference is not None else top1(engine, images, batch_size)
-        except Exception as e:  # an engine that cannot run here is one refused variant, never a failed load
-            if name == "torch":
-                raise  # the reference itself: the model cannot be served at all
-            variants[name] = {"accepted": False, "error": f"{type(e).__name__}: {e}"}
-            continue
-        reference = labels if reference is None else reference
-        agreement = float((labels == reference).float().mean()) if len(labels) else None
-        accepted = name in FP32_VARIANTS if agreement is None else agreement >= AGREEMENT_THRESHOLD
-        variants[name] = {
-            "images_per_s": round(speed, 1),
-            "agreement": None if agreement is None else round(agreement, 4),
-            "accepted": name == "torch" or accepted,
-        }
-    tried = {n: v for n, v in variants.items() if n in names or n == "torch"}
-    accepted = [n for n, v in tried.items() if v["accepted"]]
-    best = max(accepted, key=lambda n: tried[n]["images_per_s"])
+    # Torch fp32 is the reference: its labels come stored with the check images, or are computed here.
+    reference_engine = build_engine(artifact, "torch", threads=threads)  # raises: the model cannot serve at all
+    reference = reference if reference is not None else top1(reference_engine, images, batch_size)
+    variants = {"torch": {"images_per_s": round(images_per_second(reference_engine, timing, min_seconds), 1)}}
+    variants["torch"] |= {"agreement": 1.0 if len(images) else None, "accepted": True}
+    for name in names or candidates(artifact):
+        if name != "torch":
+            variants[name] = measure(artifact, name, threads, timing, images, reference, batch_size, min_seconds)
+    accepted = [n for n, v in variants.items() if v["accepted"]]
+    best = max(accepted, key=lambda n: variants[n]["images_per_s"])
     record = {
         "runtime": best,
         "machine": machine_key(threads),
@@ -230,10 +213,37 @@ def choose(
         "batch_size": batch_size,
         "threshold": AGREEMENT_THRESHOLD,
         "check_images": len(images),
-        "variants": tried,
+        "variants": variants,
         "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return Choice(best, record)
+
+
+def measure(
+    artifact: Artifact,
+    name: str,
+    threads: int,
+    timing: torch.Tensor,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    batch_size: int,
+    min_seconds: float,
+) -> dict:
+    """One variant's speed and agreement with the reference, and whether it may serve."""
+    try:
+        engine = build_engine(artifact, name, threads=threads)
+        speed = images_per_second(engine, timing, min_seconds)
+        labels = top1(engine, images, batch_size)
+    except Exception as e:  # an engine that cannot run here is one refused variant, never a failed load
+        return {"accepted": False, "error": f"{type(e).__name__}: {e}"}
+    if not len(images):  # nothing to compare on: trust only what computes in fp32 as torch does
+        return {"images_per_s": round(speed, 1), "agreement": None, "accepted": name in FP32_VARIANTS}
+    agreement = float((labels == reference).float().mean())
+    return {
+        "images_per_s": round(speed, 1),
+        "agreement": round(agreement, 4),
+        "accepted": agreement >= AGREEMENT_THRESHOLD,
+    }
 
 
 def images_per_second(engine: Engine, batch: torch.Tensor, min_seconds: float) -> float:

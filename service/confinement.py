@@ -90,6 +90,8 @@ class ReadScope:
 
     def real_path(self, path: str | Path, field: str) -> Path:
         """The real path, if this scope may read it; else PathRefused."""
+        if "\x00" in str(path):
+            raise PathRefused(field, "a path cannot hold a NUL character")
         resolved = real(path)
         if self.own_upload is not None and resolved.is_relative_to(self.own_upload):
             return resolved

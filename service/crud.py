@@ -119,6 +119,7 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) 
             device=device,
             started_at=func.now(),
             heartbeat_at=func.now(),
+            progress_at=func.now(),
         )
         .returning(Job.attempts)
     )
@@ -137,9 +138,9 @@ def heartbeat(
     progress_done: int | None = None,
     progress_total: int | None = None,
 ) -> bool:
-    """Record liveness (and progress); returns whether to stop: cancellation was requested, or this
-    attempt no longer owns the job (another attempt took it over)."""
-    values = {"heartbeat_at": func.now()}
+    """Record progress (a report from the job's own code; liveness too); returns whether to stop:
+    cancellation was requested, or this attempt no longer owns the job (another attempt took it over)."""
+    values = {"heartbeat_at": func.now(), "progress_at": func.now()}
     if progress_done is not None:
         values["progress_done"] = progress_done
     if progress_total is not None:
@@ -151,6 +152,18 @@ def heartbeat(
         .returning(Job.cancel_requested)
     )
     return cancel is None or cancel
+
+
+def keep_alive(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
+    """Liveness only, from the worker's presence thread while its task holds this attempt; False
+    when the attempt no longer runs (finished, or taken over)."""
+    alive = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(heartbeat_at=func.now())
+        .returning(Job.id)
+    )
+    return alive is not None
 
 
 def finish_job(

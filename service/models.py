@@ -74,7 +74,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The worker lives (its presence thread reports while it holds the job) / the task advances.
     heartbeat_at: Mapped[datetime | None]
+    progress_at: Mapped[datetime | None]
     # Prediction jobs: how many shards the listing made; NULL while it is still listing.
     shards_total: Mapped[int | None]
     # When a message for it was last sent: the reconciler re-sends what the broker lost.
@@ -114,6 +116,7 @@ class JobShard(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    progress_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

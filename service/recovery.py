@@ -23,53 +23,63 @@ def _older_than(column, seconds: float):
     return column < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-def silent_jobs(session: Session, *, lease_seconds: float) -> list[Job]:
-    """Running jobs whose worker stopped reporting: trainings, and prediction jobs still listing (a
-    listed prediction job lives in its shards)."""
-    query = select(Job).where(
-        Job.status == "running",
-        _older_than(Job.heartbeat_at, lease_seconds),
-        or_(Job.type == "train", Job.shards_total.is_(None)),
+def _lost_or_stalled(table, lease_seconds: float, stall_seconds: float):
+    """Running work whose worker went silent past the lease, or whose task made no progress for
+    ``stall_seconds`` although its worker lives; with a flag that says which."""
+    stalled = _older_than(table.progress_at, stall_seconds)
+    query = select(table, stalled).where(
+        table.status == "running", or_(_older_than(table.heartbeat_at, lease_seconds), stalled)
     )
-    return list(session.scalars(query.with_for_update(skip_locked=True)))
+    return query
 
 
-def recover_job(session: Session, *, job: Job, lease_seconds: float, max_lost: int) -> str:
-    """Back on the queue, or failed once it has lost ``max_lost`` attempts with their workers."""
+FAILURES = {
+    "worker_lost": "the job's worker stopped reporting {lost} times ({reason}): it may crash or hang its worker",
+    "stalled": "the job stalled {lost} times ({reason}, its worker alive): a phase of it hangs",
+}
+
+
+def lost_reason(stalled: bool, *, lease_seconds: float, stall_seconds: float) -> tuple[str, str]:
+    """(error code, reason) of work taken from its worker."""
+    if stalled:
+        return "stalled", f"no progress for {stall_seconds:.0f}s"
+    return "worker_lost", f"no heartbeat for {lease_seconds:.0f}s"
+
+
+def silent_jobs(session: Session, *, lease_seconds: float, stall_seconds: float) -> list[tuple[Job, bool]]:
+    """Running jobs lost or stalled, each with whether it stalled: trainings, and prediction jobs still
+    listing (a listed prediction job lives in its shards)."""
+    query = _lost_or_stalled(Job, lease_seconds, stall_seconds).where(
+        or_(Job.type == "train", Job.shards_total.is_(None))
+    )
+    return [tuple(row) for row in session.execute(query.with_for_update(of=Job, skip_locked=True))]
+
+
+def recover_job(session: Session, *, job: Job, code: str, reason: str, max_lost: int) -> str:
+    """Back on the queue, or failed once it has lost ``max_lost`` attempts this way."""
     lost = job.lost_attempts + 1
     session.execute(update(Job).where(Job.id == job.id).values(lost_attempts=lost))
     if lost >= max_lost:
-        message = (
-            f"the job's worker stopped reporting {lost} times (no heartbeat for {lease_seconds:.0f}s): "
-            "it may crash or hang its worker"
-        )
+        message = FAILURES[code].format(lost=lost, reason=reason)
         finish_job(
-            session,
-            job_id=job.id,
-            attempt=job.attempts,
-            status="failed",
-            error_code="worker_lost",
-            error_message=message,
+            session, job_id=job.id, attempt=job.attempts, status="failed", error_code=code, error_message=message
         )
         return "failed"
-    requeue_job(
-        session, job_id=job.id, attempt=job.attempts, reason=f"its worker stopped reporting for {lease_seconds:.0f}s"
-    )
+    requeue_job(session, job_id=job.id, attempt=job.attempts, reason=reason)
     return "queued"
 
 
-def silent_shards(session: Session, *, lease_seconds: float) -> list[JobShard]:
-    query = select(JobShard).where(JobShard.status == "running", _older_than(JobShard.heartbeat_at, lease_seconds))
-    return list(session.scalars(query.with_for_update(skip_locked=True)))
+def silent_shards(session: Session, *, lease_seconds: float, stall_seconds: float) -> list[tuple[JobShard, bool]]:
+    query = _lost_or_stalled(JobShard, lease_seconds, stall_seconds)
+    return [tuple(row) for row in session.execute(query.with_for_update(of=JobShard, skip_locked=True))]
 
 
-def recover_shard(session: Session, *, shard: JobShard, lease_seconds: float, max_attempts: int) -> str:
+def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, max_attempts: int) -> str:
     """Back on the queue (the next attempt resumes after the rows written), or its files fail."""
-    reason = f"its worker stopped reporting for {lease_seconds:.0f}s"
     if shard.attempts < max_attempts:
         requeue_shard(session, shard=shard, attempt=shard.attempts, error_message=reason)
         return "queued"
-    fail_remaining(session, shard=shard, code="worker_lost", message=f"{reason}, {shard.attempts} times")
+    fail_remaining(session, shard=shard, code=code, message=f"{reason}, {shard.attempts} times")
     finish_shard(session, shard=shard, attempt=shard.attempts, status="failed", error_message=reason)
     return "failed"
 

@@ -91,6 +91,9 @@ class Settings:
     # (a job at most job_attempts times, then it fails); every reconcile_seconds one worker checks,
     # and re-sends queued work the broker has lost.
     job_lease_seconds: float = 120
+    # A task may also go this long without progress (a phase stuck while its worker lives) before it
+    # is treated like a lost one; much longer than the lease, since setup and validation report none.
+    job_stall_seconds: float = 3600
     job_attempts: int = 3
     reconcile_seconds: float = 15
 
@@ -134,6 +137,7 @@ class Settings:
             predict_soft_time_limit=float(env.get("GROCERY_PREDICT_SOFT_TIME_LIMIT", cls.predict_soft_time_limit)),
             predict_time_limit=float(env.get("GROCERY_PREDICT_TIME_LIMIT", cls.predict_time_limit)),
             job_lease_seconds=float(env.get("GROCERY_JOB_LEASE_SECONDS", cls.job_lease_seconds)),
+            job_stall_seconds=float(env.get("GROCERY_JOB_STALL_SECONDS", cls.job_stall_seconds)),
             job_attempts=int(env.get("GROCERY_JOB_ATTEMPTS", cls.job_attempts)),
             reconcile_seconds=float(env.get("GROCERY_RECONCILE_SECONDS", cls.reconcile_seconds)),
         )

@@ -32,7 +32,7 @@ def note_listing(
     session: Session, *, job_id: uuid.UUID, attempt: int, listed: int, shards_total: int | None = None
 ) -> bool:
     """The listing's progress (files found so far; the shard count once it ends). Returns whether to stop."""
-    values = {"progress_total": listed, "heartbeat_at": func.now()}
+    values = {"progress_total": listed, "heartbeat_at": func.now(), "progress_at": func.now()}
     if shards_total is not None:
         values["shards_total"] = shards_total
     running = session.scalar(
@@ -58,6 +58,7 @@ def claim_shard(session: Session, *, shard_id: int, worker: str, device: str) ->
             device=device,
             started_at=func.now(),
             heartbeat_at=func.now(),
+            progress_at=func.now(),
         )
         .returning(JobShard)
     )
@@ -96,7 +97,9 @@ def report_shard(
     current = session.scalar(
         update(JobShard)
         .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(done=done, failed=failed, labels=labels, runtime=runtime, heartbeat_at=func.now())
+        .values(
+            done=done, failed=failed, labels=labels, runtime=runtime, heartbeat_at=func.now(), progress_at=func.now()
+        )
         .returning(JobShard.id)
     )
     if current is None:
@@ -106,7 +109,11 @@ def report_shard(
         update(Job)
         .where(Job.id == shard.job_id)
         # GREATEST: a concurrent report may be missing from this statement's snapshot.
-        .values(progress_done=func.greatest(Job.progress_done, summed.scalar_subquery()), heartbeat_at=func.now())
+        .values(
+            progress_done=func.greatest(Job.progress_done, summed.scalar_subquery()),
+            heartbeat_at=func.now(),
+            progress_at=func.now(),
+        )
         .returning(or_(Job.cancel_requested, Job.status != "running"))
     )
     return bool(stop)
@@ -121,6 +128,17 @@ def hold_shard(session: Session, *, shard: JobShard, attempt: int) -> bool:
         .returning(JobShard.id)
     )
     return held is not None
+
+
+def keep_shard_alive(session: Session, *, shard_id: int, attempt: int) -> bool:
+    """Liveness only, from the worker's presence thread while its task holds this attempt."""
+    alive = session.scalar(
+        update(JobShard)
+        .where(JobShard.id == shard_id, JobShard.attempts == attempt, JobShard.status == "running")
+        .values(heartbeat_at=func.now())
+        .returning(JobShard.id)
+    )
+    return alive is not None
 
 
 def error_row(path: str, code: str, message: str) -> dict:

@@ -252,6 +252,7 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_PREDICT_SOFT_TIME_LIMIT": str(settings.predict_soft_time_limit),
         "GROCERY_PREDICT_TIME_LIMIT": str(settings.predict_time_limit),
         "GROCERY_JOB_LEASE_SECONDS": str(settings.job_lease_seconds),
+        "GROCERY_JOB_STALL_SECONDS": str(settings.job_stall_seconds),
         "GROCERY_JOB_ATTEMPTS": str(settings.job_attempts),
         "GROCERY_RECONCILE_SECONDS": str(settings.reconcile_seconds),
     }

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,51 @@ def test_a_frozen_worker_is_replaced_and_its_late_writes_are_refused(service, la
     paths = [r["path"] for r in export_rows(client, job_id)]
     assert len(paths) == len(set(paths)) == 3000
     assert client.get(f"/jobs/{job_id}").get_json()["summary"]["done"] == 3000
+
+
+def silent_seconds(client, job: dict) -> float:
+    """How long the job's first attempt went without a progress report: from its claim to its first
+    epoch's end, less the training steps (which report); the setup and validation are silent."""
+    events = client.get(f"/jobs/{job['id']}/events").get_json()["events"]
+    running = next(e for e in events if e["kind"] == "state" and e["data"]["status"] == "running")
+    epoch = next(e for e in events if e["kind"] == "epoch")
+    elapsed = datetime.fromisoformat(epoch["at"]) - datetime.fromisoformat(running["at"])
+    return elapsed.total_seconds() - epoch["data"]["train_seconds"]
+
+
+# 64 photos to train on; validating all 296 at 224 px on one thread reports nothing for seconds.
+SILENT_VALIDATION = {**TRAIN, "epochs": 1, "train_limit": 64}
+
+
+@pytest.mark.dataset
+def test_a_long_silent_phase_keeps_its_lease(service, launchers, shared_dataset):
+    client, settings = service
+    launchers.append(Launcher(settings, "a", "train"))
+    live_workers(client, 1)
+    params = {**SILENT_VALIDATION, "data_dir": str(shared_dataset)}
+    job = wait_for(client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    # The phase really outlasted the 3 s lease: the worker's presence thread kept it alive.
+    assert silent_seconds(client, job) > settings.job_lease_seconds
+
+
+@pytest.mark.dataset
+def test_a_phase_that_makes_no_progress_is_bounded_apart_from_the_lease(
+    database_url, redis_url, shared_dataset, tiny_model, tmp_path, launchers
+):
+    limits = {**FAST_RECOVERY, "job_stall_seconds": 2, "job_attempts": 2}
+    settings = stack_settings(database_url, redis_url, shared_dataset, tmp_path, **limits)
+    client = service_for(settings, tiny_model)
+    launchers.append(Launcher(settings, "a", "train"))
+    live_workers(client, 1)
+    params = {**SILENT_VALIDATION, "data_dir": str(shared_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    job = wait_for(client, job_id, FINISHED, timeout=300)
+    assert job["status"] == "failed" and job["error"]["code"] == "stalled", job
+    assert "stalled 2 times (no progress for 2s" in job["error"]["message"] and job["attempts"] == 2
+    events = client.get(f"/jobs/{job_id}/events").get_json()["events"]
+    requeued = [e["data"].get("reason") for e in events if e["kind"] == "state" and e["data"]["status"] == "queued"]
+    assert requeued[1:] == ["no progress for 2s"]  # taken away for stalling, its worker still alive
 
 
 def free_port() -> int:

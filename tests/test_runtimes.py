@@ -70,9 +70,10 @@ def degrade(artifact_dir, fmt: str) -> None:
     """Write a deliberately wrong graph as ``fmt``: the classifier's rows rotated, so labels move class."""
     artifact = read_artifact(artifact_dir)
     model = artifact.build_model()
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
-        model.classifier.weight.copy_(model.classifier.weight.roll(1, 0))
-        model.classifier.bias.copy_(model.classifier.bias.roll(1, 0))
+        classifier.weight.copy_(classifier.weight.roll(1, 0))
+        classifier.bias.copy_(classifier.bias.roll(1, 0))
     size = artifact.preprocessing.input_size
     torch.onnx.export(
         model,
@@ -138,3 +139,22 @@ def test_gpu_variants_autocast_and_agree(served_model):
     choice = runtimes.choose(read_artifact(artifact_dir), threads=1, min_seconds=0.05)
     assert set(choice.record["variants"]) == {"torch", "torch-fp16", "torch-bf16"}
     assert choice.record["machine"].startswith("cuda:")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_gpu_decoding_classifies_as_cpu_decoding_does(served_model, tiny_dataset, tmp_path):
+    from grocery.predict import iter_image_files
+
+    artifact_dir, _ = served_model
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    paths = [*iter_image_files([tiny_dataset / "val"]), tmp_path / "broken.jpg"]
+    on_gpu = Predictor.from_path(artifact_dir, runtime="torch")
+    assert on_gpu.decode_on_gpu
+    on_cpu = Predictor.from_path(artifact_dir, runtime="torch")
+    on_cpu.decode_on_gpu = False
+    gpu_rows, cpu_rows = list(on_gpu.predict_files(paths)), list(on_cpu.predict_files(paths))
+    assert [r.error["code"] if r.error else None for r in gpu_rows] == [
+        r.error["code"] if r.error else None for r in cpu_rows
+    ]
+    same = sum(g.class_id == c.class_id for g, c in zip(gpu_rows, cpu_rows, strict=True))
+    assert same >= len(paths) - 1  # nvjpeg and libjpeg-turbo may differ by a rounding on a near-tie

@@ -59,7 +59,7 @@ def test_a_shard_is_claimed_once_and_a_stale_attempt_cannot_write(sessions):
         shards.requeue_shard(session, shard=first, attempt=1, error_message="boom")
         second = shards.claim_shard(session, shard_id=shard_id, worker="w2@h", device="cpu")
         assert second.attempts == 2
-        assert shards.report_shard(session, shard=first, attempt=1, done=1, failed=0, labels={}) is None
+        assert shards.report_shard(session, shard=first, attempt=1, done=1, failed=0, labels={}, runtime="onnx") is None
         assert not shards.hold_shard(session, shard=first, attempt=1) and shards.hold_shard(
             session, shard=second, attempt=2
         )

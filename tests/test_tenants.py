@@ -259,3 +259,15 @@ def test_the_cli_gives_a_token_its_roots(database_url, tmp_path):
         refused = grocery("create", "--name", "x", *scopes, "--roots", roots)
         assert refused.returncode == 2 and "root" in refused.stderr, roots
     assert grocery("create", "--name", "x", *scopes, "--max-active-jobs", "0").returncode == 2
+
+
+def test_a_nul_character_is_a_400_not_a_500(tenants):
+    client, made, _, photos = tenants
+    for request in (
+        {"type": "predict", "input": {"paths": [f"{photos}/team-a/\x00.jpg"]}},
+        {"type": "predict", "input": {"folder": f"{photos}/\x00"}},
+        {"type": "train", "params": {"weights": "/x\x00.pth"}},
+        {"type": "predict", "model": "prod\x00uction", "input": {"folder": str(photos / "team-a")}},
+    ):
+        response = client.post("/jobs", json=request, headers=as_(made["a"]))
+        assert response.status_code == 400, (request, response.get_json())

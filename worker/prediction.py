@@ -22,7 +22,16 @@ from service.confinement import ReadScope, job_scope
 from service.models import JobShard, Model
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
-from worker.runtime import JobError, device_name, error_code, hard_time_limit, sessions, start, worker_name
+from worker.runtime import (
+    JobError,
+    device_name,
+    error_code,
+    hard_time_limit,
+    presence,
+    sessions,
+    start,
+    worker_name,
+)
 
 log = logging.getLogger(__name__)
 # An input smaller than SPREAD full shards is cut into SPREAD smaller ones (of at least
@@ -146,6 +155,7 @@ def run_shard(task, shard_id: int) -> None:
         scope = read_scope(session, job, Settings.from_env())
         session.commit()
     attempt = shard.attempts
+    presence.hold("shard", shard.id, attempt)
     settings = Settings.from_env()
 
     def on_hard_limit():

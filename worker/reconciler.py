@@ -1,9 +1,11 @@
 """The reconciler: every worker runs one in a thread, and one at a time (a PostgreSQL advisory
 lock) it makes the queue agree with the database:
 
-- a running job or shard whose worker has not reported for GROCERY_JOB_LEASE_SECONDS goes back
-  on the queue (its next attempt resumes: a training from its checkpoint, a shard after its rows),
-  or fails once it has lost too many attempts (a job that crashes its worker every time);
+- a running job or shard whose worker has not reported for GROCERY_JOB_LEASE_SECONDS (its presence
+  thread keeps the lease of the attempt it holds, so only a dead, frozen or cut-off worker loses it),
+  or whose task made no progress for GROCERY_JOB_STALL_SECONDS, goes back on the queue (its next
+  attempt resumes: a training from its checkpoint, a shard after its rows), or fails once it has lost
+  too many attempts (a job that crashes or hangs its worker every time);
 - queued work the broker no longer holds (Redis restarted empty, or down when the API committed
   a job) is sent again; a duplicate message is harmless, since claims are conditional;
 - a listed prediction job whose last shard ended without ending the job is ended.
@@ -28,20 +30,23 @@ def reconcile(settings: Settings) -> None:
     """One pass; does nothing when another worker holds the turn."""
     from worker.prediction import end_job_if_done
 
-    lease, to_send, to_end = settings.job_lease_seconds, [], set()
+    limits = {"lease_seconds": settings.job_lease_seconds, "stall_seconds": settings.job_stall_seconds}
+    to_send, to_end = [], set()
     with sessions()() as session:
         if not recovery.take_reconcile_turn(session):
             return
-        for job in recovery.silent_jobs(session, lease_seconds=lease):
-            outcome = recovery.recover_job(session, job=job, lease_seconds=lease, max_lost=settings.job_attempts)
-            log.warning("job %s: worker silent for %ss, %s", job.id, lease, outcome)
+        for job, stalled in recovery.silent_jobs(session, **limits):
+            code, reason = recovery.lost_reason(stalled, **limits)
+            outcome = recovery.recover_job(session, job=job, code=code, reason=reason, max_lost=settings.job_attempts)
+            log.warning("job %s: %s; %s", job.id, reason, outcome)
             if outcome == "queued":
                 to_send.append((JOB_TASKS[job.type], str(job.id), job.type))
-        for shard in recovery.silent_shards(session, lease_seconds=lease):
+        for shard, stalled in recovery.silent_shards(session, **limits):
+            code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_shard(
-                session, shard=shard, lease_seconds=lease, max_attempts=settings.shard_attempts
+                session, shard=shard, code=code, reason=reason, max_attempts=settings.shard_attempts
             )
-            log.warning("shard %s of job %s: worker silent for %ss, %s", shard.id, shard.job_id, lease, outcome)
+            log.warning("shard %s of job %s: %s; %s", shard.id, shard.job_id, reason, outcome)
             if outcome == "queued":
                 to_send.append((SHARD_TASK, shard.id, "predict"))
             to_end.add(shard.job_id)

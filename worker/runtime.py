@@ -19,7 +19,7 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import crud, ops
+from service import crud, ops, shards
 from service.db import make_engine, make_session_factory
 from service.models import Job
 from service.settings import Settings
@@ -27,6 +27,11 @@ from worker.celery_app import SHARD_TASK
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
+
+
+def heartbeat_interval() -> float:
+    """Well inside the lease, so a live worker's job is never taken for a lost one."""
+    return min(HEARTBEAT_SECONDS, Settings.from_env().job_lease_seconds / 4)
 
 
 @functools.cache
@@ -46,17 +51,24 @@ def warm_up(**_) -> None:
 
 
 class Presence:
-    """This worker's row in the workers table (GET /workers, /metrics): written by a daemon thread
-    every HEARTBEAT_SECONDS, and at once when a task starts or ends or the worker stops."""
+    """This worker's row in the workers table (GET /workers, /metrics), and the lease of the job or
+    shard attempt its task holds: written by a daemon thread every HEARTBEAT_SECONDS (or a quarter
+    of the lease), and at once when a task starts or ends or the worker stops. So a task's long
+    silent phases (filling a decode cache, validating, listing a huge folder) keep their lease, and
+    only a dead, frozen or cut-off process loses it; a phase stuck forever is bounded apart, by the
+    reconciler's GROCERY_JOB_STALL_SECONDS without progress."""
 
     def __init__(self):
         self.name, self.queues, self.status = None, [], "online"
         self.job_id, self.shard_id = None, None
+        self.held = None  # ("job", id, attempt) or ("shard", id, attempt): whose lease to keep
         self.changed = threading.Event()
         self.thread = None
+        self.interval = HEARTBEAT_SECONDS
 
     def start(self, name: str, queues: list[str]) -> None:
         self.name, self.queues = name, queues
+        self.interval = heartbeat_interval()
         self.write()
         self.thread = threading.Thread(target=self._beat, name="presence", daemon=True)
         self.thread.start()
@@ -66,14 +78,18 @@ class Presence:
             setattr(self, key, value)
         self.changed.set()
 
+    def hold(self, kind: str, key, attempt: int) -> None:
+        """The task claimed this attempt: keep its lease alive until the task ends."""
+        self.held = (kind, key, attempt)
+
     def stop(self) -> None:
-        self.status, self.job_id, self.shard_id = "offline", None, None
+        self.status, self.job_id, self.shard_id, self.held = "offline", None, None, None
         if self.name is not None:
             self.write()
 
     def _beat(self) -> None:
         while self.status != "offline":
-            self.changed.wait(HEARTBEAT_SECONDS)
+            self.changed.wait(self.interval)
             self.changed.clear()
             try:
                 self.write()
@@ -93,6 +109,11 @@ class Presence:
                 job_id=self.job_id,
                 shard_id=self.shard_id,
             )
+            held = self.held
+            if held is not None and held[0] == "job":
+                crud.keep_alive(session, job_id=held[1], attempt=held[2])
+            elif held is not None:
+                shards.keep_shard_alive(session, shard_id=held[1], attempt=held[2])
             session.commit()
 
 
@@ -128,7 +149,7 @@ def task_started(task=None, args=(), **_) -> None:
 
 @task_postrun.connect
 def task_ended(**_) -> None:
-    presence.update(job_id=None, shard_id=None)
+    presence.update(job_id=None, shard_id=None, held=None)
 
 
 @contextlib.contextmanager
@@ -182,8 +203,7 @@ class JobReporter:
 
     def __init__(self, job_id: uuid.UUID, attempt: int):
         self.job_id, self.attempt = job_id, attempt
-        # Well inside the lease, so a live job is never taken for a lost one.
-        self.interval = min(HEARTBEAT_SECONDS, Settings.from_env().job_lease_seconds / 4)
+        self.interval = heartbeat_interval()
         self.last_beat = 0.0
         self.cancelled = False
 
@@ -248,6 +268,7 @@ def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
     attempt = claim(task, job_uuid)
     if attempt is None:
         return None
+    presence.hold("job", job_uuid, attempt)
     with sessions()() as session:
         return JobReporter(job_uuid, attempt), crud.get_job(session, job_id=job_uuid)
 
