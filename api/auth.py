@@ -49,9 +49,12 @@ def at_the_door():
     if request.method not in SAFE_METHODS:
         check_same_origin()
     if settings.auth == "required" and not is_public():
-        if (page := sign_in_first()) is not None:
-            return page
-        authenticate()
+        try:
+            authenticate()
+        except APIError as e:
+            if e.status == 401 and is_page_view():  # a browser is sent to sign in, not shown JSON
+                return redirect("/ui/login", code=303)
+            raise
     cap_body(settings)
     return None
 
@@ -95,11 +98,9 @@ def _is_ui() -> bool:
     return on and (request.path == UI_PREFIX.rstrip("/") or request.path.startswith(UI_PREFIX))
 
 
-def sign_in_first():
-    """A browser opening a UI page without a token is sent to the sign-in page, not shown JSON."""
-    if request.method == "GET" and _is_ui() and not request.path.startswith("/ui/_") and presented_secret() is None:
-        return redirect("/ui/login", code=303)
-    return None
+def is_page_view() -> bool:
+    """A web UI page opened in the browser (not one of Dash's own requests, /ui/_dash-*)."""
+    return request.method == "GET" and _is_ui() and not request.path.startswith("/ui/_")
 
 
 def authenticate() -> None:

@@ -148,6 +148,8 @@ def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, database_url, 
     assert client.get("/ui/assets/style.css").status_code == 200
     for path in ("/ui/_dash-layout", "/ui/_dash-dependencies"):
         assert client.get(path).status_code == 401, path
+    client.set_cookie(TOKEN_COOKIE, "revoked-or-made-up")
+    assert client.get("/ui/").headers["Location"] == "/ui/login"
     client.set_cookie(TOKEN_COOKIE, users["alice"])
     page = client.get("/ui/")
     assert page.status_code == 200 and b"grocery-jobs" in page.data
