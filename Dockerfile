@@ -14,7 +14,7 @@ RUN pip install --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/si
         torch==2.14.1 torchvision==0.29.1
 # Installed in place (editable) at /app: the code finds alembic.ini and migrations/ beside it.
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini gunicorn.conf.py ./
 COPY migrations migrations
 COPY grocery grocery
 COPY service service

@@ -97,6 +97,14 @@ def document() -> dict:
                 ],
             )
         },
+        "/jobs/{id}/results/file": {
+            "get": _op(
+                "A finished job's whole result set as a file (Content-Length, Range: a download resumes), "
+                "X-Row-Count header",
+                {"200": {"description": "the results", "content": {"text/csv": {}, "application/x-ndjson": {}}}},
+                params=[*job_id, ("format", "query", "string")],
+            )
+        },
         "/jobs/{id}/shards": {
             "get": _op(
                 "A prediction job's shards: files, status, attempts and worker of each",

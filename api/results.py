@@ -3,16 +3,19 @@
 import csv
 import io
 import json
+import uuid
+from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
 from api import services
 from api.errors import APIError
 from api.jobs import existing_job, int_arg, iso
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
+from grocery.client import ROW_COUNT_HEADER
 from service import crud, tokens
 from service.confinement import PathRefused, job_scope
-from service.models import JobShard, Prediction
+from service.models import FINISHED_STATUSES, JobShard, Prediction
 
 blueprint = Blueprint("results", __name__)
 FORMATS = ("json", "csv", "jsonl")
@@ -80,20 +83,68 @@ def _bool_arg(name: str) -> bool | None:
 
 
 def export(job_id, output: str, filters: dict) -> Response:
-    """Stream the whole (filtered) set: rows go out as the database cursor yields them."""
+    """Stream the whole (filtered) set: rows go out as the database cursor yields them. The row count
+    goes first, in a header, from the same snapshot as the rows, so a client can tell a cut download."""
+    session = services().sessions()
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    count = crud.count_predictions(session, job_id=job_id, **filters)
     encode = _csv_lines if output == "csv" else _jsonl_lines
 
     def generate():
-        with services().sessions() as session:
+        try:
             yield from encode(crud.stream_predictions(session, job_id=job_id, **filters))
+        finally:
+            session.close()
 
     mimetype = "text/csv" if output == "csv" else "application/x-ndjson"
     filename = f"{job_id}-results.{output}"
-    return Response(
+    response = Response(
         stream_with_context(generate()),
         mimetype=mimetype,
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', ROW_COUNT_HEADER: str(count)},
     )
+    response.call_on_close(session.close)  # also when the client leaves before the first row
+    return response
+
+
+@blueprint.get("/jobs/<job_id>/results/file")
+def results_file(job_id: str):
+    """A finished job's whole result set as a file: Content-Length, and Range for a download that
+    resumes where it was cut (curl -C -). Written once, on the first request, then served as it is."""
+    output = request.args.get("format", "csv")
+    if output not in ("csv", "jsonl"):
+        raise APIError(400, "invalid_parameter", "format must be csv or jsonl")
+    with services().sessions() as session:
+        job = existing_job(session, job_id)
+        if job.status not in FINISHED_STATUSES:
+            raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: stream its results instead")
+        path = services().settings.export_dir / str(job.id) / f"results.{output}"
+        if not path.is_file():
+            write_export_file(session, job.id, output, path)
+        count = crud.count_predictions(session, job_id=job.id)
+    response = send_file(
+        path,
+        mimetype="text/csv" if output == "csv" else "application/x-ndjson",
+        as_attachment=True,
+        download_name=f"{job.id}-results.{output}",
+        conditional=True,  # Range requests, If-Range and ETags
+    )
+    response.headers[ROW_COUNT_HEADER] = str(count)
+    return response
+
+
+def write_export_file(session, job_id, output: str, path: Path) -> None:
+    """The whole set, written to a private name first: a concurrent first request writes its own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    encode = _csv_lines if output == "csv" else _jsonl_lines
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as f:
+            for text in encode(crud.stream_predictions(session, job_id=job_id)):
+                f.write(text)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _jsonl_lines(rows):

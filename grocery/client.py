@@ -6,6 +6,9 @@ the request or could not be reached (its error message is printed).
 """
 
 import argparse
+import csv
+import http.client
+import io
 import json
 import mimetypes
 import os
@@ -17,6 +20,8 @@ import uuid
 from pathlib import Path
 
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
+# The export's record count, sent before its body so a client can tell a cut download from a whole one.
+ROW_COUNT_HEADER = "X-Row-Count"
 TRAIN_OPTIONS = (
     "epochs",
     "batch_size",
@@ -40,18 +45,22 @@ class Client:
         self.url, self.token = url.rstrip("/"), token
 
     def call(self, method: str, path: str, body: dict | None = None, *, data: bytes | None = None, content_type=None):
+        if body is not None:
+            data, content_type = json.dumps(body).encode(), "application/json"
+        with self.open(method, path, data=data, content_type=content_type) as response:
+            raw = response.read()
+            return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+
+    def open(self, method: str, path: str, *, data: bytes | None = None, content_type=None, timeout: float = 60):
+        """The response, to read as it arrives; an API error or an unreachable API is an APIError."""
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        if body is not None:
-            data, content_type = json.dumps(body).encode(), "application/json"
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                raw = response.read()
-                return json.loads(raw) if response.headers.get_content_type() == "application/json" else raw
+            return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as e:
             try:
                 error = json.loads(e.read())["error"]
@@ -112,9 +121,30 @@ def submit(client: Client, args) -> int:
 
 
 def results(client: Client, args) -> int:
-    body = client.call("GET", f"/jobs/{args.job_id}/results?format={args.format}")
-    sys.stdout.write(body.decode() if isinstance(body, bytes) else json.dumps(body))
+    """Stream the export to stdout and check it arrived whole: the API says its row count up front."""
+    with client.open("GET", f"/jobs/{args.job_id}/results?format={args.format}", timeout=300) as response:
+        expected = response.headers.get(ROW_COUNT_HEADER)
+        try:
+            received = copy_counting_rows(response, args.format, sys.stdout)
+        except (http.client.IncompleteRead, OSError) as e:
+            raise APIError(f"the download was cut short ({e}); run it again") from None
+    if expected is not None and received != int(expected):
+        raise APIError(f"the download was cut short: {received} of {expected} rows arrived; run it again")
     return 0
+
+
+def copy_counting_rows(response, fmt: str, out) -> int:
+    """Copy the body to ``out`` as it arrives; returns its records (a CSV field may hold a newline)."""
+    lines = _copied(io.TextIOWrapper(response, encoding="utf-8", newline=""), out)
+    if fmt == "csv":
+        return max(0, sum(1 for _ in csv.reader(lines)) - 1)  # less the header row
+    return sum(1 for line in lines if line.strip())
+
+
+def _copied(lines, out):
+    for line in lines:
+        out.write(line)
+        yield line
 
 
 def list_jobs(client: Client, args) -> int:

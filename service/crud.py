@@ -319,6 +319,11 @@ def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filte
     return list(session.scalars(predictions_query(job_id=job_id, **filters).limit(limit)))
 
 
+def count_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> int:
+    query = predictions_query(job_id=job_id, **filters)
+    return session.scalar(select(func.count()).select_from(query.subquery()))
+
+
 def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Iterator[Prediction]:
     """Every matching result through a server-side cursor: memory holds one batch, not the set."""
     query = predictions_query(job_id=job_id, **filters).execution_options(yield_per=1000)

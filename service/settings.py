@@ -43,6 +43,8 @@ class Settings:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     model_dir: Path = Path("var/models")
     upload_dir: Path = Path("var/uploads")
+    # Finished jobs' results as files (GET /jobs/<id>/results/file), written on first request.
+    export_dir: Path = Path("var/exports")
     input_roots: tuple[Path, ...] = field(default_factory=tuple)
     # API tokens: "required" (every route but health and the API document needs a Bearer token) or
     # "off" (anyone who can reach the API may use it: `make run` on loopback).
@@ -110,6 +112,7 @@ class Settings:
             data_dir=data_dir,
             model_dir=Path(env.get("GROCERY_MODEL_DIR", "var/models")).resolve(),
             upload_dir=upload_dir,
+            export_dir=Path(env.get("GROCERY_EXPORT_DIR", "var/exports")).resolve(),
             # The upload storage is never a root: each job reads its own uploads (service/confinement.py).
             input_roots=_paths(roots) if roots else (data_dir,),
             auth=_auth(env.get("GROCERY_AUTH", cls.auth)),

@@ -218,6 +218,7 @@ def stack_settings(database_url: str, redis_url: str, data_dir: Path, store: Pat
         data_dir=data_dir,
         model_dir=store / "models",
         upload_dir=store / "uploads",
+        export_dir=store / "exports",
         input_roots=(data_dir, SHARED_DATASET.resolve(), (store / "photos").resolve()),
         min_shard_size=1,
     )
@@ -238,6 +239,7 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_DATA_DIR": str(settings.data_dir),
         "GROCERY_MODEL_DIR": str(settings.model_dir),
         "GROCERY_UPLOAD_DIR": str(settings.upload_dir),
+        "GROCERY_EXPORT_DIR": str(settings.export_dir),
         "GROCERY_INPUT_ROOTS": ":".join(map(str, settings.input_roots)),
         "GROCERY_AUTH": settings.auth,
         "GROCERY_SHARD_SIZE": str(settings.shard_size),
