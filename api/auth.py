@@ -19,6 +19,8 @@ ANY_HOST = {"health.healthz", "health.readyz"}
 SCOPE_OF = {
     "jobs.submit_job": "jobs:write",
     "jobs.cancel_job": "jobs:write",
+    "jobs.delete_job": "jobs:write",
+    "models.delete_model": "ops",
     "workshop.predict": "jobs:write",
     "models.move_alias": "ops",
     "ops.workers": "ops",

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from api import auth, enqueue, services, uploads
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
-from service import confinement, crud, shards
-from service.models import JOB_STATUSES, JOB_TYPES, Job
+from service import confinement, crud, lifecycle, shards
+from service.models import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
@@ -337,6 +337,19 @@ def cancel_job(job_id: str):
         if outcome is None:
             raise APIError(409, "job_finished", f"job {job_id} already ended {job.status}")
         return jsonify(job_json(job)), 202 if outcome == "running" else 200
+
+
+@blueprint.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    """A finished job with its results, events, shards and uploaded files; a live one is cancelled first."""
+    with services().sessions() as session:
+        job = existing_job(session, job_id)
+        if job.status not in FINISHED_STATUSES:
+            raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: cancel it, then delete it")
+        lifecycle.delete_jobs(session, job_ids=[job.id])
+        session.commit()
+    lifecycle.remove_files(lifecycle.job_files(services().settings, job.id))
+    return "", 204
 
 
 @blueprint.get("/jobs/<job_id>/events")

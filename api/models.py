@@ -8,7 +8,7 @@ from api import services
 from api.errors import APIError
 from api.jobs import iso, json_body
 from api.schemas import AliasRequest
-from service import crud
+from service import crud, lifecycle
 from service.models import Model
 
 blueprint = Blueprint("models", __name__)
@@ -45,6 +45,26 @@ def get_model(reference: str):
         if model is None:
             raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
         return jsonify(model_json(model, crud.aliases_of(session, model_id=model.id)))
+
+
+@blueprint.delete("/models/<model_id>")
+def delete_model(model_id: str):
+    """A model no alias names and no queued or running job uses, with its artifact."""
+    try:
+        model_uuid = uuid.UUID(model_id)
+    except ValueError:
+        raise APIError(404, "model_not_found", f"no model {model_id!r} (delete takes a model id)") from None
+    with services().sessions() as session:
+        model = session.get(Model, model_uuid, with_for_update=True)
+        if model is None:
+            raise APIError(404, "model_not_found", f"no model {model_id}")
+        reason = lifecycle.model_in_use(session, model_id=model.id)
+        if reason is not None:
+            raise APIError(409, "model_in_use", f"model {model_id} is in use: {reason}")
+        folder = lifecycle.delete_model(session, model=model, settings=services().settings)
+        session.commit()
+    lifecycle.remove_files([folder] if folder else [])
+    return "", 204
 
 
 @blueprint.put("/models/aliases/<name>")

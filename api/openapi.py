@@ -78,7 +78,14 @@ def document() -> dict:
                 ],
             ),
         },
-        "/jobs/{id}": {"get": _op("A job's status, progress and result", {"200": JOB}, params=job_id)},
+        "/jobs/{id}": {
+            "get": _op("A job's status, progress and result", {"200": JOB}, params=job_id),
+            "delete": _op(
+                "Delete a finished job with its results, events, shards and uploaded files (409 while it runs)",
+                {"204": {"description": "deleted"}},
+                params=job_id,
+            ),
+        },
         "/jobs/{id}/cancel": {"post": _op("Cancel a job", {"200": JOB, "202": JOB}, params=job_id)},
         "/jobs/{id}/events": {"get": _op("State transitions and per-epoch metrics", {"200": JOB}, params=job_id)},
         "/jobs/{id}/results": {
@@ -113,7 +120,14 @@ def document() -> dict:
             )
         },
         "/models": {"get": _op("Registered models, newest first", {"200": JOB})},
-        "/models/{id}": {"get": _op("A model by id, 'latest' or alias", {"200": JOB}, params=job_id)},
+        "/models/{id}": {
+            "get": _op("A model by id, 'latest' or alias", {"200": JOB}, params=job_id),
+            "delete": _op(
+                "Delete a model no alias names and no queued or running job uses, with its artifact (409 else)",
+                {"204": {"description": "deleted"}},
+                params=job_id,
+            ),
+        },
         "/models/aliases/{name}": {
             "put": _op(
                 "Point an alias at a model", {"200": JOB}, body="AliasRequest", params=[("name", "path", "string")]

@@ -82,6 +82,7 @@ class ServiceCollector:
             yield from job_metrics(session)
             yield from throughput_metrics(session)
             yield from queue_metrics(session)
+            yield from growth_metrics(session)
         yield from pool_metrics()
 
 
@@ -141,6 +142,22 @@ def queue_metrics(session):
     for name in QUEUES:
         age.add_metric([name], (now - oldest[name]).total_seconds() if name in oldest else 0)
     yield age
+
+
+def growth_metrics(session):
+    """What the service keeps, to alert on before the disk fills: bytes in its storage, result rows."""
+    settings = services().settings
+    stored = GaugeMetricFamily("grocery_storage_bytes", "Bytes held in the service's storage", labels=["store"])
+    for store, folder in (
+        ("uploads", settings.upload_dir),
+        ("models", settings.model_dir),
+        ("exports", settings.export_dir),
+    ):
+        stored.add_metric([store], ops.folder_bytes(folder))
+    yield stored
+    yield GaugeMetricFamily(
+        "grocery_result_rows", "Rows of the results table (PostgreSQL's estimate)", value=ops.result_rows(session)
+    )
 
 
 def pool_metrics():

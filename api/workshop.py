@@ -17,6 +17,7 @@ from api import auth, enqueue, services
 from api.errors import APIError
 from api.jobs import check_quota
 from service import crud
+from service.lifecycle import PREDICT_SOURCE
 from service.models import FINISHED_STATUSES
 
 blueprint = Blueprint("workshop", __name__)
@@ -148,7 +149,7 @@ def predict():
             job_id=job_id,
             model_id=model.id,
             progress_unit="files",
-            params={"model": str(model.id), "input": {"paths": [str(path)]}},
+            params={"model": str(model.id), "input": {"paths": [str(path)]}, "source": PREDICT_SOURCE},
             owner_token_id=auth.owner_id(),
         )
         session.commit()

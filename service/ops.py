@@ -1,13 +1,16 @@
 """Small keyword-only data functions for operators: the worker registry, queue ages, metrics."""
 
+import os
+import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
-from sqlalchemy import case, func, literal, select, union_all
+from sqlalchemy import case, func, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobShard, Worker
+from service.models import Job, JobShard, Prediction, Worker
 
 # A worker that has not reported for this long is not counted as live.
 WORKER_LIVE_SECONDS = 30
@@ -96,3 +99,40 @@ def images_classified(session: Session, *, window_seconds: int = 60) -> tuple[in
     since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, window_seconds)
     recent = session.scalar(select(func.coalesce(func.sum(JobShard.done), 0)).where(JobShard.finished_at > since))
     return int(total), recent / window_seconds
+
+
+# A folder's size is walked at most this often per process: a scrape stays cheap with a million uploads.
+FOLDER_BYTES_SECONDS = 60.0
+_folder_bytes: dict[Path, tuple[float, int]] = {}
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (symlinks not followed), cached FOLDER_BYTES_SECONDS."""
+    cached = _folder_bytes.get(folder)
+    if cached is not None and time.monotonic() - cached[0] < FOLDER_BYTES_SECONDS:
+        return cached[1]
+    total, pending = 0, [folder]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue  # gone, or not readable: counts nothing
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    _folder_bytes[folder] = (time.monotonic(), total)
+    return total
+
+
+# Above this many result rows /metrics reports PostgreSQL's estimate: an exact count costs a scan.
+EXACT_ROWS_BELOW = 100_000
+
+
+def result_rows(session: Session) -> int:
+    """Rows of the results table: exact while small, the planner's estimate (kept by ANALYZE) beyond."""
+    estimate = session.scalar(text("SELECT reltuples::bigint FROM pg_class WHERE relname = 'predictions'")) or -1
+    if estimate >= EXACT_ROWS_BELOW:
+        return estimate
+    return session.scalar(select(func.count()).select_from(Prediction))

@@ -12,6 +12,23 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(p).resolve() for p in value.split(":") if p)
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(name: str, value: str | None) -> float | None:
+    """'30d', '12h', '15m', '90s' in seconds; unset or empty: None (kept for ever)."""
+    if not value:
+        return None
+    number, unit = value[:-1], value[-1:]
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"{name} must be a duration such as 30d, 12h, 15m or 90s, not {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return seconds
+
+
 def _switch(name: str, value: str) -> bool:
     if value not in ("on", "off"):
         raise ValueError(f"{name} must be 'on' or 'off', not {value!r}")
@@ -98,6 +115,10 @@ class Settings:
     job_stall_seconds: float = 3600
     job_attempts: int = 3
     reconcile_seconds: float = 15
+    # Finished jobs older than this are deleted with their results and uploads (None: kept); the
+    # workshop's one-file POST /predict jobs may have a shorter retention of their own.
+    job_retention_seconds: float | None = None
+    predict_retention_seconds: float | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -143,4 +164,6 @@ class Settings:
             job_stall_seconds=float(env.get("GROCERY_JOB_STALL_SECONDS", cls.job_stall_seconds)),
             job_attempts=int(env.get("GROCERY_JOB_ATTEMPTS", cls.job_attempts)),
             reconcile_seconds=float(env.get("GROCERY_RECONCILE_SECONDS", cls.reconcile_seconds)),
+            job_retention_seconds=_duration("GROCERY_JOB_RETENTION", env.get("GROCERY_JOB_RETENTION")),
+            predict_retention_seconds=_duration("GROCERY_PREDICT_RETENTION", env.get("GROCERY_PREDICT_RETENTION")),
         )

@@ -257,7 +257,13 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_JOB_STALL_SECONDS": str(settings.job_stall_seconds),
         "GROCERY_JOB_ATTEMPTS": str(settings.job_attempts),
         "GROCERY_RECONCILE_SECONDS": str(settings.reconcile_seconds),
+        "GROCERY_JOB_RETENTION": _duration(settings.job_retention_seconds),
+        "GROCERY_PREDICT_RETENTION": _duration(settings.predict_retention_seconds),
     }
+
+
+def _duration(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:g}s"
 
 
 def clean_store(database_url: str, redis_url: str) -> None:

@@ -155,3 +155,36 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(serv
             time.sleep(0.2)
     finally:
         launcher.stop()
+
+
+def test_metrics_show_what_the_service_keeps(service, database_url):
+    from service import crud
+    from service.db import make_engine, make_session_factory
+
+    client, settings = service
+    (settings.upload_dir / "some-job" / "input").mkdir(parents=True)
+    (settings.upload_dir / "some-job" / "input" / "a.jpg").write_bytes(b"x" * 1000)
+    (settings.upload_dir / "some-job" / "b.jpg").write_bytes(b"y" * 234)
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        rows = [crud_row(f"/p/{i}.jpg") for i in range(7)]
+        crud.add_predictions(session, job_id=job.id, rows=rows)
+        session.commit()
+    engine.dispose()
+    samples = metrics(client)
+    assert samples[("grocery_storage_bytes", (("store", "uploads"),))] == 1234
+    assert samples[("grocery_storage_bytes", (("store", "exports"),))] == 0
+    assert samples[("grocery_result_rows", ())] == 7
+
+
+def crud_row(path: str) -> dict:
+    return {
+        "path": path,
+        "label": "Apple",
+        "class_id": 0,
+        "confidence": 0.9,
+        "top5": [],
+        "error_code": None,
+        "error_message": None,
+    }

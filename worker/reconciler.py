@@ -17,7 +17,7 @@ import uuid
 
 from celery.signals import worker_ready
 
-from service import recovery
+from service import lifecycle, recovery
 from service.broker import queue_depths
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
@@ -57,6 +57,23 @@ def reconcile(settings: Settings) -> None:
         app.send_task(task, args=[argument], queue=queue)
     for job_id in to_end:
         end_job_if_done(job_id)
+    delete_expired(settings)
+
+
+def delete_expired(settings: Settings) -> None:
+    """Finished jobs past GROCERY_JOB_RETENTION (or GROCERY_PREDICT_RETENTION), a batch a round."""
+    with sessions()() as session:
+        expired = lifecycle.expired_jobs(
+            session,
+            retention_seconds=settings.job_retention_seconds,
+            predict_retention_seconds=settings.predict_retention_seconds,
+        )
+        lifecycle.delete_jobs(session, job_ids=expired)
+        session.commit()
+    for job_id in expired:
+        lifecycle.remove_files(lifecycle.job_files(settings, job_id))
+    if expired:
+        log.info("deleted %d finished jobs past their retention", len(expired))
 
 
 def lost_messages(session, older_than: float, already: set) -> list[tuple[str, object, str]]:

@@ -1,0 +1,72 @@
+"""Deleting what the service keeps: a finished job with its rows and files, a model nothing uses, and
+finished jobs past their retention. Rows go in the caller's transaction, files once it has committed
+(a rolled-back delete leaves its files), so what is deleted is gone from disk and database alike."""
+
+import shutil
+import uuid
+from pathlib import Path
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.models import FINISHED_STATUSES, Job, Model, ModelAlias
+from service.settings import Settings
+
+LIVE_STATUSES = ("queued", "running")
+# The workshop's POST /predict marks its one-file jobs so they may be kept for less time.
+PREDICT_SOURCE = "predict"
+
+
+def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path]:
+    """A job's own files: its uploads and its result files. A training job's model artifact is the
+    registry's (the model outlives the job) and goes with DELETE /models/<id>."""
+    return [settings.upload_dir / str(job_id), settings.export_dir / str(job_id)]
+
+
+def delete_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> None:
+    """The jobs' rows; their results, shards and events go with them (ON DELETE CASCADE), and the
+    models they trained stay, without their producing job (ON DELETE SET NULL)."""
+    if job_ids:
+        session.execute(delete(Job).where(Job.id.in_(job_ids)))
+
+
+def remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def expired_jobs(
+    session: Session, *, retention_seconds: float | None, predict_retention_seconds: float | None, limit: int = 100
+) -> list[uuid.UUID]:
+    """Finished jobs older than their retention (None: kept), oldest first, a batch at a time."""
+    expired = []
+    if retention_seconds is not None:
+        expired.append(Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, retention_seconds))
+    if predict_retention_seconds is not None:
+        older = Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, predict_retention_seconds)
+        expired.append(older & (Job.params["source"].astext == PREDICT_SOURCE))
+    if not expired:
+        return []
+    query = select(Job.id).where(Job.status.in_(FINISHED_STATUSES), or_(*expired))
+    return list(session.scalars(query.order_by(Job.finished_at).limit(limit)))
+
+
+def model_in_use(session: Session, *, model_id: uuid.UUID) -> str | None:
+    """Why the model cannot be deleted now (an alias names it, a live job uses it), or None."""
+    alias = session.scalar(select(ModelAlias.name).where(ModelAlias.model_id == model_id).limit(1))
+    if alias is not None:
+        return f"the alias {alias!r} names it: move the alias first"
+    user = session.scalar(select(Job.id).where(Job.model_id == model_id, Job.status.in_(LIVE_STATUSES)).limit(1))
+    if user is not None:
+        return f"job {user} is queued or running with it"
+    return None
+
+
+def delete_model(session: Session, *, model: Model, settings: Settings) -> Path | None:
+    """The model's row; finished jobs that used it keep its id in their params. Returns the folder to
+    remove: its artifact's, when that lies in the service's model storage (never a folder elsewhere)."""
+    session.execute(update(Job).where(Job.model_id == model.id).values(model_id=None))
+    session.execute(delete(Model).where(Model.id == model.id))
+    artifact = Path(model.artifact_path).resolve()
+    storage = settings.model_dir.resolve()
+    return artifact if artifact.is_relative_to(storage) and artifact != storage else None

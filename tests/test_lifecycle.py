@@ -1,0 +1,136 @@
+"""Data that can be deleted: jobs with their rows and files, models with their artifacts, retention.
+Real PostgreSQL, Redis and worker processes; what is deleted is checked on disk and in the tables."""
+
+import io
+import time
+import uuid
+
+import pytest
+from conftest import FINISHED, clean_store, seed_tiny_model, stack_settings, start_worker, stop_worker, wait_for
+from sqlalchemy import create_engine, text
+
+from api import create_app
+from service import tokens
+from service.db import make_engine, make_session_factory
+
+TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def stack(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("lifecycle"))
+    clean_store(database_url, redis_url)
+    seed_tiny_model(database_url, tiny_model)
+    worker = start_worker("lifecycle@%h", ["train", "predict"], settings)
+    yield create_app(settings).test_client(), settings
+    stop_worker(worker)
+
+
+def rows_of(database_url: str, job_id: str) -> dict[str, int]:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        counts = {
+            table: connection.execute(text(f"SELECT count(*) FROM {table} WHERE {key} = :id"), {"id": job_id}).scalar()
+            for table, key in (
+                ("jobs", "id"),
+                ("predictions", "job_id"),
+                ("job_shards", "job_id"),
+                ("job_events", "job_id"),
+            )
+        }
+    engine.dispose()
+    return counts
+
+
+# These two run first: they clean the store and start their own worker, before the module's stack exists.
+def test_a_read_token_cannot_delete(database_url, redis_url, tmp_path):
+    clean_store(database_url, redis_url)
+    engine = make_engine(database_url)
+    with make_session_factory(engine)() as session:
+        _, reader = tokens.create_token(session, name="reader", scopes=["jobs:read"])
+        _, writer = tokens.create_token(session, name="writer", scopes=["jobs:read", "jobs:write"])
+        session.commit()
+    engine.dispose()
+    settings = stack_settings(database_url, redis_url, tmp_path, tmp_path, auth="required")
+    client = create_app(settings).test_client()
+    job, model = uuid.uuid4(), uuid.uuid4()
+    assert client.delete(f"/jobs/{job}", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+    assert client.delete(f"/jobs/{job}", headers={"Authorization": f"Bearer {writer}"}).status_code == 404
+    assert client.delete(f"/models/{model}", headers={"Authorization": f"Bearer {writer}"}).status_code == 403
+
+
+def test_retention_removes_old_predict_jobs_and_keeps_the_rest(
+    database_url, redis_url, tiny_dataset, tiny_model, tmp_path
+):
+    limits = {"predict_retention_seconds": 2, "reconcile_seconds": 1}
+    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, **limits)
+    clean_store(database_url, redis_url)
+    seed_tiny_model(database_url, tiny_model)
+    client = create_app(settings).test_client()
+    worker = start_worker("retention@%h", ["predict"], settings)
+    try:
+        photo = next((tiny_dataset / "val").glob("*/*/*.jpg")).read_bytes()
+        answer = client.post("/predict", data={"file": (io.BytesIO(photo), "shelf.jpg")}).get_json()
+        predicted = answer["job_id"]
+        folder = client.post("/jobs", json={"type": "predict", "input": {"folder": str(tiny_dataset / "val")}})
+        kept = wait_for(client, folder.get_json()["id"], FINISHED)["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/jobs/{predicted}").status_code != 404:
+            assert time.monotonic() < deadline, "the /predict job outlived its retention"
+            time.sleep(0.5)
+        assert not (settings.upload_dir / predicted).exists()
+        assert client.get(f"/jobs/{kept}").status_code == 200  # no GROCERY_JOB_RETENTION: kept
+    finally:
+        stop_worker(worker)
+
+
+def test_deleting_a_finished_job_removes_its_rows_and_files(stack, tiny_dataset, database_url):
+    client, settings = stack
+    photos = sorted((tiny_dataset / "val").glob("*/*/*.jpg"))[:4]
+    files = [(io.BytesIO(p.read_bytes()), p.name) for p in photos]
+    job_id = client.post("/jobs", data={"files": files}, content_type="multipart/form-data").get_json()["id"]
+    assert wait_for(client, job_id, FINISHED)["status"] == "succeeded"
+    assert client.get(f"/jobs/{job_id}/results/file?format=csv").status_code == 200  # an export file too
+    uploads, exports = settings.upload_dir / job_id, settings.export_dir / job_id
+    assert uploads.is_dir() and exports.is_dir()
+    assert rows_of(database_url, job_id) == {"jobs": 1, "predictions": 4, "job_shards": 1, "job_events": 3}
+
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert rows_of(database_url, job_id) == {"jobs": 0, "predictions": 0, "job_shards": 0, "job_events": 0}
+    assert not uploads.exists() and not exports.exists()
+    assert client.delete(f"/jobs/{job_id}").status_code == 404
+
+
+def test_a_running_job_is_409_until_cancelled(stack, tiny_dataset):
+    client, _ = stack
+    params = {**TRAIN, "epochs": 200, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    wait_for(client, job_id, {"running"})
+    refused = client.delete(f"/jobs/{job_id}")
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "job_not_finished"
+    client.post(f"/jobs/{job_id}/cancel")
+    assert wait_for(client, job_id, FINISHED)["status"] == "cancelled"
+    assert client.delete(f"/jobs/{job_id}").status_code == 204
+
+
+def test_models_outlive_their_job_and_are_deleted_when_unused(stack, tiny_dataset):
+    client, settings = stack
+    params = {**TRAIN, "data_dir": str(tiny_dataset)}
+    job = wait_for(client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED)
+    assert job["status"] == "succeeded", job["error"]
+    model_id = job["result"]["model_id"]
+    artifact = settings.model_dir / job["id"] / "attempt-1"
+    assert (artifact / "model.safetensors").is_file()
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204
+    kept = client.get(f"/models/{model_id}").get_json()
+    assert kept["job_id"] is None and (artifact / "model.safetensors").is_file()  # the registry keeps it
+
+    client.put("/models/aliases/staging", json={"model_id": model_id})
+    refused = client.delete(f"/models/{model_id}")
+    assert refused.status_code == 409 and "alias 'staging'" in refused.get_json()["error"]["message"]
+    other = client.get("/models").get_json()["models"][-1]["id"]  # the seeded model
+    client.put("/models/aliases/staging", json={"model_id": other})
+    assert client.delete(f"/models/{model_id}").status_code == 204
+    assert client.get(f"/models/{model_id}").status_code == 404 and not artifact.exists()
+    assert client.delete(f"/models/{uuid.uuid4()}").status_code == 404
