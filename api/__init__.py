@@ -1,12 +1,13 @@
 """The Flask API: validates, writes the row, commits, then enqueues by task name. Never imports torch."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import Celery
 from flask import Flask, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import register_error_handlers
+from service.confinement import configuration_problems
 from service.db import make_engine, make_session_factory
 from service.settings import Settings
 
@@ -19,17 +20,23 @@ class Services:
     settings: Settings
     sessions: sessionmaker[Session]
     queue: Celery
+    # What is wrong with the settings, found at start: /readyz is not ready while any is listed.
+    problems: list[str] = field(default_factory=list)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.config["MAX_FORM_PARTS"] = settings.max_job_files + 16  # one part a file, plus the form fields
+    # One part a file, plus the form fields: each part costs memory while the form is parsed.
+    app.config["MAX_FORM_PARTS"] = min(settings.max_upload_files, settings.max_job_files) + 16
     engine = make_engine(settings.database_url)
     queue = Celery("grocery", broker=settings.redis_url)
     queue.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
-    app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue)
+    problems = configuration_problems(settings)
+    for problem in problems:
+        app.logger.error("misconfigured: %s", problem)
+    app.extensions["grocery"] = Services(settings, make_session_factory(engine), queue, problems)
     register_error_handlers(app)
     from api.auth import register_auth
 

@@ -2,7 +2,7 @@
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 
@@ -32,6 +32,11 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(e: HTTPException):
         code = (e.name or "error").lower().replace(" ", "_")
         return error_response(e.code or 500, code, e.description or e.name)
+
+    @app.errorhandler(DataError)
+    def unstorable_value(e):
+        # PostgreSQL refuses some values outright (a NUL character in a text): the request's fault.
+        return error_response(400, "invalid_value", "a value of the request cannot be stored or searched for")
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

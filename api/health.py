@@ -2,9 +2,11 @@
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from api import services
+from api.auth import presented_secret
+from service import tokens
 
 blueprint = Blueprint("health", __name__)
 
@@ -17,14 +19,44 @@ def healthz():
 @blueprint.get("/readyz")
 def readyz():
     checks = {"database": _check(_database_at_head), "redis": _check(_redis_answers)}
-    ready = all(v == "ok" for v in checks.values())
-    return jsonify({"status": "ready" if ready else "not_ready", "checks": checks}), 200 if ready else 503
+    configuration = _configuration()
+    ready = configuration == "ok" and all(v == "ok" for v in checks.values())
+    if not ready:
+        current_app.logger.warning("not ready: configuration %s, checks %s", configuration, checks)
+        if not _may_see_reasons():
+            # Drivers' messages name hosts, ports and users: only operators see them (and the log).
+            hidden = "error (the reason is in the API's log)"
+            checks = {name: "ok" if v == "ok" else hidden for name, v in checks.items()}
+            configuration = "ok" if configuration == "ok" else hidden
+    body = {"status": "ready" if ready else "not_ready", "checks": checks, "configuration": configuration}
+    return jsonify(body), 200 if ready else 503
+
+
+def _configuration() -> str:
+    problems = services().problems
+    return "ok" if not problems else "error: " + "; ".join(problems)
+
+
+def _may_see_reasons() -> bool:
+    """With authentication off (loopback), or for an ops token; a lookup that fails (the database
+    is down) shows nothing."""
+    if services().settings.auth == "off":
+        return True
+    secret = presented_secret()
+    if not secret:
+        return False
+    try:
+        with services().sessions() as session:
+            token = tokens.find_token(session, secret=secret)
+    except Exception:
+        return False
+    return token is not None and "ops" in token.scopes
 
 
 def _check(probe) -> str:
     try:
         return probe()
-    except Exception as e:  # any failure means "not ready", with the reason shown
+    except Exception as e:  # any failure means "not ready"
         return f"error: {e.__class__.__name__}: {e}"
 
 

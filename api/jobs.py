@@ -5,7 +5,6 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
@@ -14,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from api import auth, enqueue, services, uploads
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
-from service import crud, lifecycle, shards
+from service import confinement, crud, lifecycle, shards
 from service.models import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
 
 blueprint = Blueprint("jobs", __name__)
@@ -62,6 +61,16 @@ def parse_job_id(text: str) -> uuid.UUID:
         raise APIError(404, "not_found", f"no job {text!r}: job ids are UUIDs") from None
 
 
+def idempotency_key() -> str | None:
+    """The Idempotency-Key header: 1 to 255 printable ASCII characters, a key of this owner's only."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not all(" " <= c <= "~" for c in key):
+        raise APIError(400, "invalid_idempotency_key", "Idempotency-Key: give 1 to 255 printable ASCII characters")
+    return key
+
+
 def json_body() -> object:
     body = request.get_json(silent=True)
     if body is None:
@@ -71,14 +80,14 @@ def json_body() -> object:
 
 @blueprint.post("/jobs")
 def submit_job():
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key()
     if request.mimetype == "multipart/form-data":
         return submit_upload(key)
     body = json_body()
     spec = job_request.validate_python(body)
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     with services().sessions() as session:
-        if key and (existing := crud.get_job_by_idempotency_key(session, key=key)) is not None:
+        if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, spec.model) if isinstance(spec, PredictJobRequest) else None
         job, created = record_job(
@@ -90,19 +99,24 @@ def submit_job():
 def submit_upload(key: str | None):
     """A prediction job on uploaded images: the files are stored first, then the row, then the queue."""
     form = uploads.upload_form(request.form)
+    check_shard_size(form.shard_size, files=None)  # before anything is stored
     body_hash = uploads.upload_digest(request.form, request.files)
     settings = services().settings
     with services().sessions() as session:
-        if key and (existing := crud.get_job_by_idempotency_key(session, key=key)) is not None:
+        if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, form.model)
         job_id = uuid.uuid4()
         folder = settings.upload_dir / str(job_id) / "input"
         try:
             stored = uploads.store_upload(
-                request.files, folder, max_files=settings.max_job_files, max_bytes=settings.max_job_bytes
+                request.files,
+                folder,
+                max_files=min(settings.max_upload_files, settings.max_job_files),
+                max_bytes=settings.max_job_bytes,
             )
             options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
+            check_shard_size(options.get("shard_size"), files=stored["files"])
             params = {"model": form.model, "input": {"folder": str(folder), "upload": stored}, **options}
             job, created = record_job(
                 session,
@@ -127,6 +141,7 @@ def record_job(
 ) -> tuple[Job, bool]:
     """Write and commit the row, then enqueue. Returns (job, False) when a concurrent request with the
     same Idempotency-Key committed first."""
+    check_quota(session, files=_files_named(params))
     try:
         job = crud.create_job(
             session,
@@ -142,9 +157,49 @@ def record_job(
         session.commit()
     except IntegrityError:
         session.rollback()
-        return crud.get_job_by_idempotency_key(session, key=key), False
+        return crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id()), False
     enqueue(job_type, str(job.id))
     return job, True
+
+
+def _files_named(params: dict) -> int:
+    source = params.get("input", {})
+    return len(source["paths"]) if "paths" in source else source.get("upload", {}).get("files", 0)
+
+
+QUOTA_RETRY_SECONDS = 30
+
+
+def check_quota(session, *, files: int) -> None:
+    """The owner's queued plus running jobs, and their files, stay within its quota (429 beyond).
+    Holds the owner's lock until the caller commits, so concurrent submissions count each other."""
+    jobs_limit, files_limit = auth.quotas()
+    if files > files_limit:  # never, however long one waits: not a 429
+        raise APIError(
+            413, "too_many_files", f"{files} files: at most {files_limit} in flight (GROCERY_TOKEN_MAX_ACTIVE_FILES)"
+        )
+    owner = auth.owner_id()
+    crud.hold_owner(session, owner=owner)
+    jobs, in_flight = crud.active_work(session, owner=owner)
+    retry = {"Retry-After": str(QUOTA_RETRY_SECONDS)}
+    if jobs + 1 > jobs_limit:
+        raise APIError(
+            429,
+            "too_many_jobs",
+            f"{jobs} of your jobs are queued or running: at most {jobs_limit} (GROCERY_TOKEN_MAX_ACTIVE_JOBS); "
+            "retry when some have ended",
+            {"active_jobs": jobs, "limit": jobs_limit},
+            headers=retry,
+        )
+    if in_flight + files > files_limit:
+        raise APIError(
+            429,
+            "too_many_files_in_flight",
+            f"your queued and running jobs hold {in_flight} files, this one {files}: at most {files_limit} "
+            "(GROCERY_TOKEN_MAX_ACTIVE_FILES); retry when some have ended",
+            {"files_in_flight": in_flight, "limit": files_limit},
+            headers=retry,
+        )
 
 
 def accepted(job: Job):
@@ -159,37 +214,53 @@ def replay(existing: Job, body_hash: str):
 
 
 def _checked_params(spec) -> dict:
-    """The job's params with every path resolved and checked against the allowed roots."""
-    if spec.type == "train":
-        params = spec.params.model_dump(exclude_none=True)
-        if "data_dir" in params:
-            params["data_dir"] = str(inside_roots(params["data_dir"], "params.data_dir", want_dir=True))
-        return params
-    source = spec.input.model_dump(exclude_none=True)
-    if "folder" in source:
-        source["folder"] = str(inside_roots(source["folder"], "input.folder", want_dir=True))
-    else:
-        limit = services().settings.max_job_files
-        if len(source["paths"]) > limit:
-            raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
-        source["paths"] = [str(inside_roots(p, "input.paths", want_dir=False)) for p in source["paths"]]
+    """The job's params with every path resolved and confined to this token's roots."""
+    settings = services().settings
+    try:
+        if spec.type == "train":
+            return confinement.training_files(spec.params.model_dump(exclude_none=True), settings, auth.token_roots())
+        scope = confinement.request_scope(settings, auth.token_roots())
+        source = spec.input.model_dump(exclude_none=True)
+        if "folder" in source:
+            folder = scope.real_path(source["folder"], "input.folder")
+            if not folder.is_dir():
+                raise confinement.PathRefused(
+                    "input.folder", f"{source['folder']!r} is not a directory", "path_not_found"
+                )
+            source["folder"] = str(folder)
+        else:
+            limit = settings.max_job_files
+            if len(source["paths"]) > limit:
+                raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
+            source["paths"] = [str(scope.real_path(p, "input.paths")) for p in source["paths"]]
+    except confinement.PathRefused as e:
+        raise APIError(400, e.code, str(e), {"field": e.field}) from None
     options = spec.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
+    check_shard_size(options.get("shard_size"), files=len(source["paths"]) if "paths" in source else None)
     return {"model": spec.model, "input": source, **options}
 
 
-def inside_roots(path: str, field: str, *, want_dir: bool) -> Path:
-    """The real path, if it lies inside an allowed input root; symlinks and '..' are resolved first."""
-    roots = services().settings.input_roots
-    real = Path(path).resolve()
-    if not any(real.is_relative_to(root) for root in roots):
+def check_shard_size(shard_size: int | None, *, files: int | None) -> None:
+    """A job's own shard size: at least GROCERY_MIN_SHARD_SIZE (a task and a few queries per shard),
+    and (inputs of known size) no more than GROCERY_MAX_JOB_SHARDS shards."""
+    if shard_size is None:
+        return
+    settings = services().settings
+    if shard_size < settings.min_shard_size:
         raise APIError(
             400,
-            "path_not_allowed",
-            f"{field}: {path!r} is outside the allowed input roots (GROCERY_INPUT_ROOTS: {':'.join(map(str, roots))})",
+            "invalid_parameter",
+            f"shard_size: at least {settings.min_shard_size} files a shard (GROCERY_MIN_SHARD_SIZE)",
+            {"field": "shard_size"},
         )
-    if want_dir and not real.is_dir():
-        raise APIError(400, "path_not_found", f"{field}: {path!r} is not a directory")
-    return real
+    if files is not None and -(-files // shard_size) > settings.max_job_shards:
+        raise APIError(
+            400,
+            "invalid_parameter",
+            f"shard_size: {files} files in shards of {shard_size} make more than {settings.max_job_shards} shards "
+            "(GROCERY_MAX_JOB_SHARDS): give a larger shard_size",
+            {"field": "shard_size"},
+        )
 
 
 def _resolve_model_id(session, reference: str) -> uuid.UUID:

@@ -1,8 +1,12 @@
 """GET /openapi.json, generated from the pydantic schemas that validate requests, and GET /docs."""
 
-from flask import Blueprint, jsonify
+import importlib.util
+from pathlib import Path
+
+from flask import Blueprint, Response, jsonify, send_file
 from pydantic.json_schema import models_json_schema
 
+from api.errors import APIError
 from api.schemas import AliasRequest, PredictJobRequest, TrainJobRequest
 from api.uploads import UploadForm
 
@@ -201,10 +205,44 @@ def openapi_json():
     return jsonify(document())
 
 
+# Swagger UI's files, from the swagger-ui-py package (its static folder only: nothing of it is imported).
+DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript"}
+DOCS_INIT = 'SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});\n'
+# Only this server's own files run on the page, beside the user's cookie.
+DOCS_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def swagger_ui_folder() -> Path | None:
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
 @blueprint.get("/docs")
 def docs():
-    # Swagger UI from its CDN: the page needs the user's browser online, the API does not.
-    return """<!doctype html><html><head><title>grocery-jobs API</title>
-<link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div><script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>"""
+    if swagger_ui_folder() is None:
+        page = """<!doctype html><html><head><title>grocery-jobs API</title></head><body>
+<p>Swagger UI is not installed here (the <code>swagger-ui-py</code> package); the API document is at
+<a href="/openapi.json">/openapi.json</a>.</p></body></html>"""
+    else:
+        page = """<!doctype html><html><head><meta charset="utf-8"><title>grocery-jobs API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css"></head>
+<body><noscript>The API document: <a href="/openapi.json">/openapi.json</a></noscript>
+<div id="ui"></div><script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>"""
+    return Response(page, mimetype="text/html", headers={"Content-Security-Policy": DOCS_POLICY})
+
+
+@blueprint.get("/docs/<name>")
+def docs_asset(name: str):
+    if name == "init.js":
+        return Response(DOCS_INIT, mimetype="text/javascript")
+    folder = swagger_ui_folder()
+    if name not in DOCS_ASSETS or folder is None:
+        raise APIError(404, "not_found", f"no file /docs/{name}")
+    return send_file(folder / name, mimetype=DOCS_ASSETS[name], max_age=86400)

@@ -13,7 +13,8 @@ from api.errors import APIError
 from api.jobs import existing_job, int_arg, iso
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
 from grocery.client import ROW_COUNT_HEADER
-from service import crud
+from service import crud, tokens
+from service.confinement import PathRefused, job_scope
 from service.models import FINISHED_STATUSES, JobShard, Prediction
 
 blueprint = Blueprint("results", __name__)
@@ -178,13 +179,26 @@ def result_image(job_id: str):
         raise APIError(400, "invalid_parameter", "path: give the file's path as it appears in the job's results")
     size = int_arg("size", default=256, low=16, high=1024)
     with services().sessions() as session:
-        row = crud.get_prediction(session, job_id=existing_job(session, job_id).id, path=path)
+        job = existing_job(session, job_id)
+        row = crud.get_prediction(session, job_id=job.id, path=path)
+        owner = tokens.get_token(session, token_id=job.owner_token_id)
+        scope = job_scope(
+            services().settings,
+            job_id=job.id,
+            source=job.params.get("input", {}),
+            token_roots=owner.roots if owner else None,
+        )
     if row is None:
         raise APIError(404, "result_not_found", f"job {job_id} has no result for {path!r}")
     if row.error_code:
         raise APIError(422, row.error_code, f"{path} was not classified: {row.error_message}")
     try:
-        data = thumbnail_jpeg(Path(path), size)
+        # The real path, checked now: a file swapped for a symlink since it was classified is refused.
+        real = scope.real_path(path, "path")
+    except PathRefused:
+        raise APIError(404, "result_not_found", f"{path} is no longer inside the job's input roots") from None
+    try:
+        data = thumbnail_jpeg(real, size)
     except ThumbnailError as e:
         raise APIError(422, "unreadable_image", f"{path}: {e}") from None
     # A result's file is not meant to change: browsers may keep the preview for an hour.

@@ -3,6 +3,7 @@ the job's own folder on shared storage (GROCERY_UPLOAD_DIR/<job id>/input) for t
 
 import hashlib
 import shutil
+import struct
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -16,6 +17,14 @@ from api.errors import APIError
 # Not photos: macOS resource forks and Finder metadata that zip tools add.
 IGNORED_PARTS = ("__MACOSX",)
 COPY_CHUNK = 1 << 20
+FILE_LIMITS = "GROCERY_MAX_UPLOAD_FILES, GROCERY_MAX_JOB_FILES"
+# An archive may hold folders and macOS's __MACOSX copies beside its files: entries up to this many
+# times the file limit; its central directory up to this many bytes an entry (a name of ~1 KiB).
+ENTRIES_PER_FILE = 2
+CENTRAL_BYTES_PER_ENTRY = 1024
+END_RECORD = struct.Struct("<4sHHHHIIH")  # end of central directory: 22 bytes, then a comment
+ZIP64_LOCATOR = struct.Struct("<4sIQI")
+ZIP64_END_RECORD = struct.Struct("<4sQHHIIQQQQ")
 
 
 class UploadForm(BaseModel):
@@ -66,7 +75,11 @@ def store_upload(files: MultiDict, folder: Path, *, max_files: int, max_bytes: i
 
 def save_images(images: list[FileStorage], folder: Path, *, max_files: int, max_bytes: int) -> dict:
     if len(images) > max_files:
-        raise APIError(413, "too_many_files", f"{len(images)} files: at most {max_files} a job (GROCERY_MAX_JOB_FILES)")
+        raise APIError(
+            413,
+            "too_many_files",
+            f"{len(images)} files: at most {max_files} an upload ({FILE_LIMITS})",
+        )
     names, total = set(), 0
     for image in images:
         name = _unique(secure_filename(image.filename) or "upload", names)
@@ -87,22 +100,33 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def extract_zip(upload: FileStorage, folder: Path, *, max_files: int, max_bytes: int) -> dict:
-    """Extract safely: no member may leave ``folder`` (zip-slip), and neither the member count nor
-    the bytes written may pass the limits, whatever the archive's headers claim."""
+    """Extract safely: no member may leave ``folder`` (zip-slip), no two may claim one path, and
+    neither the member count nor the bytes written may pass the limits, whatever the archive's
+    headers claim. The count and the central directory's size are read from the end record first:
+    parsing the directory costs memory per entry."""
+    entries, central_bytes = central_directory(upload.stream)
+    if entries > ENTRIES_PER_FILE * max_files:
+        raise APIError(
+            413,
+            "too_many_files",
+            f"archive holds {entries} entries: at most {max_files} files ({FILE_LIMITS})",
+        )
+    if central_bytes > CENTRAL_BYTES_PER_ENTRY * max(entries, 1):
+        raise APIError(413, "archive_too_large", f"archive: a central directory of {central_bytes} bytes is refused")
     try:
         archive = zipfile.ZipFile(upload.stream)
     except (zipfile.BadZipFile, OSError):
         raise APIError(400, "invalid_archive", "archive: not a readable zip file") from None
     with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        for member in members:
+        for member in archive.infolist():
             _check_member_name(member.filename)
-        members = [m for m in members if not _ignored(m.filename)]
+        _check_no_clashes(archive.infolist())
+        members = [m for m in archive.infolist() if not m.is_dir() and not _ignored(m.filename)]
         if len(members) > max_files:
             raise APIError(
                 413,
                 "too_many_files",
-                f"archive holds {len(members)} files: at most {max_files} (GROCERY_MAX_JOB_FILES)",
+                f"archive holds {len(members)} files: at most {max_files} ({FILE_LIMITS})",
             )
         if sum(m.file_size for m in members) > max_bytes:
             raise APIError(413, "archive_too_large", _too_large(max_bytes))
@@ -110,6 +134,52 @@ def extract_zip(upload: FileStorage, folder: Path, *, max_files: int, max_bytes:
         for member in members:
             written += _extract_member(archive, member, folder, budget=max_bytes - written, limit=max_bytes)
     return {"files": len(members), "bytes": written, "archive": upload.filename}
+
+
+def central_directory(stream) -> tuple[int, int]:
+    """(entries, central directory bytes) from the archive's end record (ZIP64's where it has one),
+    reading only the last 64 KiB or so."""
+    stream.seek(0, 2)
+    size = stream.tell()
+    tail_size = min(size, END_RECORD.size + 0xFFFF + ZIP64_LOCATOR.size)
+    stream.seek(size - tail_size)
+    tail = stream.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < END_RECORD.size:
+        raise APIError(400, "invalid_archive", "archive: not a readable zip file")
+    _, _, _, _, entries, central_bytes, offset, _ = END_RECORD.unpack_from(tail, at)
+    if 0xFFFF in (entries,) or 0xFFFFFFFF in (central_bytes, offset):
+        locator = at - ZIP64_LOCATOR.size
+        if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+            raise APIError(400, "invalid_archive", "archive: a ZIP64 archive without its locator")
+        record_at = ZIP64_LOCATOR.unpack_from(tail, locator)[2]
+        stream.seek(record_at)
+        record = stream.read(ZIP64_END_RECORD.size)
+        if len(record) < ZIP64_END_RECORD.size or record[:4] != b"PK\x06\x06":
+            raise APIError(400, "invalid_archive", "archive: a ZIP64 end record that is not one")
+        *_, entries, central_bytes, _ = ZIP64_END_RECORD.unpack(record)
+    stream.seek(0)
+    return entries, central_bytes
+
+
+def _check_no_clashes(members: list[zipfile.ZipInfo]) -> None:
+    """Two members for one path, or a file where another member needs a folder (a.jpg, then
+    a.jpg/b.jpg): refused, rather than one overwriting the other or the extraction failing midway."""
+    files, folders = set(), set()
+    for member in members:
+        parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+        if member.is_dir():
+            folders.add(parts)
+            continue
+        if parts in files:
+            raise APIError(400, "duplicate_member", f"archive holds {member.filename!r} twice")
+        files.add(parts)
+        folders.update(parts[:i] for i in range(1, len(parts)))
+    clash = next(iter(files & folders), None)
+    if clash is not None:
+        raise APIError(
+            400, "clashing_members", f"archive member {'/'.join(clash)!r} is both a file and a folder of other members"
+        )
 
 
 def _check_member_name(name: str) -> None:

@@ -15,6 +15,7 @@ from werkzeug.utils import secure_filename
 
 from api import auth, enqueue, services
 from api.errors import APIError
+from api.jobs import check_quota
 from service import crud
 from service.lifecycle import PREDICT_SOURCE
 from service.models import FINISHED_STATUSES
@@ -136,6 +137,7 @@ def predict():
     settings = services().settings
     with services().sessions() as session:
         model = serving_model(session)
+        check_quota(session, files=1)
         job_id = uuid.uuid4()
         folder = settings.upload_dir / str(job_id)
         folder.mkdir(parents=True, exist_ok=True)
@@ -176,8 +178,10 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
             500, "prediction_failed", job.error_message or "the prediction job failed", {"job_id": str(job_id)}
         )
     row = rows[0]
-    if row.error_code == "outside_root":  # the workers' GROCERY_INPUT_ROOTS leave out GROCERY_UPLOAD_DIR
-        raise APIError(500, "misconfigured", "the workers may not read the upload directory", {"job_id": str(job_id)})
+    if row.error_code == "outside_root":  # the workers' GROCERY_UPLOAD_DIR is not the API's
+        raise APIError(
+            500, "misconfigured", "the workers do not share the API's upload storage", {"job_id": str(job_id)}
+        )
     if row.error_code:
         raise APIError(422, row.error_code, row.error_message, {"job_id": str(job_id)})
     return jsonify(

@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import ARRAY, Select, Text, and_, case, func, literal, or_, select, update
+from sqlalchemy import ARRAY, BigInteger, Select, Text, and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer, with_expression
 
@@ -43,8 +43,36 @@ def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
-def get_job_by_idempotency_key(session: Session, *, key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == key))
+def get_job_by_idempotency_key(session: Session, *, key: str, owner: uuid.UUID | None) -> Job | None:
+    """The job this owner submitted with ``key`` (another owner's key is another job)."""
+    same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
+    return session.scalar(select(Job).where(Job.idempotency_key == key, same_owner))
+
+
+ACTIVE_STATUSES = ("queued", "running")
+
+
+def hold_owner(session: Session, *, owner: uuid.UUID | None) -> None:
+    """Serialise one owner's submissions until the transaction ends, so that two at once cannot
+    both pass its quota."""
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{owner}"))))
+
+
+def active_work(session: Session, *, owner: uuid.UUID | None) -> tuple[int, int]:
+    """(jobs, files) of this owner's queued and running jobs. A job's files: as listed so far, else
+    what its request named (a manifest's paths, an upload's files)."""
+    source = Job.params["input"]
+    files = func.coalesce(
+        Job.progress_total,
+        func.jsonb_array_length(source["paths"]),
+        source["upload"]["files"].astext.cast(BigInteger),
+        0,
+    )
+    same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
+    jobs, total = session.execute(
+        select(func.count(), func.coalesce(func.sum(files), 0)).where(same_owner, Job.status.in_(ACTIVE_STATUSES))
+    ).one()
+    return jobs, int(total)
 
 
 def list_jobs(

@@ -40,6 +40,16 @@ class Job(Base):
         Index("jobs_created_at_id", "created_at", "id"),
         Index("jobs_type_status_created_at", "type", "status", "created_at"),
         Index("jobs_status_enqueued_at", "status", "enqueued_at"),
+        Index("jobs_owner_token_id_status", "owner_token_id", "status"),
+        # An Idempotency-Key names a job of its owner only; NULL (authentication off) is one owner.
+        Index(
+            "jobs_owner_token_id_idempotency_key",
+            "owner_token_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_nulls_not_distinct=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -61,7 +71,7 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict | None]
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
@@ -122,6 +132,11 @@ class ApiToken(Base):
     scopes: Mapped[list] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     revoked_at: Mapped[datetime | None]
+    # The folders its folder and manifest jobs may read (inside the service's roots); NULL: the service's.
+    roots: Mapped[list | None] = mapped_column()
+    # Its own quotas (NULL: GROCERY_TOKEN_MAX_ACTIVE_JOBS / _FILES).
+    max_active_jobs: Mapped[int | None]
+    max_active_files: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Worker(Base):

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "../shared/grocery-store-dataset"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _paths(value: str) -> tuple[Path, ...]:
@@ -34,6 +35,18 @@ def _switch(name: str, value: str) -> bool:
     return value == "on"
 
 
+def _hosts(value: str | None, bind_host: str) -> tuple[str, ...]:
+    """GROCERY_ALLOWED_HOSTS, comma-separated; default: the bind host (a loopback one also answers
+    to the other loopback names; a wildcard bind, 0.0.0.0 or ::, to any Host: say which in a deployment)."""
+    if value:
+        return tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    if bind_host in ("", "0.0.0.0", "::", "[::]"):
+        return ("*",)
+    if bind_host in LOOPBACK_HOSTS:
+        return LOOPBACK_HOSTS
+    return (bind_host.lower(),)
+
+
 def _auth(value: str) -> str:
     if value not in ("required", "off"):
         raise ValueError(f"GROCERY_AUTH must be 'required' or 'off', not {value!r}")
@@ -57,16 +70,31 @@ class Settings:
     ui: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
+    # Host headers the API answers (DNS rebinding): "*" for any; default the bind host.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    # Request bodies: uploads (multipart) up to max_upload_bytes, JSON bodies up to max_json_bytes,
+    # the web UI's callbacks (which carry its uploads, base64) up to max_ui_bytes.
     max_upload_bytes: int = 512 * 2**20
+    max_json_bytes: int = 8 * 2**20
+    max_ui_bytes: int = 96 * 2**20
+    # Files one upload may carry (multipart parts, archive members): each costs the API memory
+    # while the request is parsed; bigger sets go by folder.
+    max_upload_files: int = 20_000
     # Bulk prediction: files per shard task, retries of a failing shard, and the share of failed
     # files above which a job ends failed rather than succeeded.
     shard_size: int = 1000
+    min_shard_size: int = 64
+    max_job_shards: int = 2000
     shard_attempts: int = 3
     max_failed_fraction: float = 0.10
     # Per job: most files (uploads, archive members, manifest entries, folder listings) and most
     # bytes (uploads and what an archive expands to).
     max_job_files: int = 1_000_000
     max_job_bytes: int = 8 * 2**30
+    # Quotas per API token (a token's own limits, `grocery tokens create --max-active-*`, win):
+    # queued plus running jobs, and files of its queued and running prediction jobs; beyond, 429.
+    token_max_active_jobs: int = 100
+    token_max_active_files: int = 2_000_000
     # Threads one worker process gives prediction (decoding and inference); 0 means every core.
     worker_threads: int = 0
     # The inference engine workers serve with: "auto" (the fastest that agrees with fp32, measured
@@ -98,6 +126,7 @@ class Settings:
         data_dir = Path(env.get("GROCERY_DATA_DIR", DEFAULT_DATA_DIR)).resolve()
         upload_dir = Path(env.get("GROCERY_UPLOAD_DIR", "var/uploads")).resolve()
         roots = env.get("GROCERY_INPUT_ROOTS")
+        host = env.get("GROCERY_HOST", cls.host)
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             redis_url=env.get("REDIS_URL", cls.redis_url),
@@ -105,17 +134,26 @@ class Settings:
             model_dir=Path(env.get("GROCERY_MODEL_DIR", "var/models")).resolve(),
             upload_dir=upload_dir,
             export_dir=Path(env.get("GROCERY_EXPORT_DIR", "var/exports")).resolve(),
-            input_roots=_paths(roots) if roots else (data_dir, upload_dir),
+            # The upload storage is never a root: each job reads its own uploads (service/confinement.py).
+            input_roots=_paths(roots) if roots else (data_dir,),
             auth=_auth(env.get("GROCERY_AUTH", cls.auth)),
             ui=_switch("GROCERY_UI", env.get("GROCERY_UI", "on")),
-            host=env.get("GROCERY_HOST", cls.host),
+            host=host,
             port=int(env.get("GROCERY_PORT", cls.port)),
+            allowed_hosts=_hosts(env.get("GROCERY_ALLOWED_HOSTS"), host),
             max_upload_bytes=int(env.get("GROCERY_MAX_UPLOAD_BYTES", cls.max_upload_bytes)),
+            max_json_bytes=int(env.get("GROCERY_MAX_JSON_BYTES", cls.max_json_bytes)),
+            max_ui_bytes=int(env.get("GROCERY_MAX_UI_BYTES", cls.max_ui_bytes)),
+            max_upload_files=int(env.get("GROCERY_MAX_UPLOAD_FILES", cls.max_upload_files)),
             shard_size=int(env.get("GROCERY_SHARD_SIZE", cls.shard_size)),
+            min_shard_size=int(env.get("GROCERY_MIN_SHARD_SIZE", cls.min_shard_size)),
+            max_job_shards=int(env.get("GROCERY_MAX_JOB_SHARDS", cls.max_job_shards)),
             shard_attempts=int(env.get("GROCERY_SHARD_ATTEMPTS", cls.shard_attempts)),
             max_failed_fraction=float(env.get("GROCERY_MAX_FAILED_FRACTION", cls.max_failed_fraction)),
             max_job_files=int(env.get("GROCERY_MAX_JOB_FILES", cls.max_job_files)),
             max_job_bytes=int(env.get("GROCERY_MAX_JOB_BYTES", cls.max_job_bytes)),
+            token_max_active_jobs=int(env.get("GROCERY_TOKEN_MAX_ACTIVE_JOBS", cls.token_max_active_jobs)),
+            token_max_active_files=int(env.get("GROCERY_TOKEN_MAX_ACTIVE_FILES", cls.token_max_active_files)),
             worker_threads=int(env.get("GROCERY_WORKER_THREADS", cls.worker_threads)),
             runtime=env.get("GROCERY_RUNTIME", cls.runtime),
             train_soft_time_limit=float(env.get("GROCERY_TRAIN_SOFT_TIME_LIMIT", cls.train_soft_time_limit)),

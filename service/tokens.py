@@ -20,13 +20,33 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, *, name: str, scopes: list[str]) -> tuple[ApiToken, str]:
-    """A new token; the secret is returned here and never again."""
+def create_token(
+    session: Session,
+    *,
+    name: str,
+    scopes: list[str],
+    roots: list[str] | None = None,
+    max_active_jobs: int | None = None,
+    max_active_files: int | None = None,
+) -> tuple[ApiToken, str]:
+    """A new token; the secret is returned here and never again. ``roots``: the folders its jobs
+    may read (checked by the caller: service.confinement.checked_token_roots); None: the service's."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be some of {list(SCOPES)}, not {sorted(unknown) or scopes}")
+    for limit in (max_active_jobs, max_active_files):
+        if limit is not None and limit < 1:
+            raise ValueError("quotas must be at least 1")
     secret = PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken(id=uuid.uuid4(), name=name, token_hash=token_hash(secret), scopes=sorted(set(scopes)))
+    token = ApiToken(
+        id=uuid.uuid4(),
+        name=name,
+        token_hash=token_hash(secret),
+        scopes=sorted(set(scopes)),
+        roots=roots or None,
+        max_active_jobs=max_active_jobs,
+        max_active_files=max_active_files,
+    )
     session.add(token)
     session.flush()
     return token, secret
@@ -49,6 +69,10 @@ def revoke_token(session: Session, *, token_id: uuid.UUID) -> bool:
         .returning(ApiToken.id)
     )
     return revoked is not None
+
+
+def get_token(session: Session, *, token_id: uuid.UUID | None) -> ApiToken | None:
+    return session.get(ApiToken, token_id) if token_id is not None else None
 
 
 def list_tokens(session: Session) -> list[ApiToken]:

@@ -207,7 +207,8 @@ def redis_client(url: str):
 
 def stack_settings(database_url: str, redis_url: str, data_dir: Path, store: Path, **overrides):
     """Settings for the API and the workers of an end-to-end test: model and upload folders under
-    ``store``; jobs may read the data, the shared dataset and the uploads."""
+    ``store``; jobs may read the data, the shared dataset and ``photos_dir`` (and each its own
+    uploads, never another's). Shards of a few files: the tests cut small inputs into several."""
     from service.settings import Settings
 
     defaults = dict(
@@ -218,9 +219,15 @@ def stack_settings(database_url: str, redis_url: str, data_dir: Path, store: Pat
         model_dir=store / "models",
         upload_dir=store / "uploads",
         export_dir=store / "exports",
-        input_roots=(data_dir, SHARED_DATASET.resolve(), store / "uploads"),
+        input_roots=(data_dir, SHARED_DATASET.resolve(), (store / "photos").resolve()),
+        min_shard_size=1,
     )
     return Settings(**{**defaults, **overrides})
+
+
+def photos_dir(settings) -> Path:
+    """Where an end-to-end test puts the photos of its folder jobs: an input root of stack_settings."""
+    return settings.model_dir.parent.resolve() / "photos"
 
 
 def settings_env(settings) -> dict[str, str]:
@@ -236,6 +243,8 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_INPUT_ROOTS": ":".join(map(str, settings.input_roots)),
         "GROCERY_AUTH": settings.auth,
         "GROCERY_SHARD_SIZE": str(settings.shard_size),
+        "GROCERY_MIN_SHARD_SIZE": str(settings.min_shard_size),
+        "GROCERY_MAX_JOB_SHARDS": str(settings.max_job_shards),
         "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
         "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),
         "GROCERY_WORKER_THREADS": str(settings.worker_threads),

@@ -40,7 +40,7 @@ def settings(database_url, redis_url, tmp_path):
         data_dir=tmp_path / "photos",
         model_dir=tmp_path / "models",
         upload_dir=tmp_path / "uploads",
-        input_roots=(tmp_path / "photos", tmp_path / "uploads"),
+        input_roots=(tmp_path / "photos",),
         max_job_files=3,
         max_job_bytes=10_000,
     )

@@ -48,7 +48,11 @@ def setup(database_url, redis_url, tmp_path):
         job_id = str(job.id)
     engine.dispose()
     settings = Settings(
-        database_url=database_url, redis_url=redis_url, data_dir=data, input_roots=(tmp_path,), upload_dir=tmp_path
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=data,
+        input_roots=(tmp_path,),
+        upload_dir=tmp_path / "uploads",
     )
     return create_app(settings).test_client(), job_id, photos, {"alice": alice_secret, "bob": bob_secret}
 
@@ -134,8 +138,19 @@ def test_signing_in_sets_a_strict_http_only_cookie(setup):
     assert out.status_code == 303 and f"{TOKEN_COOKIE}=;" in out.headers["Set-Cookie"]
 
 
-def test_the_ui_pages_load_without_a_token_and_can_be_turned_off(setup, database_url, redis_url, tmp_path):
-    client, *_ = setup
+def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, database_url, redis_url, tmp_path):
+    """Issue #14: with tokens required, only the sign-in page and its assets open without one."""
+    client, *_, users = setup
+    anonymous = client.get("/ui/jobs")
+    assert anonymous.status_code == 303 and anonymous.headers["Location"] == "/ui/login"
+    signin = client.get("/ui/login")
+    assert signin.status_code == 200 and b"grocery-jobs" in signin.data
+    assert client.get("/ui/assets/style.css").status_code == 200
+    for path in ("/ui/_dash-layout", "/ui/_dash-dependencies"):
+        assert client.get(path).status_code == 401, path
+    client.set_cookie(TOKEN_COOKIE, "revoked-or-made-up")
+    assert client.get("/ui/").headers["Location"] == "/ui/login"
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
     page = client.get("/ui/")
     assert page.status_code == 200 and b"grocery-jobs" in page.data
     assert client.get("/ui/_dash-layout").status_code == 200  # the shell: no data in it

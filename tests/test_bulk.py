@@ -10,7 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FINISHED, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker, wait_for
+from conftest import (
+    FINISHED,
+    clean_store,
+    photos_dir,
+    register_tiny_model,
+    stack_settings,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
 
 from api import create_app
 from service import crud
@@ -46,9 +55,9 @@ def images_of(tiny_dataset: Path) -> list[Path]:
 @pytest.fixture
 def photo_folder(bulk, tiny_dataset, tmp_path) -> Path:
     """46 good photos in nested folders, four bad files, a text file and two escaping symlinks,
-    inside the upload root (an allowed input root)."""
+    inside an allowed input root."""
     _, settings, _ = bulk
-    root = settings.upload_dir / f"team-{tmp_path.name}"
+    root = photos_dir(settings) / f"team-{tmp_path.name}"
     good = images_of(tiny_dataset)[:46]
     for i, source in enumerate(good):
         folder = root / ("" if i < 20 else "shelf-a" if i < 35 else "shelf-a/top")
@@ -132,7 +141,7 @@ def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
 
 def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path):
     client, settings, _ = bulk
-    folder = settings.upload_dir / f"many-{tmp_path.name}"
+    folder = photos_dir(settings) / f"many-{tmp_path.name}"
     folder.mkdir(parents=True)
     for copy in range(4):
         for i, source in enumerate(images_of(tiny_dataset)):
@@ -255,7 +264,7 @@ def test_awkward_files_get_their_documented_outcomes_and_memory_stays_bounded(bu
     import psutil
 
     client, settings, workers = bulk
-    folder = settings.upload_dir / "awkward"
+    folder = photos_dir(settings) / "awkward"
     expected = bad_image_folder(folder, images_of(tiny_dataset)[0])
     request = {"type": "predict", "input": {"folder": str(folder)}, "max_failed_fraction": 1.0}
     job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)

@@ -46,6 +46,19 @@ def test_compose_services_hold_together():
         assert {"/srv/models", "/srv/uploads", "/data"} <= mounts, name
 
 
+def test_flower_needs_a_password_and_is_not_published():
+    flower = yaml.safe_load(COMPOSE.read_text())["services"]["flower"]
+    assert all(str(port).startswith("127.0.0.1:") for port in flower["ports"]), flower["ports"]
+    script = " ".join(flower["command"])
+    assert "--basic-auth=" in script and 'test -n "$$FLOWER_BASIC_AUTH" || {' in script and "exit 1" in script
+
+
+def test_uploads_are_no_input_root_of_the_deployment():
+    environment = yaml.safe_load(COMPOSE.read_text())["x-app"]["environment"]
+    assert "/srv/uploads" not in environment["GROCERY_INPUT_ROOTS"].split(":")
+    assert environment["GROCERY_UPLOAD_DIR"] == "/srv/uploads"
+
+
 def test_images_are_multi_stage_and_run_as_a_user():
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     stages = [line for line in dockerfile if line.startswith("FROM ")]

@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from conftest import FINISHED, Launcher, clean_store, live_workers, seed_tiny_model, stack_settings, wait_for
+from conftest import (
+    FINISHED,
+    Launcher,
+    clean_store,
+    live_workers,
+    photos_dir,
+    seed_tiny_model,
+    stack_settings,
+    wait_for,
+)
 
 from api import create_app
 
@@ -73,7 +82,7 @@ def progress(client, job_id: str, done: int, timeout: float = 120) -> None:
 
 
 def photo_folder(settings, tiny_dataset: Path, copies: int) -> Path:
-    folder = settings.upload_dir / f"photos-{copies}"
+    folder = photos_dir(settings) / f"photos-{copies}"
     folder.mkdir(parents=True)
     sources = sorted(tiny_dataset.glob("*/*/*/*.jpg"))
     for i in range(copies):

@@ -6,7 +6,16 @@ import os
 import time
 
 import pytest
-from conftest import FINISHED, Launcher, clean_store, live_workers, seed_tiny_model, stack_settings, wait_for
+from conftest import (
+    FINISHED,
+    Launcher,
+    clean_store,
+    live_workers,
+    photos_dir,
+    seed_tiny_model,
+    stack_settings,
+    wait_for,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
@@ -129,7 +138,7 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(serv
         assert (limited.model_dir / job["id"] / "attempt-1" / "checkpoint.pt").is_file()
 
         # A file that never finishes reading (a FIFO with no writer) holds its shard past the hard limit.
-        folder = limited.upload_dir / "stuck"
+        folder = photos_dir(limited) / "stuck"
         folder.mkdir(parents=True)
         for i, image in enumerate(sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]):
             (folder / f"{i}.jpg").write_bytes(image.read_bytes())

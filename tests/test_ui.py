@@ -73,7 +73,7 @@ def serve(settings):
 def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
     """The API with the UI, authentication off (as `make run`), and one worker on both queues."""
     store = tmp_path_factory.mktemp("ui")
-    readable = store / "uploads" / "generated"  # inside the workers' input roots
+    readable = store / "photos" / "generated"  # inside the workers' input roots (stack_settings)
     readable.mkdir(parents=True)
     settings = stack_settings(database_url, redis_url, tiny_dataset, store)
     clean_store(database_url, redis_url)
@@ -283,8 +283,8 @@ def sign_in(page, url: str, secret: str) -> None:
 
 def test_signed_in_users_see_their_own_jobs_and_images_load_with_the_cookie(secured, page, tiny_dataset):
     url, made = secured
-    page.goto(f"{url}/ui/jobs")
-    assert "sign in with an API token" in page.locator("#jobs-list-error .message.error").inner_text()
+    page.goto(f"{url}/ui/jobs")  # issue #14: no page without a token, the sign-in page instead
+    page.wait_for_url(f"{url}/ui/login")
     sign_in(page, url, "not-a-token")
     assert "unknown or revoked" in page.locator(".message.error").inner_text()
 

@@ -13,10 +13,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from celery.signals import worker_ready
 
-from service import crud, shards
+from service import confinement, crud, shards, tokens
+from service.confinement import ReadScope, job_scope
 from service.models import JobShard, Model
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
@@ -56,17 +58,28 @@ def run_predict_job(self, job_id: str) -> None:
             error_code="too_many_files",
             error_message=f"the input holds more than {settings.max_job_files} files (GROCERY_MAX_JOB_FILES)",
         )
+    elif outcome == "too_many_shards":
+        reporter.finish(
+            "failed",
+            error_code="too_many_shards",
+            error_message=f"the input needs more than {settings.max_job_shards} shards of "
+            f"{job.params.get('shard_size')} files (GROCERY_MAX_JOB_SHARDS): give a larger shard_size",
+        )
 
 
 def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
     """Stream the input's files into shards, enqueuing each as it is recorded. A job of one shard
     runs it right here: a single image does not pay for a second trip through the queue."""
-    files = input_files(job.params["input"])
+    files = input_files(job, settings)
     listed, numbers, held = 0, 0, None
-    for number, paths in enumerate(shard_chunks(files, job.params.get("shard_size"), settings.shard_size)):
+    # Default shards grow with the input so that even the largest job stays within max_job_shards.
+    default_size = max(settings.shard_size, -(-settings.max_job_files // settings.max_job_shards))
+    for number, paths in enumerate(shard_chunks(files, job.params.get("shard_size"), default_size)):
         listed += len(paths)
         if listed > settings.max_job_files:
             return "too_many_files"
+        if number >= settings.max_job_shards:
+            return "too_many_shards"
         with sessions()() as session:
             shard_id = shards.add_shard(session, job_id=job.id, number=number, paths=paths)
             stop = shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed)
@@ -103,12 +116,20 @@ def shard_chunks(files: Iterator[str], size: int | None, default: int) -> Iterat
     yield from chunked(itertools.chain(head, files), default)
 
 
-def input_files(source: dict) -> Iterator[str]:
+def input_files(job, settings: Settings) -> Iterator[str]:
     from grocery.listing import walk_files
 
+    source = job.params["input"]
     if "paths" in source:
         return iter(source["paths"])
-    return walk_files(source["folder"], recursive=source.get("recursive", True), pattern=source.get("pattern"))
+    folder, uploads = Path(source["folder"]), confinement.real(settings.upload_dir)
+    files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
+    if folder.is_relative_to(uploads):
+        # Its own uploads, or (a row no API would write) another job's: then nothing, not even names.
+        return files if folder.is_relative_to(confinement.upload_folder(settings, job.id)) else iter(())
+    # A root may hold the upload storage: other jobs' uploads are not listed (not even as refused rows).
+    # The walk enters no symlinked folder, so a path's folders are as real as the job's folder.
+    return (p for p in files if not Path(p).is_relative_to(uploads))
 
 
 def send_shard(shard_id: int, countdown: float = 0) -> None:
@@ -131,6 +152,7 @@ def run_shard(task, shard_id: int) -> None:
             return
         job = crud.get_job(session, job_id=shard.job_id)
         model = session.get(Model, job.model_id)
+        scope = read_scope(session, job, Settings.from_env())
         session.commit()
     attempt = shard.attempts
     presence.hold("shard", shard.id, attempt)
@@ -142,7 +164,7 @@ def run_shard(task, shard_id: int) -> None:
     try:
         with hard_time_limit(settings.predict_time_limit, on_hard_limit):
             deadline = time.monotonic() + settings.predict_soft_time_limit
-            stopped = classify_shard(shard, attempt, job.params["input"], model, deadline)
+            stopped = classify_shard(shard, attempt, scope, model, deadline)
         status, message = ("cancelled" if stopped else "succeeded"), None
     except Exception as e:
         log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
@@ -198,19 +220,25 @@ def end_job_if_done(job_id: uuid.UUID) -> None:
         log.info("prediction job %s %s", job_id, status)
 
 
-def classify_shard(shard: JobShard, attempt: int, source: dict, model: Model, deadline: float) -> bool:
+def read_scope(session, job, settings: Settings) -> ReadScope:
+    """What this job's files may resolve to: checked again here, at the moment they are read (a
+    symlink may have changed since the submission was checked)."""
+    owner = tokens.get_token(session, token_id=job.owner_token_id)
+    return job_scope(
+        settings, job_id=job.id, source=job.params.get("input", {}), token_roots=owner.roots if owner else None
+    )
+
+
+def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float) -> bool:
     """Classify the shard's files that have no result yet; returns True when told to stop. Past
     ``deadline`` (the soft time limit) it raises, and the retry resumes after the rows written."""
-    from grocery.listing import inside
-
     with sessions()() as session:
         finished = shards.done_paths(session, job_id=shard.job_id, paths=shard.paths)
         done, failed, labels = shards.tally_shard(session, shard=shard)
     labels = Counter(labels)
-    roots = [source["folder"]] if "folder" in source else [str(r) for r in Settings.from_env().input_roots]
     todo = [p for p in shard.paths if p not in finished]
-    escaping = {p for p in todo if not inside(p, roots)}
-    rows = [shards.error_row(p, "outside_root", "the file resolves outside the job's input folder") for p in escaping]
+    escaping = {p for p in todo if not scope.allows(p)}
+    rows = [shards.error_row(p, "outside_root", "the file resolves outside the job's input roots") for p in escaping]
     predictor = cached_predictor(str(model.id), model.artifact_path)
     results = predictor.predict_files([p for p in todo if p not in escaping])
     for batch in _batches(rows, results, predictor.batch_size):

@@ -4,9 +4,11 @@ import logging
 import time
 from pathlib import Path
 
+from service import tokens
+from service.confinement import PathRefused, training_files
 from service.settings import Settings
 from worker.celery_app import JOB_TASKS, app
-from worker.runtime import error_code, hard_time_limit, shutting_down, start
+from worker.runtime import error_code, hard_time_limit, sessions, shutting_down, start
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,13 @@ def run_train_job(self, job_id: str) -> None:
         message = limit_message("hard", settings.train_time_limit, checkpoint)
         reporter.finish("failed", error_code="time_limit", error_message=message)
 
+    try:
+        # Confined again here (the API checked at submit): the files may have changed since, and
+        # nothing outside the roots is opened, so no message can tell whether such a file exists.
+        params = training_files(params, settings, owner_roots(job))
+    except PathRefused as e:
+        reporter.finish("failed", error_code=e.code, error_message=str(e))
+        return
     try:
         config = TrainConfig.from_dict({"data_dir": str(settings.data_dir), **params})
         reporter.beat(done=0, total=config.epochs, force=True)
@@ -70,6 +79,12 @@ def run_train_job(self, job_id: str) -> None:
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
     reporter.finish("succeeded", result=result_json, model=metadata)
+
+
+def owner_roots(job) -> list[str] | None:
+    with sessions()() as session:
+        owner = tokens.get_token(session, token_id=job.owner_token_id)
+        return owner.roots if owner else None
 
 
 def latest_checkpoint(job_dir: Path) -> Path | None:

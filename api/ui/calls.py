@@ -49,8 +49,9 @@ class LocalAPI:
         token = request.cookies.get(TOKEN_COOKIE)
         headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         # An empty context: the inner request gets its own app context (and `g`), not the UI callback's.
+        # The visitor's Host, so that the API's GROCERY_ALLOWED_HOSTS check sees the name it was reached by.
         response = contextvars.Context().run(
-            self.client.open, path, method=method, headers=headers, buffered=True, **options
+            self.client.open, path, method=method, headers=headers, buffered=True, base_url=request.host_url, **options
         )
         body = response.get_json(silent=True) if response.is_json else None
         return Reply(response.status_code, body, response.get_data(), dict(response.headers))

@@ -1,0 +1,219 @@
+"""What a job may read: its input roots, never another job's uploads. Torch-free; the API checks
+at submit and at every preview, the workers again before they open a file.
+
+The rules, in one place:
+- the service's roots are GROCERY_INPUT_ROOTS (default: the data directory); a token created with
+  ``--roots`` narrows them to its own folders (each inside a service root);
+- the upload storage (GROCERY_UPLOAD_DIR) is never a root: each job may read its own upload folder
+  (GROCERY_UPLOAD_DIR/<job id>) and nothing else under it, whatever the roots say;
+- every check is on the real path (symlinks and '..' resolved).
+"""
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.settings import Settings
+
+# Training jobs: the index files a run reads beside the class table (the API exposes no other split).
+TRAINING_INDEXES = ("train.txt", "val.txt")
+WEIGHTS_NAMES = ("none", "imagenet")
+MAX_INDEX_BYTES = 64 * 2**20  # an index of a million lines is about 60 MiB
+
+
+class PathRefused(ValueError):
+    """A path a job may not read; ``field`` names the request field, the message says why (never
+    whether the file exists outside the roots)."""
+
+    def __init__(self, field: str, message: str, code: str = "path_not_allowed"):
+        super().__init__(f"{field}: {message}")
+        self.field, self.code = field, code
+
+
+def _inside(real: Path, folders: Iterable[Path]) -> bool:
+    return any(real.is_relative_to(folder) for folder in folders)
+
+
+def real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def upload_folder(settings: Settings, job_id: uuid.UUID | str) -> Path:
+    """Where a job's uploaded files are stored: readable by that job alone."""
+    return real(settings.upload_dir) / str(job_id)
+
+
+def service_roots(settings: Settings) -> tuple[Path, ...]:
+    """GROCERY_INPUT_ROOTS, less any that lie inside the upload storage (a misconfiguration: logged
+    at start, see configuration_problems)."""
+    uploads = real(settings.upload_dir)
+    return tuple(r for r in map(real, settings.input_roots) if not r.is_relative_to(uploads))
+
+
+def roots_for(settings: Settings, token_roots: Iterable[str] | None) -> tuple[Path, ...]:
+    """The roots of a token: its own (those still inside the service's), or the service's."""
+    service = service_roots(settings)
+    if not token_roots:
+        return service
+    return tuple(r for r in map(real, token_roots) if _inside(r, service))
+
+
+def checked_token_roots(values: Iterable[str], settings: Settings) -> list[str]:
+    """`grocery tokens create --roots`: real folders, each inside a service root and outside the uploads."""
+    service, uploads = service_roots(settings), real(settings.upload_dir)
+    checked = []
+    for value in values:
+        root = real(value)
+        if root.is_relative_to(uploads) or not _inside(root, service):
+            raise ValueError(
+                f"root {value!r} is not inside the service's input roots "
+                f"(GROCERY_INPUT_ROOTS: {':'.join(map(str, service))})"
+            )
+        if not root.is_dir():
+            raise ValueError(f"root {value!r} is not a directory")
+        checked.append(str(root))
+    if not checked:
+        raise ValueError("give at least one root folder")
+    return checked
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """The folders one job (or one request) may read, and the upload storage it may not."""
+
+    roots: tuple[Path, ...]
+    uploads: Path
+    own_upload: Path | None = None  # the job's own upload folder, the one place under uploads it may read
+    named: str = "GROCERY_INPUT_ROOTS"  # where the roots come from, for messages
+
+    def real_path(self, path: str | Path, field: str) -> Path:
+        """The real path, if this scope may read it; else PathRefused."""
+        if "\x00" in str(path):
+            raise PathRefused(field, "a path cannot hold a NUL character")
+        resolved = real(path)
+        if self.own_upload is not None and resolved.is_relative_to(self.own_upload):
+            return resolved
+        if resolved.is_relative_to(self.uploads) or not _inside(resolved, self.roots):
+            shown = ":".join(map(str, self.roots)) or "none"
+            raise PathRefused(field, f"{str(path)!r} is outside the allowed input roots ({self.named}: {shown})")
+        return resolved
+
+    def allows(self, path: str | Path) -> bool:
+        try:
+            self.real_path(path, "path")
+        except PathRefused:
+            return False
+        return True
+
+
+def request_scope(settings: Settings, token_roots: Iterable[str] | None) -> ReadScope:
+    """What a new folder or manifest job of this token may name."""
+    named = "this token's roots" if token_roots else "GROCERY_INPUT_ROOTS"
+    return ReadScope(roots_for(settings, token_roots), real(settings.upload_dir), named=named)
+
+
+def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: dict, token_roots) -> ReadScope:
+    """What a prediction job's workers and previews may read: a folder job its folder (if still
+    inside its token's roots), a manifest job its token's roots; every job its own upload folder."""
+    own = upload_folder(settings, job_id)
+    uploads = real(settings.upload_dir)
+    if "folder" in source:
+        folder = real(source["folder"])
+        allowed = folder.is_relative_to(own) or (
+            not folder.is_relative_to(uploads) and _inside(folder, roots_for(settings, token_roots))
+        )
+        return ReadScope((folder,) if allowed else (), uploads, own)
+    return ReadScope(roots_for(settings, token_roots), uploads, own)
+
+
+def training_files(params: dict, settings: Settings, token_roots) -> dict:
+    """A training job's file parameters, confined: ``data_dir`` and ``weights`` (a file) resolved
+    inside the roots, and every line of the dataset's index files and class table inside them too.
+    Returns the params with real paths; raises PathRefused naming the field. The service's own
+    dataset (GROCERY_DATA_DIR, used when no data_dir is given) is always allowed."""
+    scope = request_scope(settings, token_roots)
+    default_data = real(settings.data_dir)
+    checked = dict(params)
+    if "data_dir" in params:
+        data_dir = scope.real_path(params["data_dir"], "params.data_dir")
+        if not data_dir.is_dir():
+            raise PathRefused("params.data_dir", f"{params['data_dir']!r} is not a directory", "path_not_found")
+        checked["data_dir"] = str(data_dir)
+    else:
+        data_dir = default_data
+    weights = params.get("weights")
+    if weights is not None and weights not in WEIGHTS_NAMES:
+        resolved = scope.real_path(weights, "params.weights")
+        if not resolved.is_file():
+            raise PathRefused("params.weights", f"{weights!r} is not a file", "path_not_found")
+        checked["weights"] = str(resolved)
+    roots = (*scope.roots, default_data) if data_dir == default_data else scope.roots
+    dataset_scope = ReadScope(roots, scope.uploads, named=scope.named)
+    for name in TRAINING_INDEXES:
+        for line_no, relative in _index_paths(data_dir / name):
+            _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: {name}:{line_no}")
+    for line_no, relative in _class_table_paths(data_dir / "classes.csv"):
+        _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: classes.csv:{line_no}")
+    return checked
+
+
+def _dataset_member(data_dir: Path, relative: str, scope: ReadScope, field: str) -> None:
+    parts = Path(relative).parts
+    if Path(relative).is_absolute() or ".." in parts:
+        raise PathRefused(field, f"{relative!r} is an absolute or '..' path: index paths stay inside the dataset")
+    try:
+        scope.real_path(data_dir / relative, field)
+    except PathRefused:
+        raise PathRefused(field, f"{relative!r} resolves outside the allowed input roots") from None
+
+
+def _index_paths(index: Path):
+    """(line number, path) of a split index's lines ("path, fine, coarse"); a missing index is the
+    library's to report (its message names only files inside the dataset)."""
+    if not index.is_file():
+        return
+    if index.stat().st_size > MAX_INDEX_BYTES:
+        raise PathRefused("params.data_dir", f"{index.name} is larger than {MAX_INDEX_BYTES} bytes")
+    with index.open(encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                yield line_no, line.split(",")[0].strip()
+
+
+def _class_table_paths(table: Path):
+    import csv
+
+    if not table.is_file():
+        return
+    if table.stat().st_size > MAX_INDEX_BYTES:
+        raise PathRefused("params.data_dir", f"classes.csv is larger than {MAX_INDEX_BYTES} bytes")
+    with table.open(newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        next(rows, None)
+        for line_no, row in enumerate(rows, start=2):
+            # The table writes "/iconic-images-...": relative to the dataset (grocery.index reads it so).
+            for column in row[4:6]:
+                if column.strip():
+                    yield line_no, column.strip().lstrip("/")
+
+
+def configuration_problems(settings: Settings) -> list[str]:
+    """What the service can tell is wrong with its settings before any request: each a sentence for
+    the log; /readyz is not ready while there is one."""
+    problems = []
+    uploads = real(settings.upload_dir)
+    for root in map(real, settings.input_roots):
+        if root.is_relative_to(uploads):
+            problems.append(
+                f"GROCERY_INPUT_ROOTS: {root} lies inside GROCERY_UPLOAD_DIR ({uploads}); uploads are readable "
+                "only by the job they were uploaded for, so this root grants nothing: remove it"
+            )
+    try:
+        uploads.mkdir(parents=True, exist_ok=True)
+        if not os.access(uploads, os.W_OK | os.X_OK):
+            problems.append(f"GROCERY_UPLOAD_DIR: {uploads} is not writable by the API")
+    except OSError as e:
+        problems.append(f"GROCERY_UPLOAD_DIR: {uploads} cannot be created: {e.strerror}")
+    return problems
