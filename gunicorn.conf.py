@@ -9,3 +9,7 @@ threads = 8
 # Seconds a worker process may fail to heartbeat the arbiter (it hangs) before it is restarted;
 # under gthread this bounds a stuck process, not a request's duration.
 timeout = 60
+# Seconds an idle keep-alive connection stays open (parked in the poller, holding no thread). Longer than
+# the clients' polling interval and a load balancer's idle timeout (60 s on common ones): at gunicorn's
+# default of 2 s, a client polling every few seconds found its connection closed under it.
+keepalive = 75
