@@ -42,11 +42,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_auth(app)
 
-    from api import health, jobs, models, openapi, ops, results, workshop
+    from api import health, jobs, openapi, ops, registry, results, workshop
 
     app.register_blueprint(jobs.blueprint)
     app.register_blueprint(results.blueprint)
-    app.register_blueprint(models.blueprint)
+    app.register_blueprint(registry.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(ops.blueprint)
     app.register_blueprint(workshop.blueprint)

@@ -14,7 +14,7 @@ from api import auth, enqueue, services, uploads
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
 from service import confinement, crud, lifecycle, shards
-from service.models import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
+from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)

@@ -12,7 +12,7 @@ from api.errors import APIError
 from api.jobs import iso
 from service import ops
 from service.broker import queue_depths
-from service.models import JOB_STATUSES, JOB_TYPES, JobShard, Worker
+from service.tables import JOB_STATUSES, JOB_TYPES, JobShard, Worker
 
 blueprint = Blueprint("ops", __name__)
 QUEUES = tuple(sorted(set(TASK_QUEUES.values())))

@@ -15,14 +15,14 @@ from api.thumbnails import ThumbnailError, thumbnail_jpeg
 from grocery.client import ROW_COUNT_HEADER
 from service import crud, tokens
 from service.confinement import PathRefused, job_scope
-from service.models import FINISHED_STATUSES, JobShard, Prediction
+from service.tables import FINISHED_STATUSES, JobShard, PredictionRow
 
 blueprint = Blueprint("results", __name__)
 FORMATS = ("json", "csv", "jsonl")
 CSV_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message")
 
 
-def result_json(row: Prediction) -> dict:
+def result_json(row: PredictionRow) -> dict:
     return {
         "path": row.path,
         "label": row.label,

@@ -18,7 +18,7 @@ from api.errors import APIError
 from api.jobs import check_quota
 from service import crud
 from service.lifecycle import PREDICT_SOURCE
-from service.models import FINISHED_STATUSES
+from service.tables import FINISHED_STATUSES
 
 blueprint = Blueprint("workshop", __name__)
 PREDICT_TIMEOUT_SECONDS = 30.0

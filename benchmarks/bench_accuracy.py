@@ -27,7 +27,7 @@ from grocery.datasets import GroceryDataset, decode_all
 from grocery.engine import TrainConfig, evaluate, fit, training_samples
 from grocery.folds import near_duplicate_groups
 from grocery.index import read_classes, read_splits
-from grocery.models import create_model, get_arch
+from grocery.networks import create_model, get_arch
 from grocery.transforms import normalize
 
 # Named TrainConfig overrides; "default" is TrainConfig's defaults, the recipe `grocery train` runs.

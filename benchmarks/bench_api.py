@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-from scratch import free_port, request, scratch_database, start_api
+from harness import free_port, request, scratch_database, start_api
 
 from service.stack import ROOT
 from worker.launcher import worker_command

@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 import redis
 from bench_prediction import workshop_loop
-from scratch import free_port, register_model, request, scratch_database, start_api
+from harness import free_port, register_model, request, scratch_database, start_api
 
 from grocery import index
 from grocery.predict import Predictor

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 
-from scratch import free_port, scratch_database, start_api
+from harness import free_port, scratch_database, start_api
 
 from service import crud
 from service.db import make_engine, make_session_factory

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import redis
-from scratch import free_port, register_model, request, scratch_database, start_api
+from harness import free_port, register_model, request, scratch_database, start_api
 from sqlalchemy import create_engine, text
 
 from grocery import index

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import free_port, scratch_database, start_api
 from PIL import Image, ImageOps
-from scratch import free_port, scratch_database, start_api
 
 from api.thumbnails import thumbnail_jpeg
 from service import crud

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import grocery
-from grocery.models import FineToCoarse, create_model
+from grocery.networks import FineToCoarse, create_model
 from grocery.transforms import Preprocessing
 
 WEIGHTS_NAME = "model.safetensors"

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so `grocery --help` answers without loading torch.
     from grocery.artifact import ArtifactError
     from grocery.index import DatasetError
-    from grocery.models import WeightsError
+    from grocery.networks import WeightsError
 
     try:
         return args.run(args) or 0

@@ -23,7 +23,7 @@ from grocery import index
 from grocery.artifact import save_artifact
 from grocery.datasets import GroceryDataset
 from grocery.folds import split_fold, stratified_folds
-from grocery.models import (
+from grocery.networks import (
     DEFAULT_ARCH,
     FineToCoarse,
     coarse_log_probs,
@@ -69,7 +69,7 @@ class TrainConfig:
     fold_groups: str | None = None  # a JSON file {photo path under data_dir: group}: a group shares a fold
     iconic_copies: int = 0  # each class's iconic product image, this many times, as training samples
     # With label_level "coarse": train a fine-class head and read each coarse class as the sum of
-    # its fine classes' probabilities (models.FineToCoarse); the artifact is a coarse classifier.
+    # its fine classes' probabilities (networks.FineToCoarse); the artifact is a coarse classifier.
     coarse_from_fine: bool = True
     layer_decay: float = 0.7  # learning rate times this per backbone stage below the head
     ema_decay: float = 0.995  # > 0: evaluate and save an exponential moving average of the weights

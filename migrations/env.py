@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from service.models import Base
 from service.settings import Settings
+from service.tables import Base
 
 config = context.config
 

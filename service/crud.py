@@ -8,7 +8,7 @@ from sqlalchemy import ARRAY, BigInteger, Select, Text, and_, case, func, litera
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer, with_expression
 
-from service.models import FINISHED_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, Prediction
+from service.tables import FINISHED_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
 
 
 def create_job(
@@ -307,7 +307,7 @@ def set_alias(session: Session, *, name: str, model_id: uuid.UUID) -> ModelAlias
 def add_predictions(session: Session, *, job_id: uuid.UUID, rows: list[dict]) -> None:
     """Insert per-file results in one statement; a re-run batch adds no duplicates."""
     if rows:
-        statement = insert(Prediction).on_conflict_do_nothing(constraint="predictions_job_id_path_key")
+        statement = insert(PredictionRow).on_conflict_do_nothing(constraint="predictions_job_id_path_key")
         session.execute(statement, [{"job_id": job_id, **row} for row in rows])
 
 
@@ -321,25 +321,25 @@ def predictions_query(
     after_id: int | None = None,
 ) -> Select:
     """A job's results in the order they were written, filtered."""
-    query = select(Prediction).where(Prediction.job_id == job_id).order_by(Prediction.id)
+    query = select(PredictionRow).where(PredictionRow.job_id == job_id).order_by(PredictionRow.id)
     if label is not None:
-        query = query.where(Prediction.label == label)
+        query = query.where(PredictionRow.label == label)
     if min_confidence is not None:
-        query = query.where(Prediction.confidence >= min_confidence)
+        query = query.where(PredictionRow.confidence >= min_confidence)
     if max_confidence is not None:
-        query = query.where(Prediction.confidence <= max_confidence)
+        query = query.where(PredictionRow.confidence <= max_confidence)
     if errors_only:
-        query = query.where(Prediction.error_code.is_not(None))
+        query = query.where(PredictionRow.error_code.is_not(None))
     if after_id is not None:
-        query = query.where(Prediction.id > after_id)
+        query = query.where(PredictionRow.id > after_id)
     return query
 
 
-def get_prediction(session: Session, *, job_id: uuid.UUID, path: str) -> Prediction | None:
-    return session.scalar(select(Prediction).where(Prediction.job_id == job_id, Prediction.path == path))
+def get_prediction(session: Session, *, job_id: uuid.UUID, path: str) -> PredictionRow | None:
+    return session.scalar(select(PredictionRow).where(PredictionRow.job_id == job_id, PredictionRow.path == path))
 
 
-def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filters) -> list[Prediction]:
+def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filters) -> list[PredictionRow]:
     return list(session.scalars(predictions_query(job_id=job_id, **filters).limit(limit)))
 
 
@@ -348,7 +348,7 @@ def count_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> int:
     return session.scalar(select(func.count()).select_from(query.subquery()))
 
 
-def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Iterator[Prediction]:
+def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Iterator[PredictionRow]:
     """Every matching result through a server-side cursor: memory holds one batch, not the set."""
     query = predictions_query(job_id=job_id, **filters).execution_options(yield_per=1000)
     for prediction in session.scalars(query):

@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.models import FINISHED_STATUSES, Job, Model, ModelAlias
 from service.settings import Settings
+from service.tables import FINISHED_STATUSES, Job, Model, ModelAlias
 
 LIVE_STATUSES = ("queued", "running")
 # The workshop's POST /predict marks its one-file jobs so they may be kept for less time.

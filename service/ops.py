@@ -10,7 +10,7 @@ from sqlalchemy import case, func, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.models import Job, JobShard, Prediction, Worker
+from service.tables import Job, JobShard, PredictionRow, Worker
 
 # A worker that has not reported for this long is not counted as live.
 WORKER_LIVE_SECONDS = 30
@@ -135,4 +135,4 @@ def result_rows(session: Session) -> int:
     estimate = session.scalar(text("SELECT reltuples::bigint FROM pg_class WHERE relname = 'predictions'")) or -1
     if estimate >= EXACT_ROWS_BELOW:
         return estimate
-    return session.scalar(select(func.count()).select_from(Prediction))
+    return session.scalar(select(func.count()).select_from(PredictionRow))

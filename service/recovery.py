@@ -8,8 +8,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.crud import finish_job, requeue_job
-from service.models import Job, JobShard
 from service.shards import fail_remaining, finish_shard, requeue_shard
+from service.tables import Job, JobShard
 
 # Held by the worker that reconciles, for its transaction: one reconciler at a time.
 RECONCILE_LOCK = 0x67726F63  # "groc"

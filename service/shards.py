@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.crud import add_event, add_predictions
-from service.models import Job, JobShard, Prediction
+from service.tables import Job, JobShard, PredictionRow
 
 
 def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
@@ -77,7 +77,7 @@ def drop_shard_of_stopped_job(session: Session, *, shard_id: int) -> uuid.UUID |
 
 def done_paths(session: Session, *, job_id: uuid.UUID, paths: list[str]) -> set[str]:
     """Which of ``paths`` already have a result (written by an earlier attempt)."""
-    query = select(Prediction.path).where(Prediction.job_id == job_id, Prediction.path.in_(paths))
+    query = select(PredictionRow.path).where(PredictionRow.job_id == job_id, PredictionRow.path.in_(paths))
     return set(session.scalars(query))
 
 
@@ -190,9 +190,9 @@ def requeue_shard(session: Session, *, shard: JobShard, attempt: int, error_mess
 def tally_shard(session: Session, *, shard: JobShard) -> tuple[int, int, dict[str, int]]:
     paths = select(func.jsonb_array_elements_text(JobShard.paths)).where(JobShard.id == shard.id)
     rows = session.execute(
-        select(Prediction.label, Prediction.error_code.is_not(None), func.count())
-        .where(Prediction.job_id == shard.job_id, Prediction.path.in_(paths.scalar_subquery()))
-        .group_by(Prediction.label, Prediction.error_code.is_not(None))
+        select(PredictionRow.label, PredictionRow.error_code.is_not(None), func.count())
+        .where(PredictionRow.job_id == shard.job_id, PredictionRow.path.in_(paths.scalar_subquery()))
+        .group_by(PredictionRow.label, PredictionRow.error_code.is_not(None))
     ).all()
     done = sum(n for _, _, n in rows)
     failed = sum(n for _, is_error, n in rows if is_error)

@@ -10,7 +10,7 @@ import uuid
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from service.models import ApiToken
+from service.tables import ApiToken
 
 SCOPES = ("jobs:read", "jobs:write", "ops")
 PREFIX = "gj_"

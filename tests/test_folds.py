@@ -10,7 +10,7 @@ from grocery.artifact import METADATA_NAME, load_artifact
 from grocery.engine import CHECKPOINT_NAME, fit, training_samples
 from grocery.folds import near_duplicate_groups, split_fold, stratified_folds
 from grocery.index import fine_to_coarse, read_splits
-from grocery.models import FineToCoarse, create_model
+from grocery.networks import FineToCoarse, create_model
 
 
 def fold_sets(config_for_fold, folds: int) -> list[tuple[list, list]]:

@@ -7,7 +7,7 @@ from alembic.script import ScriptDirectory
 from conftest import alembic_config
 from sqlalchemy import create_engine, inspect
 
-from service.models import Base
+from service.tables import Base
 
 
 def test_single_migration_head():

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, text
 
 from service import crud, shards
 from service.db import make_session_factory
-from service.models import JobShard
+from service.tables import JobShard
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from celery.signals import worker_ready
 
 from service import confinement, crud, shards, tokens
 from service.confinement import ReadScope, job_scope
-from service.models import JobShard, Model
 from service.settings import Settings
+from service.tables import JobShard, Model
 from worker.celery_app import JOB_TASKS, SHARD_TASK, app
 from worker.runtime import (
     JobError,

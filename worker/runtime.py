@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud, ops, shards
 from service.db import make_engine, make_session_factory
-from service.models import Job
 from service.settings import Settings
+from service.tables import Job
 from worker.celery_app import SHARD_TASK
 
 log = logging.getLogger(__name__)
@@ -284,7 +284,7 @@ def error_code(error: Exception) -> str:
         return error.code
     from grocery.artifact import ArtifactError
     from grocery.index import DatasetError
-    from grocery.models import WeightsError
+    from grocery.networks import WeightsError
 
     for kind, code in (
         (DatasetError, "invalid_dataset"),

@@ -16,7 +16,7 @@ from api.auth import UI_PREFIX
 def mount_ui(app: Flask) -> None:
     import dash  # only when the UI is on: the API stays importable without it
 
-    from api.ui import job_page, jobs, models, shell, signin, workshop
+    from api.ui import job_page, jobs, registry, shell, signin, workshop
     from api.ui.calls import LocalAPI
 
     ui = dash.Dash(
@@ -31,6 +31,6 @@ def mount_ui(app: Flask) -> None:
     )
     calls = LocalAPI(app)
     ui.layout = shell.layout
-    for page in (shell, workshop, jobs, job_page, models):
+    for page in (shell, workshop, jobs, job_page, registry):
         page.register(ui, calls)
     app.register_blueprint(signin.blueprint)

@@ -7,7 +7,7 @@ from flask import current_app, request
 
 from api import services
 from api.auth import TOKEN_COOKIE
-from api.ui import job_page, jobs, models, workshop
+from api.ui import job_page, jobs, registry, workshop
 from api.ui.components import message
 
 JOB_PATH = re.compile(r"^/ui/jobs/([0-9a-fA-F-]{36})/?$")
@@ -43,7 +43,7 @@ def page_for(pathname: str | None, calls):
     if path == "/ui/jobs":
         return jobs.layout()
     if path == "/ui/models":
-        return models.layout()
+        return registry.layout()
     if match := JOB_PATH.match(path):
         return job_page.layout(match.group(1), calls)
     return message(f"No page at {pathname}: try Workshop, Jobs or Models above.")

@@ -9,7 +9,7 @@ from api.errors import APIError
 from api.jobs import iso, json_body
 from api.schemas import AliasRequest
 from service import crud, lifecycle
-from service.models import Model
+from service.tables import Model
 
 blueprint = Blueprint("models", __name__)
 

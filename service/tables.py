@@ -191,7 +191,7 @@ class ModelAlias(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
 
-class Prediction(Base):
+class PredictionRow(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         UniqueConstraint("job_id", "path", name="predictions_job_id_path_key"),

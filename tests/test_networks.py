@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from grocery.models import (
+from grocery.networks import (
     ARCHS,
     WeightsError,
     convert_lukemelas_efficientnet,
