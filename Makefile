@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # The whole service: embedded PostgreSQL and Redis unless DATABASE_URL and REDIS_URL are set,
 # migrations, one worker process per core on both queues, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
 run: $(STAMP)
-	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m service.stack
+	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m cli.stack
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -4,9 +4,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, jsonify
 
-from api import services
 from api.auth import presented_secret
+from api.deps import resources
 from service import tokens
+from service.db import alembic_config
 
 blueprint = Blueprint("health", __name__)
 
@@ -33,20 +34,20 @@ def readyz():
 
 
 def _configuration() -> str:
-    problems = services().problems
+    problems = resources().problems
     return "ok" if not problems else "error: " + "; ".join(problems)
 
 
 def _may_see_reasons() -> bool:
     """With authentication off (loopback), or for an ops token; a lookup that fails (the database
     is down) shows nothing."""
-    if services().settings.auth == "off":
+    if resources().settings.auth == "off":
         return True
     secret = presented_secret()
     if not secret:
         return False
     try:
-        with services().sessions() as session:
+        with resources().sessions() as session:
             token = tokens.find_token(session, secret=secret)
     except Exception:
         return False
@@ -61,12 +62,8 @@ def _check(probe) -> str:
 
 
 def _database_at_head() -> str:
-    from pathlib import Path
-
-    from alembic.config import Config
-
-    script = ScriptDirectory.from_config(Config(str(Path(__file__).resolve().parents[1] / "alembic.ini")))
-    with services().sessions() as session:
+    script = ScriptDirectory.from_config(alembic_config(resources().settings.database_url))
+    with resources().sessions() as session:
         current = MigrationContext.configure(session.connection()).get_current_heads()
     if set(current) != set(script.get_heads()):
         return f"error: schema at {list(current)}, migrations' head is {script.get_heads()}"
@@ -74,6 +71,6 @@ def _database_at_head() -> str:
 
 
 def _redis_answers() -> str:
-    with services().queue.connection_for_write() as connection:
+    with resources().celery.connection_for_write() as connection:
         connection.ensure_connection(max_retries=1)
     return "ok"

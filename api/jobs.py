@@ -8,12 +8,12 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
-from sqlalchemy.exc import IntegrityError
 
-from api import auth, enqueue, services, uploads
+from api import auth, uploads
+from api.deps import check_quota, existing_job, int_arg, iso, json_body, resources
 from api.errors import APIError
 from api.schemas import JobRequest, PredictJobRequest
-from service import confinement, crud, lifecycle, shards
+from service import confinement, contract, crud, lifecycle, shards
 from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
 
 blueprint = Blueprint("jobs", __name__)
@@ -50,17 +50,6 @@ def _shown_params(params: dict) -> dict:
     return {**params, "input": source}
 
 
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def parse_job_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise APIError(404, "not_found", f"no job {text!r}: job ids are UUIDs") from None
-
-
 def idempotency_key() -> str | None:
     """The Idempotency-Key header: 1 to 255 printable ASCII characters, a key of this owner's only."""
     key = request.headers.get("Idempotency-Key")
@@ -71,13 +60,6 @@ def idempotency_key() -> str | None:
     return key
 
 
-def json_body() -> object:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise APIError(400, "invalid_json", "the request body must be JSON (Content-Type: application/json)")
-    return body
-
-
 @blueprint.post("/jobs")
 def submit_job():
     key = idempotency_key()
@@ -86,7 +68,7 @@ def submit_job():
     body = json_body()
     spec = job_request.validate_python(body)
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    with services().sessions() as session:
+    with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, spec.model) if isinstance(spec, PredictJobRequest) else None
@@ -101,8 +83,8 @@ def submit_upload(key: str | None):
     form = uploads.upload_form(request.form)
     check_shard_size(form.shard_size, files=None)  # before anything is stored
     body_hash = uploads.upload_digest(request.form, request.files)
-    settings = services().settings
-    with services().sessions() as session:
+    settings = resources().settings
+    with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, form.model)
@@ -139,67 +121,28 @@ def submit_upload(key: str | None):
 def record_job(
     session, *, job_type: str, params: dict, model_id, key: str | None, body_hash: str, job_id=None
 ) -> tuple[Job, bool]:
-    """Write and commit the row, then enqueue. Returns (job, False) when a concurrent request with the
-    same Idempotency-Key committed first."""
+    """Submit the job (quota, row, commit, queue). Returns (job, False) when a concurrent request with
+    the same Idempotency-Key committed first."""
     check_quota(session, files=_files_named(params))
-    try:
-        job = crud.create_job(
-            session,
-            job_type=job_type,
-            job_id=job_id,
-            params=params,
-            model_id=model_id,
-            progress_unit="epochs" if job_type == "train" else "files",
-            idempotency_key=key,
-            request_hash=body_hash,
-            owner_token_id=auth.owner_id(),
-        )
-        session.commit()
-    except IntegrityError:
-        session.rollback()
+    job = contract.submit(
+        session,
+        resources().celery,
+        job_type=job_type,
+        params=params,
+        owner_token_id=auth.owner_id(),
+        model_id=model_id,
+        job_id=job_id,
+        idempotency_key=key,
+        request_hash=body_hash,
+    )
+    if job is None:
         return crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id()), False
-    enqueue(job_type, str(job.id))
     return job, True
 
 
 def _files_named(params: dict) -> int:
     source = params.get("input", {})
     return len(source["paths"]) if "paths" in source else source.get("upload", {}).get("files", 0)
-
-
-QUOTA_RETRY_SECONDS = 30
-
-
-def check_quota(session, *, files: int) -> None:
-    """The owner's queued plus running jobs, and their files, stay within its quota (429 beyond).
-    Holds the owner's lock until the caller commits, so concurrent submissions count each other."""
-    jobs_limit, files_limit = auth.quotas()
-    if files > files_limit:  # never, however long one waits: not a 429
-        raise APIError(
-            413, "too_many_files", f"{files} files: at most {files_limit} in flight (GROCERY_TOKEN_MAX_ACTIVE_FILES)"
-        )
-    owner = auth.owner_id()
-    crud.hold_owner(session, owner=owner)
-    jobs, in_flight = crud.active_work(session, owner=owner)
-    retry = {"Retry-After": str(QUOTA_RETRY_SECONDS)}
-    if jobs + 1 > jobs_limit:
-        raise APIError(
-            429,
-            "too_many_jobs",
-            f"{jobs} of your jobs are queued or running: at most {jobs_limit} (GROCERY_TOKEN_MAX_ACTIVE_JOBS); "
-            "retry when some have ended",
-            {"active_jobs": jobs, "limit": jobs_limit},
-            headers=retry,
-        )
-    if in_flight + files > files_limit:
-        raise APIError(
-            429,
-            "too_many_files_in_flight",
-            f"your queued and running jobs hold {in_flight} files, this one {files}: at most {files_limit} "
-            "(GROCERY_TOKEN_MAX_ACTIVE_FILES); retry when some have ended",
-            {"files_in_flight": in_flight, "limit": files_limit},
-            headers=retry,
-        )
 
 
 def accepted(job: Job):
@@ -215,7 +158,7 @@ def replay(existing: Job, body_hash: str):
 
 def _checked_params(spec) -> dict:
     """The job's params with every path resolved and confined to this token's roots."""
-    settings = services().settings
+    settings = resources().settings
     try:
         if spec.type == "train":
             return confinement.training_files(spec.params.model_dump(exclude_none=True), settings, auth.token_roots())
@@ -245,7 +188,7 @@ def check_shard_size(shard_size: int | None, *, files: int | None) -> None:
     and (inputs of known size) no more than GROCERY_MAX_JOB_SHARDS shards."""
     if shard_size is None:
         return
-    settings = services().settings
+    settings = resources().settings
     if shard_size < settings.min_shard_size:
         raise APIError(
             400,
@@ -270,17 +213,9 @@ def _resolve_model_id(session, reference: str) -> uuid.UUID:
     return model.id
 
 
-def existing_job(session, job_id: str) -> Job:
-    """The job, if this request's token may see it: another token's job is as good as absent."""
-    job = crud.get_job(session, job_id=parse_job_id(job_id))
-    if job is None or not (auth.sees_every_job() or job.owner_token_id == auth.owner_id()):
-        raise APIError(404, "not_found", f"no job {job_id}")
-    return job
-
-
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str):
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         payload = job_json(job)
         if job.type == "predict" and job.status == "running":
@@ -300,7 +235,7 @@ def list_jobs():
         raise APIError(400, "invalid_parameter", f"status must be one of {list(JOB_STATUSES)}")
     limit = int_arg("limit", default=50, low=1, high=500)
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
-    with services().sessions() as session:
+    with resources().sessions() as session:
         owner = None if auth.sees_every_job() else auth.owner_id()
         jobs = crud.list_jobs(
             session,
@@ -313,15 +248,6 @@ def list_jobs():
         )
         next_cursor = encode_cursor(jobs[-1]) if len(jobs) == limit else None
         return jsonify({"jobs": [job_json(j) for j in jobs], "next_cursor": next_cursor})
-
-
-def int_arg(name: str, *, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise APIError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
-    return int(raw)
 
 
 def encode_cursor(job: Job) -> str:
@@ -338,7 +264,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @blueprint.post("/jobs/<job_id>/cancel")
 def cancel_job(job_id: str):
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         outcome = crud.request_cancel(session, job_id=job.id)
         session.commit()
@@ -351,13 +277,13 @@ def cancel_job(job_id: str):
 @blueprint.delete("/jobs/<job_id>")
 def delete_job(job_id: str):
     """A finished job with its results, events, shards and uploaded files; a live one is cancelled first."""
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         if job.status not in FINISHED_STATUSES:
             raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: cancel it, then delete it")
         lifecycle.delete_jobs(session, job_ids=[job.id])
         session.commit()
-    lifecycle.remove_files(lifecycle.job_files(services().settings, job.id))
+    lifecycle.remove_files(lifecycle.job_files(resources().settings, job.id))
     return "", 204
 
 
@@ -366,7 +292,7 @@ def job_events(job_id: str):
     """Oldest first, a page at a time (a long training has an event per epoch): pass next_cursor back."""
     limit = int_arg("limit", default=1000, low=1, high=1000)
     after = int_arg("cursor", default=0, low=0, high=2**62)
-    with services().sessions() as session:
+    with resources().sessions() as session:
         events = crud.list_events(session, job_id=existing_job(session, job_id).id, limit=limit, after_id=after)
         next_cursor = str(events[-1].id) if len(events) == limit else None
         page = [{"at": iso(e.at), "kind": e.kind, "data": e.data} for e in events]

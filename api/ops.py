@@ -7,15 +7,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import select
 
-from api import TASK_QUEUES, services
+from api.deps import iso, resources
 from api.errors import APIError
-from api.jobs import iso
 from service import ops
 from service.broker import queue_depths
+from service.contract import QUEUES
 from service.tables import JOB_STATUSES, JOB_TYPES, JobShard, Worker
 
 blueprint = Blueprint("ops", __name__)
-QUEUES = tuple(sorted(set(TASK_QUEUES.values())))
 
 
 def worker_json(worker: Worker, job_of_shard: dict[int, str]) -> dict:
@@ -37,7 +36,7 @@ def worker_json(worker: Worker, job_of_shard: dict[int, str]) -> dict:
 @blueprint.get("/workers")
 def workers():
     include_offline = request.args.get("all", "false").lower() in ("1", "true")
-    with services().sessions() as session:
+    with resources().sessions() as session:
         rows = ops.list_workers(session, include_offline=include_offline)
         shard_ids = [w.shard_id for w in rows if w.shard_id is not None]
         shard_jobs = session.execute(select(JobShard.id, JobShard.job_id).where(JobShard.id.in_(shard_ids)))
@@ -46,7 +45,7 @@ def workers():
 
 
 def broker_depths() -> dict[str, int]:
-    return queue_depths(services().queue, list(QUEUES))
+    return queue_depths(resources().celery, list(QUEUES))
 
 
 @blueprint.get("/queues")
@@ -56,7 +55,7 @@ def queues():
     except Exception as e:  # the broker is down or unreachable: say so, as JSON
         # The class only: a broker URL in the message could carry its password.
         raise APIError(503, "broker_unavailable", f"the queue broker does not answer ({type(e).__name__})") from None
-    with services().sessions() as session:
+    with resources().sessions() as session:
         oldest = ops.oldest_queued(session)
     now = datetime.now(timezone.utc)
     return jsonify(
@@ -78,7 +77,7 @@ class ServiceCollector:
     """Every metric read fresh from PostgreSQL, the broker and this process's pool at scrape time."""
 
     def collect(self):
-        with services().sessions() as session:
+        with resources().sessions() as session:
             yield from job_metrics(session)
             yield from throughput_metrics(session)
             yield from queue_metrics(session)
@@ -146,7 +145,7 @@ def queue_metrics(session):
 
 def growth_metrics(session):
     """What the service keeps, to alert on before the disk fills: bytes in its storage, result rows."""
-    settings = services().settings
+    settings = resources().settings
     stored = GaugeMetricFamily("grocery_storage_bytes", "Bytes held in the service's storage", labels=["store"])
     for store, folder in (
         ("uploads", settings.upload_dir),
@@ -161,7 +160,7 @@ def growth_metrics(session):
 
 
 def pool_metrics():
-    pool = services().sessions.kw["bind"].pool
+    pool = resources().sessions.kw["bind"].pool
     connections = GaugeMetricFamily("grocery_db_pool_connections", "This API process's database pool", labels=["state"])
     connections.add_metric(["checked_out"], pool.checkedout())
     connections.add_metric(["idle"], pool.checkedin())

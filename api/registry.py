@@ -4,9 +4,8 @@ import uuid
 
 from flask import Blueprint, jsonify
 
-from api import services
+from api.deps import iso, json_body, resources
 from api.errors import APIError
-from api.jobs import iso, json_body
 from api.schemas import AliasRequest
 from service import crud, lifecycle
 from service.tables import Model
@@ -32,7 +31,7 @@ def model_json(model: Model, aliases: list[str]) -> dict:
 
 @blueprint.get("/models")
 def list_models():
-    with services().sessions() as session:
+    with resources().sessions() as session:
         return jsonify(
             {"models": [model_json(m, crud.aliases_of(session, model_id=m.id)) for m in crud.list_models(session)]}
         )
@@ -40,7 +39,7 @@ def list_models():
 
 @blueprint.get("/models/<reference>")
 def get_model(reference: str):
-    with services().sessions() as session:
+    with resources().sessions() as session:
         model = crud.resolve_model(session, reference=reference)
         if model is None:
             raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
@@ -54,14 +53,14 @@ def delete_model(model_id: str):
         model_uuid = uuid.UUID(model_id)
     except ValueError:
         raise APIError(404, "model_not_found", f"no model {model_id!r} (delete takes a model id)") from None
-    with services().sessions() as session:
+    with resources().sessions() as session:
         model = session.get(Model, model_uuid, with_for_update=True)
         if model is None:
             raise APIError(404, "model_not_found", f"no model {model_id}")
         reason = lifecycle.model_in_use(session, model_id=model.id)
         if reason is not None:
             raise APIError(409, "model_in_use", f"model {model_id} is in use: {reason}")
-        folder = lifecycle.delete_model(session, model=model, settings=services().settings)
+        folder = lifecycle.delete_model(session, model=model, settings=resources().settings)
         session.commit()
     lifecycle.remove_files([folder] if folder else [])
     return "", 204
@@ -76,7 +75,7 @@ def move_alias(name: str):
         model_id = uuid.UUID(request.model_id)
     except ValueError:
         raise APIError(422, "validation_error", f"model_id {request.model_id!r} is not a UUID") from None
-    with services().sessions() as session:
+    with resources().sessions() as session:
         model = session.get(Model, model_id)
         if model is None:
             raise APIError(404, "model_not_found", f"no model {request.model_id}")

@@ -8,29 +8,21 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
-from api import services
+from api.deps import existing_job, int_arg, iso, resources
 from api.errors import APIError
-from api.jobs import existing_job, int_arg, iso
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
-from grocery.client import ROW_COUNT_HEADER
+from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 from service import crud, tokens
 from service.confinement import PathRefused, job_scope
+from service.contract import ROW_COUNT_HEADER
 from service.tables import FINISHED_STATUSES, JobShard, PredictionRow
 
 blueprint = Blueprint("results", __name__)
 FORMATS = ("json", "csv", "jsonl")
-CSV_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message")
 
 
 def result_json(row: PredictionRow) -> dict:
-    return {
-        "path": row.path,
-        "label": row.label,
-        "class_id": row.class_id,
-        "confidence": row.confidence,
-        "top5": row.top5,
-        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
-    }
+    return Prediction.from_row(row).to_dict()
 
 
 @blueprint.get("/jobs/<job_id>/results")
@@ -39,7 +31,7 @@ def job_results(job_id: str):
     if output not in FORMATS:
         raise APIError(400, "invalid_parameter", f"format must be one of {list(FORMATS)}")
     filters = result_filters()
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         if output != "json":
             return export(job.id, output, filters)
@@ -85,7 +77,7 @@ def _bool_arg(name: str) -> bool | None:
 def export(job_id, output: str, filters: dict) -> Response:
     """Stream the whole (filtered) set: rows go out as the database cursor yields them. The row count
     goes first, in a header, from the same snapshot as the rows, so a client can tell a cut download."""
-    session = services().sessions()
+    session = resources().sessions()
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     count = crud.count_predictions(session, job_id=job_id, **filters)
     encode = _csv_lines if output == "csv" else _jsonl_lines
@@ -114,11 +106,11 @@ def results_file(job_id: str):
     output = request.args.get("format", "csv")
     if output not in ("csv", "jsonl"):
         raise APIError(400, "invalid_parameter", "format must be csv or jsonl")
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         if job.status not in FINISHED_STATUSES:
             raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: stream its results instead")
-        path = services().settings.export_dir / str(job.id) / f"results.{output}"
+        path = resources().settings.export_dir / str(job.id) / f"results.{output}"
         if not path.is_file():
             write_export_file(session, job.id, output, path)
         count = crud.count_predictions(session, job_id=job.id)
@@ -155,10 +147,9 @@ def _jsonl_lines(rows):
 def _csv_lines(rows):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(RESULT_COLUMNS)
     for row in rows:
-        top5 = json.dumps(row.top5) if row.top5 is not None else ""
-        writer.writerow((row.path, row.label, row.class_id, row.confidence, top5, row.error_code, row.error_message))
+        writer.writerow(csv_values(row))
         if buffer.tell() > 64 * 1024:
             yield _drain(buffer)
     yield _drain(buffer)
@@ -178,12 +169,12 @@ def result_image(job_id: str):
     if not path:
         raise APIError(400, "invalid_parameter", "path: give the file's path as it appears in the job's results")
     size = int_arg("size", default=256, low=16, high=1024)
-    with services().sessions() as session:
+    with resources().sessions() as session:
         job = existing_job(session, job_id)
         row = crud.get_prediction(session, job_id=job.id, path=path)
         owner = tokens.get_token(session, token_id=job.owner_token_id)
         scope = job_scope(
-            services().settings,
+            resources().settings,
             job_id=job.id,
             source=job.params.get("input", {}),
             token_roots=owner.roots if owner else None,
@@ -226,7 +217,7 @@ def shard_json(shard: JobShard) -> dict:
 def job_shards(job_id: str):
     limit = int_arg("limit", default=100, low=1, high=1000)
     after = int_arg("cursor", default=0, low=0, high=2**31) - 1 if request.args.get("cursor") else -1
-    with services().sessions() as session:
+    with resources().sessions() as session:
         rows = crud.list_shards(session, job_id=existing_job(session, job_id).id, limit=limit, after_number=after)
         next_cursor = str(rows[-1].number + 1) if len(rows) == limit else None
         return jsonify({"shards": [shard_json(s) for s in rows], "next_cursor": next_cursor})

@@ -13,10 +13,10 @@ from urllib.parse import quote
 from flask import Blueprint, jsonify, request, send_file, url_for
 from werkzeug.utils import secure_filename
 
-from api import auth, enqueue, services
+from api import auth
+from api.deps import check_quota, resources
 from api.errors import APIError
-from api.jobs import check_quota
-from service import crud
+from service import contract, crud
 from service.lifecycle import PREDICT_SOURCE
 from service.tables import FINISHED_STATUSES
 
@@ -25,7 +25,7 @@ PREDICT_TIMEOUT_SECONDS = 30.0
 
 
 def serving_model(session):
-    model = crud.resolve_model(session, reference="production") or crud.resolve_model(session, reference="latest")
+    model = contract.serving_model(session)
     if model is None:
         raise APIError(503, "no_model", "no model is trained yet: submit a train job first (POST /jobs)")
     return model
@@ -33,14 +33,14 @@ def serving_model(session):
 
 @blueprint.get("/class-names")
 def class_names():
-    with services().sessions() as session:
-        model = crud.resolve_model(session, reference="production") or crud.resolve_model(session, reference="latest")
+    with resources().sessions() as session:
+        model = contract.serving_model(session)
         if model is not None:
             return jsonify({"classes": model.class_names, "model_id": str(model.id)})
     from grocery.index import DatasetError, read_classes  # torch-free
 
     try:
-        classes = read_classes(services().settings.data_dir, "coarse")
+        classes = read_classes(resources().settings.data_dir, "coarse")
     except DatasetError as e:
         raise APIError(503, "no_classes", f"no model yet and the dataset is unreadable: {e}") from None
     return jsonify({"classes": [c.name for c in classes], "model_id": None})
@@ -49,7 +49,7 @@ def class_names():
 @blueprint.get("/random-image")
 def random_image():
     """A validation image; its headers name it and its true classes (X-Image-Path, X-Label-Coarse, X-Label-Fine)."""
-    data_dir = services().settings.data_dir
+    data_dir = resources().settings.data_dir
     index = data_dir / "val.txt"
     try:
         lines = [line.split(",") for line in index.read_text().splitlines() if line.strip()]
@@ -86,7 +86,7 @@ def find_class(name: str):
 
     for level in ("coarse", "fine"):
         try:
-            classes = read_classes(services().settings.data_dir, level)
+            classes = read_classes(resources().settings.data_dir, level)
         except DatasetError as e:
             raise APIError(503, "no_classes", f"the dataset's class table is unreadable: {e}") from None
         for info in classes:
@@ -116,7 +116,7 @@ def _first_product(coarse) -> str | None:
     """The fine class whose iconic image and description a coarse class shows."""
     from grocery.index import read_classes  # torch-free
 
-    fine = read_classes(services().settings.data_dir, "fine")
+    fine = read_classes(resources().settings.data_dir, "fine")
     return next((f.name for f in fine if f.iconic_images[:1] == coarse.iconic_images[:1]), None)
 
 
@@ -134,8 +134,8 @@ def predict():
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise APIError(400, "missing_file", "send the image as multipart/form-data field 'file'")
-    settings = services().settings
-    with services().sessions() as session:
+    settings = resources().settings
+    with resources().sessions() as session:
         model = serving_model(session)
         check_quota(session, files=1)
         job_id = uuid.uuid4()
@@ -143,24 +143,22 @@ def predict():
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / (secure_filename(upload.filename) or "upload")
         upload.save(path)
-        job = crud.create_job(
+        job = contract.submit(
             session,
+            resources().celery,
             job_type="predict",
-            job_id=job_id,
-            model_id=model.id,
-            progress_unit="files",
             params={"model": str(model.id), "input": {"paths": [str(path)]}, "source": PREDICT_SOURCE},
             owner_token_id=auth.owner_id(),
+            model_id=model.id,
+            job_id=job_id,
         )
-        session.commit()
-    enqueue("predict", str(job.id))
     return _await_prediction(job.id, model.id)
 
 
 def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
     deadline = time.monotonic() + PREDICT_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        with services().sessions() as session:
+        with resources().sessions() as session:
             job = crud.get_job(session, job_id=job_id)
             if job.status in FINISHED_STATUSES:
                 rows = crud.list_predictions(session, job_id=job_id, limit=1)

@@ -20,8 +20,8 @@ from pathlib import Path
 import redis
 from harness import free_port, request, scratch_database, start_api
 
-from service.stack import ROOT
-from worker.launcher import worker_command
+from cli import ROOT
+from cli.worker import worker_command
 
 
 def percentiles(latencies: list[float]) -> str:

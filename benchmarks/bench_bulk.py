@@ -35,12 +35,12 @@ import redis
 from bench_prediction import workshop_loop
 from harness import free_port, register_model, request, scratch_database, start_api
 
+from cli import ROOT
+from cli.worker import worker_command
 from grocery import index
 from grocery.predict import Predictor
 from service import crud
 from service.db import make_engine, make_session_factory
-from service.stack import ROOT
-from worker.launcher import worker_command
 
 
 def plain_onnx_pipeline(model: Path, paths: list[str], processes: int) -> float:

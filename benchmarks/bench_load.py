@@ -31,8 +31,8 @@ import redis
 from harness import free_port, register_model, request, scratch_database, start_api
 from sqlalchemy import create_engine, text
 
+from cli import ROOT
 from grocery import index
-from service.stack import ROOT
 
 
 def throwaway_model(data_dir: str, output: Path) -> Path:
@@ -85,7 +85,7 @@ def run(env: dict, database_url: str, images: list[str], seconds: int, users: in
         launcher = [
             sys.executable,
             "-m",
-            "worker.launcher",
+            "cli.worker",
             "--gpus",
             "cpu",
             "--processes",

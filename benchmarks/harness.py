@@ -14,7 +14,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from service.stack import ROOT, migrate
+from cli import ROOT
+from service.db import migrate
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The ``grocery`` command: train, evaluate, predict, export; and for the job service, worker and tokens."""
+"""The library's commands: train, evaluate, predict, export (``grocery`` runs them; cli/ adds the job service's)."""
 
 import argparse
 import csv
@@ -8,26 +8,13 @@ from dataclasses import fields
 from pathlib import Path
 
 from grocery.index import LABEL_LEVELS
+from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 
-PREDICTION_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error")
 
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, also: dict[str, str] | None = None) -> int:
+    """``also``: commands another program runs under the same name, listed in --help (cli/)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["worker"]:
-        # Handed over before anything imports torch: the launcher forks workers and must hold no CUDA.
-        from worker.launcher import main as launch_workers
-
-        return launch_workers(argv[1:])
-    if argv[:1] in (["jobs"], ["models"]):
-        from grocery.client import main as use_the_service  # HTTP only: no torch to load
-
-        return use_the_service(argv)
-    if argv[:1] == ["tokens"]:
-        from service.token_cli import main as manage_tokens
-
-        return manage_tokens(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(also or {}).parse_args(argv)
     # Imported here so `grocery --help` answers without loading torch.
     from grocery.artifact import ArtifactError
     from grocery.index import DatasetError
@@ -42,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(also: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grocery", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -125,10 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--calibration-images", type=int, default=128)
     export.set_defaults(run=run_export)
 
-    commands.add_parser("worker", help="start job-service workers, one per GPU or CPU share (grocery worker --help)")
-    commands.add_parser("jobs", help="the job service over HTTP: submit, watch, list, cancel, results (GROCERY_URL)")
-    commands.add_parser("models", help="the job service's model registry: list, alias")
-    commands.add_parser("tokens", help="create, list and revoke the job service's API tokens (grocery tokens --help)")
+    for name, about in also.items():
+        commands.add_parser(name, help=about)
     return parser
 
 
@@ -266,7 +251,7 @@ def run_predict(args) -> int:
     with PredictionWriter(args.output) as writer:
         for row in rows:
             failed += row.error is not None
-            writer.write(row.to_dict())
+            writer.write(row)
     print(f"{len(paths)} files, {failed} failed", file=sys.stderr)
     return 0
 
@@ -280,7 +265,8 @@ def _with_progress(rows, total: int):
 
 
 class PredictionWriter:
-    """Rows as CSV (by a .csv extension) or JSON lines, to a file or stdout."""
+    """Predictions as CSV (by a .csv extension: RESULT_COLUMNS, as the job service's exports) or JSON
+    lines (as its result pages), to a file or stdout."""
 
     def __init__(self, output: str | None):
         self.output = output
@@ -289,21 +275,15 @@ class PredictionWriter:
     def __enter__(self):
         self.file = open(self.output, "w", newline="") if self.output else sys.stdout
         if self.csv:
-            self.writer = csv.DictWriter(self.file, PREDICTION_COLUMNS)
-            self.writer.writeheader()
+            self.writer = csv.writer(self.file)
+            self.writer.writerow(RESULT_COLUMNS)
         return self
 
-    def write(self, row: dict) -> None:
+    def write(self, prediction: Prediction) -> None:
         if self.csv:
-            self.writer.writerow(
-                {
-                    **row,
-                    "top5": json.dumps(row["top5"]) if row["top5"] else "",
-                    "error": f"{row['error']['code']}: {row['error']['message']}" if row["error"] else "",
-                }
-            )
+            self.writer.writerow(csv_values(prediction.to_row()))
         else:
-            self.file.write(json.dumps(row) + "\n")
+            self.file.write(json.dumps(prediction.to_dict()) + "\n")
 
     def __exit__(self, *exc):
         if self.output:

@@ -9,7 +9,6 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,19 +16,7 @@ import torch
 from grocery import images, runtimes
 from grocery.artifact import Artifact, read_artifact
 from grocery.listing import chunked, walk_files
-
-
-@dataclass
-class Prediction:
-    path: str
-    label: str | None = None
-    class_id: int | None = None
-    confidence: float | None = None
-    top5: list[dict] | None = None
-    error: dict | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from grocery.results import Prediction
 
 
 def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:

@@ -8,7 +8,7 @@ from sqlalchemy import ARRAY, BigInteger, Select, Text, and_, case, func, litera
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer, with_expression
 
-from service.tables import FINISHED_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
+from service.tables import FINISHED_STATUSES, LIVE_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
 
 
 def create_job(
@@ -49,9 +49,6 @@ def get_job_by_idempotency_key(session: Session, *, key: str, owner: uuid.UUID |
     return session.scalar(select(Job).where(Job.idempotency_key == key, same_owner))
 
 
-ACTIVE_STATUSES = ("queued", "running")
-
-
 def hold_owner(session: Session, *, owner: uuid.UUID | None) -> None:
     """Serialise one owner's submissions until the transaction ends, so that two at once cannot
     both pass its quota."""
@@ -70,7 +67,7 @@ def active_work(session: Session, *, owner: uuid.UUID | None) -> tuple[int, int]
     )
     same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
     jobs, total = session.execute(
-        select(func.count(), func.coalesce(func.sum(files), 0)).where(same_owner, Job.status.in_(ACTIVE_STATUSES))
+        select(func.count(), func.coalesce(func.sum(files), 0)).where(same_owner, Job.status.in_(LIVE_STATUSES))
     ).one()
     return jobs, int(total)
 

@@ -1,5 +1,9 @@
 """Engine and session factory: built from settings by the caller, never at import time."""
 
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,3 +21,17 @@ def make_engine(database_url: str, *, pool_size: int = 5, idle_transaction_secon
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+ALEMBIC_INI = Path(__file__).resolve().parents[1] / "alembic.ini"
+
+
+def alembic_config(database_url: str) -> Config:
+    """The migrations (migrations/, by alembic.ini) against this database."""
+    config = Config(str(ALEMBIC_INI))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))  # ini files interpolate %
+    return config
+
+
+def migrate(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "head")

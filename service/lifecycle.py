@@ -10,9 +10,8 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.settings import Settings
-from service.tables import FINISHED_STATUSES, Job, Model, ModelAlias
+from service.tables import FINISHED_STATUSES, LIVE_STATUSES, Job, Model, ModelAlias
 
-LIVE_STATUSES = ("queued", "running")
 # The workshop's POST /predict marks its one-file jobs so they may be kept for less time.
 PREDICT_SOURCE = "predict"
 

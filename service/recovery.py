@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from service.crud import finish_job, requeue_job
 from service.shards import fail_remaining, finish_shard, requeue_shard
-from service.tables import Job, JobShard
+from service.tables import LIVE_STATUSES, Job, JobShard
 
 # Held by the worker that reconciles, for its transaction: one reconciler at a time.
 RECONCILE_LOCK = 0x67726F63  # "groc"
@@ -87,7 +87,7 @@ def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, 
 def stranded_jobs(session: Session) -> list[uuid.UUID]:
     """Listed prediction jobs still running with no shard left to run: whoever finished last died
     before ending the job."""
-    still_open = select(JobShard.id).where(JobShard.job_id == Job.id, JobShard.status.in_(("queued", "running")))
+    still_open = select(JobShard.id).where(JobShard.job_id == Job.id, JobShard.status.in_(LIVE_STATUSES))
     query = select(Job.id).where(
         Job.type == "predict", Job.status == "running", Job.shards_total.is_not(None), ~still_open.exists()
     )

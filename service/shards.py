@@ -13,8 +13,9 @@ from sqlalchemy import Integer, cast, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from grocery.results import Prediction
 from service.crud import add_event, add_predictions
-from service.tables import Job, JobShard, PredictionRow
+from service.tables import LIVE_STATUSES, Job, JobShard, PredictionRow
 
 
 def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
@@ -141,16 +142,10 @@ def keep_shard_alive(session: Session, *, shard_id: int, attempt: int) -> bool:
     return alive is not None
 
 
-def error_row(path: str, code: str, message: str) -> dict:
-    """A file's result row when it could not be classified."""
-    empty = {"label": None, "class_id": None, "confidence": None, "top5": None}
-    return {"path": path, **empty, "error_code": code, "error_message": message}
-
-
 def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str) -> None:
     """Error rows for the shard's files that have no result yet: they count as failed, not lost."""
     finished = done_paths(session, job_id=shard.job_id, paths=shard.paths)
-    rows = [error_row(p, code, message) for p in shard.paths if p not in finished]
+    rows = [Prediction.failed(p, code, message).to_row() for p in shard.paths if p not in finished]
     add_predictions(session, job_id=shard.job_id, rows=rows)
 
 
@@ -205,7 +200,7 @@ def complete_job(session: Session, *, job_id: uuid.UUID, max_failed_fraction: fl
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.status != "running" or job.shards_total is None:
         return None
-    still_open = select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(("queued", "running")))
+    still_open = select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(LIVE_STATUSES))
     if session.scalar(still_open):
         return None
     summary = job_summary(session, job=job)

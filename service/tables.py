@@ -22,8 +22,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
 JOB_TYPES = ("train", "predict")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+LIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+JOB_STATUSES = LIVE_STATUSES + FINISHED_STATUSES
 SHARD_STATUSES = JOB_STATUSES
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.db import migrate
+
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = {"succeeded", "failed", "cancelled"}
 SHARED_DATASET = Path(
@@ -141,14 +143,6 @@ def postgres_admin_url(request) -> str:
         engine.dispose()
 
 
-def alembic_config(url: str):
-    from alembic.config import Config
-
-    config = Config(str(Path(__file__).resolve().parents[1] / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
-
-
 @pytest.fixture
 def empty_database(postgres_admin_url):
     """A new, empty database on the test server, dropped afterwards."""
@@ -158,10 +152,8 @@ def empty_database(postgres_admin_url):
 @pytest.fixture(scope="session")
 def database_url(postgres_admin_url):
     """A database migrated to head for the whole session."""
-    from alembic import command
-
     for url in _temporary_database(postgres_admin_url):
-        command.upgrade(alembic_config(url), "head")
+        migrate(url)
         yield url
 
 
@@ -304,7 +296,7 @@ def seed_tiny_model(database_url: str, artifact: Path) -> None:
 
 def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:
     """A real Celery worker process, returned once it says it is ready."""
-    from worker.launcher import worker_command
+    from cli.worker import worker_command
 
     worker = subprocess.Popen(
         worker_command(node, queues),
@@ -347,7 +339,7 @@ class Launcher:
     """`grocery worker --gpus cpu` as a real process tree, its output kept for debugging."""
 
     def __init__(self, settings, name: str, queues: str, processes: int = 1):
-        command = [sys.executable, "-m", "grocery.cli", "worker", "--gpus", "cpu", "--processes", str(processes)]
+        command = [sys.executable, "-m", "cli", "worker", "--gpus", "cpu", "--processes", str(processes)]
         self.process = subprocess.Popen(
             [*command, "--queues", queues, "--name", name],
             cwd=ROOT,

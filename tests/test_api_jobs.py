@@ -6,10 +6,11 @@ import uuid
 
 import pytest
 from alembic.script import ScriptDirectory
-from conftest import alembic_config, redis_client
+from conftest import redis_client
 from sqlalchemy import create_engine, text
 
 from api import create_app
+from service.db import alembic_config
 from service.settings import Settings
 
 

@@ -106,7 +106,7 @@ def test_the_cli_creates_lists_and_revokes_tokens(secured, database_url):
 
     def grocery(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "grocery.cli", "tokens", *args], cwd=ROOT, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "cli", "tokens", *args], cwd=ROOT, env=env, capture_output=True, text=True
         )
 
     created = grocery("create", "--name", "team-produce", "--scopes", "jobs:read,jobs:write")

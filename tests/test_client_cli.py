@@ -32,7 +32,7 @@ def service_url(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_fact
 
 def grocery(url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GROCERY_URL": url}
-    command = [sys.executable, "-m", "grocery.cli", *args]
+    command = [sys.executable, "-m", "cli", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

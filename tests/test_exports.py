@@ -103,7 +103,7 @@ def test_the_client_says_when_a_download_was_cut(big_job):
     # --threads 1: with threads, gunicorn would run its threaded worker whatever the class asked for.
     with gunicorn(settings, "--workers", "1", "--timeout", "2", "--worker-class", "sync", "--threads", "1") as port:
         env = {**os.environ, "GROCERY_URL": f"http://127.0.0.1:{port}"}
-        command = [sys.executable, "-m", "grocery.cli", "jobs", "results", job_id, "--format", "csv"]
+        command = [sys.executable, "-m", "cli", "jobs", "results", job_id, "--format", "csv"]
         client = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         received = 0
         while chunk := client.stdout.read(65536):  # a slow consumer: the client's pipe, then its socket, fill

@@ -350,8 +350,8 @@ def restart_postgres(servers, down_seconds: float) -> None:
 
 
 def test_a_database_restart_mid_run(redis_url, tiny_dataset, tiny_model, tmp_path_factory, launchers):
+    from service.db import migrate
     from service.embedded import start_embedded
-    from service.stack import migrate
 
     servers = start_embedded(tmp_path_factory.mktemp("own-postgres"), database="faults")
     try:

@@ -1,4 +1,4 @@
-"""`make run` (service/stack.py) as a user starts it, with GROCERY_INPUT_ROOTS set to a photo folder as
+"""`make run` (cli/stack.py) as a user starts it, with GROCERY_INPUT_ROOTS set to a photo folder as
 the README invites (issue #14): uploads and POST /predict still work. Its own module: no other
 module's workers may be listening on the test queues while it runs."""
 
@@ -24,7 +24,7 @@ def free_port() -> int:
 def test_make_run_with_custom_input_roots_serves_predict_and_uploads(
     database_url, redis_url, tiny_dataset, tiny_model, tmp_path
 ):
-    """`make run` (service/stack.py: workers and gunicorn) with GROCERY_INPUT_ROOTS naming only a photo
+    """`make run` (cli/stack.py: workers and gunicorn) with GROCERY_INPUT_ROOTS naming only a photo
     folder, the README's own example: uploads and POST /predict still work."""
     clean_store(database_url, redis_url)
     engine = make_engine(database_url)
@@ -44,7 +44,7 @@ def test_make_run_with_custom_input_roots_serves_predict_and_uploads(
         "GROCERY_UI": "off",
     }
     log = (tmp_path / "stack.log").open("w")
-    stack = subprocess.Popen([sys.executable, "-m", "service.stack"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    stack = subprocess.Popen([sys.executable, "-m", "cli.stack"], cwd=ROOT, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -4,9 +4,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import alembic_config
 from sqlalchemy import create_engine, inspect
 
+from service.db import alembic_config
 from service.tables import Base
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from grocery.cli import main
 from grocery.predict import Predictor, iter_image_files
+from grocery.results import RESULT_COLUMNS
 
 
 @pytest.fixture
@@ -127,7 +128,9 @@ def test_cli_predict_csv_file(tiny_model, mixed_folder, tmp_path):
     rows = list(csv.DictReader(output.open()))
     assert [r["path"] for r in rows] == [str(single), str(mixed_folder / "empty.jpg")]
     assert rows[0]["label"] in ["Apple", "Pear", "Milk"] and json.loads(rows[0]["top5"])[0]["label"] == rows[0]["label"]
-    assert rows[1]["error"].startswith("empty_file: ") and rows[1]["label"] == ""
+    # The job service's CSV columns (grocery.results): the error's code and message apart.
+    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert rows[1]["error_code"] == "empty_file" and rows[1]["error_message"] and rows[1]["label"] == ""
 
 
 def test_cli_pixel_limit(tiny_model, mixed_folder, capsys):

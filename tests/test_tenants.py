@@ -248,7 +248,7 @@ def test_the_cli_gives_a_token_its_roots(database_url, tmp_path):
 
     def grocery(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "grocery.cli", "tokens", *args], cwd=ROOT, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "cli", "tokens", *args], cwd=ROOT, env=env, capture_output=True, text=True
         )
 
     scopes = ("--scopes", "jobs:read,jobs:write")

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from celery.signals import worker_ready
 
+from grocery.results import Prediction
 from service import confinement, crud, shards, tokens
 from service.confinement import ReadScope, job_scope
+from service.contract import JOB_TASKS, SHARD_TASK, send, serving_model
 from service.settings import Settings
 from service.tables import JobShard, Model
-from worker.celery_app import JOB_TASKS, SHARD_TASK, app
+from worker.celery_app import app
 from worker.runtime import (
     JobError,
     device_name,
@@ -31,6 +33,7 @@ from worker.runtime import (
     sessions,
     start,
     worker_name,
+    worker_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,14 @@ log = logging.getLogger(__name__)
 SPREAD, MIN_SHARD = 8, 64
 
 
-@app.task(name=JOB_TASKS["predict"], bind=True)
+@app.task(name=JOB_TASKS["predict"].name, bind=True)
 def run_predict_job(self, job_id: str) -> None:
     started = start(self, job_id)
     if started is None:
         return
     reporter, job = started
-    settings = Settings.from_env()
     try:
-        outcome = list_into_shards(self, job, reporter.attempt, settings)
+        outcome = list_into_shards(self, job, reporter.attempt, worker_settings())
     except Exception as e:
         log.exception("listing prediction job %s failed", job_id)
         reporter.finish("failed", error_code=error_code(e), error_message=f"listing the input failed: {e}")
@@ -56,13 +58,13 @@ def run_predict_job(self, job_id: str) -> None:
         reporter.finish(
             "failed",
             error_code="too_many_files",
-            error_message=f"the input holds more than {settings.max_job_files} files (GROCERY_MAX_JOB_FILES)",
+            error_message=f"the input holds more than {worker_settings().max_job_files} files (GROCERY_MAX_JOB_FILES)",
         )
     elif outcome == "too_many_shards":
         reporter.finish(
             "failed",
             error_code="too_many_shards",
-            error_message=f"the input needs more than {settings.max_job_shards} shards of "
+            error_message=f"the input needs more than {worker_settings().max_job_shards} shards of "
             f"{job.params.get('shard_size')} files (GROCERY_MAX_JOB_SHARDS): give a larger shard_size",
         )
 
@@ -132,11 +134,11 @@ def input_files(job, settings: Settings) -> Iterator[str]:
     return (p for p in files if not Path(p).is_relative_to(uploads))
 
 
-def send_shard(shard_id: int, countdown: float = 0) -> None:
-    app.send_task(SHARD_TASK, args=[shard_id], queue="predict", countdown=countdown)
+def send_shard(shard_id: int, countdown: float | None = None) -> None:
+    send(app, SHARD_TASK, shard_id, countdown=countdown)
 
 
-@app.task(name=SHARD_TASK, bind=True)
+@app.task(name=SHARD_TASK.name, bind=True)
 def run_predict_shard(self, shard_id: int) -> None:
     run_shard(self, shard_id)
 
@@ -152,18 +154,18 @@ def run_shard(task, shard_id: int) -> None:
             return
         job = crud.get_job(session, job_id=shard.job_id)
         model = session.get(Model, job.model_id)
-        scope = read_scope(session, job, Settings.from_env())
+        scope = read_scope(session, job, worker_settings())
         session.commit()
     attempt = shard.attempts
     presence.hold("shard", shard.id, attempt)
-    settings = Settings.from_env()
+    limits = worker_settings()
 
     def on_hard_limit():
-        conclude(shard, attempt, *retry_or_fail(shard, attempt, ShardTimeLimit("hard", settings.predict_time_limit)))
+        conclude(shard, attempt, *retry_or_fail(shard, attempt, ShardTimeLimit("hard", limits.predict_time_limit)))
 
     try:
-        with hard_time_limit(settings.predict_time_limit, on_hard_limit):
-            deadline = time.monotonic() + settings.predict_soft_time_limit
+        with hard_time_limit(limits.predict_time_limit, on_hard_limit):
+            deadline = time.monotonic() + limits.predict_soft_time_limit
             stopped = classify_shard(shard, attempt, scope, model, deadline)
         status, message = ("cancelled" if stopped else "succeeded"), None
     except Exception as e:
@@ -191,10 +193,9 @@ def conclude(shard: JobShard, attempt: int, status: str, message: str | None) ->
 
 def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str, str]:
     """A failing shard is tried again a few times; then its files without a result become error rows."""
-    settings = Settings.from_env()
     message = f"{type(error).__name__}: {error}"
     with sessions()() as session:
-        if attempt < settings.shard_attempts:
+        if attempt < worker_settings().shard_attempts:
             requeued = shards.requeue_shard(session, shard=shard, attempt=attempt, error_message=message)
             session.commit()
             if requeued:
@@ -210,10 +211,9 @@ def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str,
 
 
 def end_job_if_done(job_id: uuid.UUID) -> None:
-    default = Settings.from_env().max_failed_fraction
     with sessions()() as session:
         job = crud.get_job(session, job_id=job_id)
-        limit = job.params.get("max_failed_fraction", default)
+        limit = job.params.get("max_failed_fraction", worker_settings().max_failed_fraction)
         status = shards.complete_job(session, job_id=job_id, max_failed_fraction=limit)
         session.commit()
     if status is not None:
@@ -238,7 +238,8 @@ def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model
     labels = Counter(labels)
     todo = [p for p in shard.paths if p not in finished]
     escaping = {p for p in todo if not scope.allows(p)}
-    rows = [shards.error_row(p, "outside_root", "the file resolves outside the job's input roots") for p in escaping]
+    outside = "the file resolves outside the job's input roots"
+    rows = [Prediction.failed(p, "outside_root", outside).to_row() for p in escaping]
     predictor = cached_predictor(str(model.id), model.artifact_path)
     results = predictor.predict_files([p for p in todo if p not in escaping])
     for batch in _batches(rows, results, predictor.batch_size):
@@ -265,7 +266,7 @@ def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model
         if stop:
             return True
         if time.monotonic() > deadline:
-            raise ShardTimeLimit("soft", Settings.from_env().predict_soft_time_limit)
+            raise ShardTimeLimit("soft", worker_settings().predict_soft_time_limit)
     return False
 
 
@@ -274,26 +275,12 @@ def _batches(first_rows: list[dict], results, size: int):
         yield first_rows
     batch = []
     for result in results:
-        batch.append(result_row(result))
+        batch.append(result.to_row())
         if len(batch) == size:
             yield batch
             batch = []
     if batch:
         yield batch
-
-
-def result_row(result) -> dict:
-    if result.error is not None:
-        return shards.error_row(result.path, result.error["code"], result.error["message"])
-    return {
-        "path": result.path,
-        "label": result.label,
-        "class_id": result.class_id,
-        "confidence": result.confidence,
-        "top5": result.top5,
-        "error_code": None,
-        "error_message": None,
-    }
 
 
 @worker_ready.connect
@@ -306,9 +293,7 @@ def preload_serving_model(sender=None, **_) -> None:
         return
     try:
         with sessions()() as session:
-            model = crud.resolve_model(session, reference="production") or crud.resolve_model(
-                session, reference="latest"
-            )
+            model = serving_model(session)
         if model is not None:
             cached_predictor(str(model.id), model.artifact_path)
             log.info("preloaded model %s (version %s)", model.id, model.version)
@@ -322,7 +307,7 @@ def cached_predictor(model_id: str, artifact_path: str):
     first load on a machine measures the runtimes (grocery.runtimes); the choice is kept with the model."""
     from grocery.predict import Predictor
 
-    settings = Settings.from_env()
+    settings = worker_settings()
     threads = settings.worker_threads or len(os.sched_getaffinity(0))
     predictor = Predictor.from_path(artifact_path, threads=threads, decode_threads=threads, runtime=settings.runtime)
     if predictor.choice is not None:

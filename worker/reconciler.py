@@ -19,8 +19,9 @@ from celery.signals import worker_ready
 
 from service import lifecycle, recovery
 from service.broker import queue_depths
+from service.contract import JOB_TASKS, QUEUES, SHARD_TASK, Task, send
 from service.settings import Settings
-from worker.celery_app import JOB_TASKS, SHARD_TASK, app
+from worker.celery_app import app
 from worker.runtime import sessions
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def reconcile(settings: Settings) -> None:
             outcome = recovery.recover_job(session, job=job, code=code, reason=reason, max_lost=settings.job_attempts)
             log.warning("job %s: %s; %s", job.id, reason, outcome)
             if outcome == "queued":
-                to_send.append((JOB_TASKS[job.type], str(job.id), job.type))
+                to_send.append((JOB_TASKS[job.type], str(job.id)))
         for shard, stalled in recovery.silent_shards(session, **limits):
             code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_shard(
@@ -48,13 +49,13 @@ def reconcile(settings: Settings) -> None:
             )
             log.warning("shard %s of job %s: %s; %s", shard.id, shard.job_id, reason, outcome)
             if outcome == "queued":
-                to_send.append((SHARD_TASK, shard.id, "predict"))
+                to_send.append((SHARD_TASK, shard.id))
             to_end.add(shard.job_id)
         to_send += lost_messages(session, settings.reconcile_seconds, already={item[1] for item in to_send})
         to_end.update(recovery.stranded_jobs(session))
         session.commit()
-    for task, argument, queue in to_send:
-        app.send_task(task, args=[argument], queue=queue)
+    for task, argument in to_send:
+        send(app, task, argument)
     for job_id in to_end:
         end_job_if_done(job_id)
     delete_expired(settings)
@@ -76,16 +77,13 @@ def delete_expired(settings: Settings) -> None:
         log.info("deleted %d finished jobs past their retention", len(expired))
 
 
-def lost_messages(session, older_than: float, already: set) -> list[tuple[str, object, str]]:
+def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, object]]:
     """Queued work to send again: all of a queue's waiting work, when the broker holds fewer
     messages for that queue than PostgreSQL has work waiting on it."""
     jobs = recovery.waiting_jobs(session, older_than=older_than)
     shards = recovery.waiting_shards(session, older_than=older_than)
-    waiting = {
-        "train": [(JOB_TASKS["train"], str(job_id), "train") for job_id, kind in jobs if kind == "train"],
-        "predict": [(JOB_TASKS["predict"], str(job_id), "predict") for job_id, kind in jobs if kind == "predict"]
-        + [(SHARD_TASK, shard_id, "predict") for shard_id in shards],
-    }
+    work = [(JOB_TASKS[kind], str(job_id)) for job_id, kind in jobs] + [(SHARD_TASK, s) for s in shards]
+    waiting = {queue: [item for item in work if item[0].queue == queue] for queue in QUEUES}
     depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
     resend = [item for item in resend if item[1] not in already]

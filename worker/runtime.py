@@ -20,10 +20,10 @@ from celery.signals import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud, ops, shards
+from service.contract import SHARD_TASK
 from service.db import make_engine, make_session_factory
 from service.settings import Settings
 from service.tables import Job
-from worker.celery_app import SHARD_TASK
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -31,14 +31,20 @@ HEARTBEAT_SECONDS = 5.0
 
 def heartbeat_interval() -> float:
     """Well inside the lease, so a live worker's job is never taken for a lost one."""
-    return min(HEARTBEAT_SECONDS, Settings.from_env().job_lease_seconds / 4)
+    return min(HEARTBEAT_SECONDS, worker_settings().job_lease_seconds / 4)
+
+
+@functools.cache
+def worker_settings() -> Settings:
+    """The worker process's settings: its environment, read once."""
+    return Settings.from_env()
 
 
 @functools.cache
 def sessions() -> sessionmaker[Session]:
     """One engine per worker process, made on first use (after the fork)."""
-    settings = Settings.from_env()
-    engine = make_engine(settings.database_url, pool_size=2, idle_transaction_seconds=settings.job_lease_seconds)
+    lease = worker_settings().job_lease_seconds
+    engine = make_engine(worker_settings().database_url, pool_size=2, idle_transaction_seconds=lease)
     return make_session_factory(engine)
 
 
@@ -141,7 +147,7 @@ def end_presence(**_) -> None:
 
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
-    if task.name == SHARD_TASK:
+    if task.name == SHARD_TASK.name:
         presence.update(job_id=None, shard_id=args[0])
     else:
         presence.update(job_id=uuid.UUID(args[0]), shard_id=None)

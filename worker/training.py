@@ -6,14 +6,14 @@ from pathlib import Path
 
 from service import tokens
 from service.confinement import PathRefused, training_files
-from service.settings import Settings
-from worker.celery_app import JOB_TASKS, app
-from worker.runtime import error_code, hard_time_limit, sessions, shutting_down, start
+from service.contract import JOB_TASKS, send
+from worker.celery_app import app
+from worker.runtime import error_code, hard_time_limit, sessions, shutting_down, start, worker_settings
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=JOB_TASKS["train"], bind=True)
+@app.task(name=JOB_TASKS["train"].name, bind=True)
 def run_train_job(self, job_id: str) -> None:
     from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
     from grocery.export import prepare_for_serving
@@ -22,7 +22,7 @@ def run_train_job(self, job_id: str) -> None:
     if started is None:
         return
     reporter, job = started
-    settings, params = Settings.from_env(), dict(job.params)
+    settings, params = worker_settings(), dict(job.params)
     # Each attempt writes its own folder, so a frozen worker that wakes up after losing the job
     # cannot overwrite the files of the attempt that took over.
     output = Path(settings.model_dir) / job_id / f"attempt-{reporter.attempt}"
@@ -116,7 +116,7 @@ def end_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint:
     """A run that stopped early: handed back (shutdown), failed (time limit) or cancelled."""
     if stop.reason == "shutdown":
         if reporter.requeue("the worker shut down; the next attempt resumes from the last epoch checkpoint"):
-            task.app.send_task(task.name, args=[str(reporter.job_id)], queue="train")
+            send(task.app, JOB_TASKS["train"], str(reporter.job_id))
         return
     if stop.reason == "time_limit":
         reporter.finish(

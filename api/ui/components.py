@@ -5,8 +5,6 @@ from datetime import datetime
 
 from dash import dcc, html
 
-FINISHED = ("succeeded", "failed", "cancelled")
-
 
 def message(text: str, kind: str = "error") -> html.Div:
     """A visible sentence: what went wrong (the API's message) or what happened."""

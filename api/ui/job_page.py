@@ -6,7 +6,8 @@ from urllib.parse import quote, urlencode
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from api.ui import charts
-from api.ui.components import FINISHED, message, percent, progress_bar, short_id, status_badge, when
+from api.ui.components import message, percent, progress_bar, short_id, status_badge, when
+from service.tables import FINISHED_STATUSES
 
 REFRESH_MS = 2000
 GALLERY_PAGE = 48
@@ -28,7 +29,7 @@ def layout(job_id: str, calls):
     return html.Section(
         [
             dcc.Store(id="job-id", data=job_id),
-            dcc.Interval(id="job-tick", interval=REFRESH_MS, disabled=job["status"] in FINISHED),
+            dcc.Interval(id="job-tick", interval=REFRESH_MS, disabled=job["status"] in FINISHED_STATUSES),
             html.Div(header(job), id="job-header"),
             html.Div(id="job-message"),
             body,
@@ -67,7 +68,7 @@ def header(job: dict) -> list:
     ]
     if job.get("error"):
         parts.append(message(f"{job['error']['code']}: {job['error']['message']}"))
-    if job["status"] not in FINISHED:
+    if job["status"] not in FINISHED_STATUSES:
         parts.append(html.Button("Cancel job", id="job-cancel", className="small"))
     return parts
 
@@ -178,7 +179,7 @@ def register(ui: Dash, calls) -> None:
         reply = calls.get(f"/jobs/{job_id}")
         if not reply.ok:
             return message(reply.error), True
-        return header(reply.body), reply.body["status"] in FINISHED
+        return header(reply.body), reply.body["status"] in FINISHED_STATUSES
 
     @ui.callback(
         Output("job-message", "children"),

@@ -4,10 +4,9 @@ import uuid
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from api.ui.components import FINISHED, field, job_link, message, progress_bar, status_badge, uploaded_file, when
+from api.ui.components import field, job_link, message, progress_bar, status_badge, uploaded_file, when
+from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES
 
-JOB_TYPES = ("train", "predict")
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ARCHS = ("efficientnet_lite0", "mobilenet_v3_small")
 REFRESH_MS = 2000
 PAGE, MAX_LISTED = 50, 500  # jobs shown at first, and at most ("Show older jobs" adds a page)
@@ -21,7 +20,7 @@ def layout() -> html.Section:
             html.Div(
                 [
                     field("Type", dcc.RadioItems(["all", *JOB_TYPES], "all", id="jobs-type", inline=True)),
-                    field("Status", dcc.Dropdown([*STATUSES], None, id="jobs-status", placeholder="any status")),
+                    field("Status", dcc.Dropdown([*JOB_STATUSES], None, id="jobs-status", placeholder="any status")),
                 ],
                 className="filters",
             ),
@@ -108,7 +107,7 @@ def jobs_table(jobs: list[dict]) -> html.Table | html.P:
 
 def job_row(job: dict) -> html.Tr:
     cancel = None
-    if job["status"] not in FINISHED:
+    if job["status"] not in FINISHED_STATUSES:
         cancel = html.Button("Cancel", id={"type": "cancel-job", "job": job["id"]}, className="small")
     return html.Tr(
         [

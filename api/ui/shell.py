@@ -5,8 +5,8 @@ import re
 from dash import Dash, Input, Output, dcc, html, set_props
 from flask import current_app, request
 
-from api import services
 from api.auth import TOKEN_COOKIE
+from api.deps import resources
 from api.ui import job_page, jobs, registry, workshop
 from api.ui.components import message
 
@@ -50,7 +50,7 @@ def page_for(pathname: str | None, calls):
 
 
 def signin_state():
-    if services().settings.auth == "off":
+    if resources().settings.auth == "off":
         return html.Span("authentication off", className="muted")
     if request.cookies.get(TOKEN_COOKIE):
         return html.A("Sign out", href="/ui/logout")

@@ -6,8 +6,8 @@ callbacks, which send the token as a Bearer header (api/auth.py: a cookie never 
 
 from flask import Blueprint, make_response, redirect, request
 
-from api import services
 from api.auth import TOKEN_COOKIE
+from api.deps import resources
 from service import tokens
 
 blueprint = Blueprint("ui_signin", __name__)
@@ -30,7 +30,7 @@ def page(notice: str = "", status: int = 200):
 
 @blueprint.get("/ui/login")
 def login_form():
-    if services().settings.auth == "off":
+    if resources().settings.auth == "off":
         return page('<p class="message info">Authentication is off on this server: no token is needed.</p>')
     return page()
 
@@ -38,7 +38,7 @@ def login_form():
 @blueprint.post("/ui/login")
 def login():
     secret = (request.form.get("token") or "").strip()
-    with services().sessions() as session:
+    with resources().sessions() as session:
         token = tokens.find_token(session, secret=secret) if secret else None
     if token is None:
         notice = '<p class="message error" role="alert">That token is unknown or revoked.</p>'

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli import ROOT
+
 # Seconds before restarting a child that died, growing while it keeps dying.
 RESTART_DELAYS = (1, 2, 5, 10, 30)
 

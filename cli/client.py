@@ -19,9 +19,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from service.contract import ROW_COUNT_HEADER
+from service.tables import FINISHED_STATUSES, JOB_TYPES
+
+# How a watched job ended (each of FINISHED_STATUSES), as the exit code.
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
-# The export's record count, sent before its body so a client can tell a cut download from a whole one.
-ROW_COUNT_HEADER = "X-Row-Count"
 TRAIN_OPTIONS = (
     "epochs",
     "batch_size",
@@ -95,7 +97,7 @@ def watch(client: Client, job_id: str, poll: float = 1.0) -> int:
             bar.total = progress["total"]
             bar.n = progress["done"] or 0
             bar.set_postfix_str(job["status"])
-            if job["status"] in EXIT:
+            if job["status"] in FINISHED_STATUSES:
                 break
             time.sleep(poll)
             job = client.call("GET", f"/jobs/{job_id}")
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     watching.add_argument("job_id")
     watching.set_defaults(run=lambda client, args: watch(client, args.job_id))
     listing = jobs.add_parser("list", help="newest first")
-    listing.add_argument("--type", choices=["train", "predict"])
+    listing.add_argument("--type", choices=JOB_TYPES)
     listing.add_argument("--status")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(run=list_jobs)

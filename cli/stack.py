@@ -10,20 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-
+from cli import ROOT
+from service.db import migrate
 from service.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def migrate(database_url: str) -> None:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    command.upgrade(config, "head")
 
 
 def main() -> int:
@@ -45,7 +35,7 @@ def main() -> int:
     workers = os.environ.get("GROCERY_WORKERS") or str(len(os.sched_getaffinity(0)))
     children = [
         # The launcher: one worker per GPU, or (here, usually) one per core, each on both queues.
-        subprocess.Popen([python, "-m", "worker.launcher", "--processes", workers], cwd=ROOT),
+        subprocess.Popen([python, "-m", "cli.worker", "--processes", workers], cwd=ROOT),
         subprocess.Popen(
             [
                 python,

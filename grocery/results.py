@@ -1,0 +1,52 @@
+"""One file's result, and the shapes it travels in. Torch-free: the API and the service import it.
+
+Nested for JSON (``to_dict``: the API's result pages, JSONL exports, ``grocery predict``), flat
+for tables (``to_row``: the results table, CSV exports, ``grocery predict --output x.csv``).
+"""
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+RESULT_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message")
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str | None = None
+    class_id: int | None = None
+    confidence: float | None = None
+    top5: list[dict] | None = None
+    error: dict | None = None  # {"code": ..., "message": ...} when the file could not be classified
+
+    @classmethod
+    def failed(cls, path: str, code: str, message: str) -> "Prediction":
+        return cls(path, error={"code": code, "message": message})
+
+    @classmethod
+    def from_row(cls, row) -> "Prediction":
+        """From a flat row: a mapping, or an object with RESULT_COLUMNS attributes (a table row)."""
+        *fields, code, message = row_values(row)
+        return cls(*fields, error={"code": code, "message": message} if code else None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_row(self) -> dict:
+        error = self.error or {}
+        fields = (self.path, self.label, self.class_id, self.confidence, self.top5)
+        return dict(zip(RESULT_COLUMNS, (*fields, error.get("code"), error.get("message")), strict=True))
+
+
+def row_values(row) -> tuple:
+    """A flat row's values in RESULT_COLUMNS order: from a mapping, or from a table row's attributes."""
+    if isinstance(row, Mapping):
+        return tuple(row[c] for c in RESULT_COLUMNS)
+    return tuple(getattr(row, c) for c in RESULT_COLUMNS)
+
+
+def csv_values(row) -> tuple:
+    """A flat row's CSV fields, in RESULT_COLUMNS order: top5 as JSON text (csv writes None as empty)."""
+    path, label, class_id, confidence, top5, code, message = row_values(row)
+    return path, label, class_id, confidence, json.dumps(top5) if top5 is not None else None, code, message

@@ -1,0 +1,19 @@
+"""The job contract (service/contract.py): one task table that the API sends by and the workers run."""
+
+from service import contract
+from service.settings import Settings
+from service.tables import JOB_TYPES
+
+
+def test_every_job_type_has_its_task_and_every_task_a_queue():
+    assert set(contract.JOB_TASKS) == set(JOB_TYPES)
+    assert set(contract.QUEUES) == {task.queue for task in contract.TASKS} == {"train", "predict"}
+
+
+def test_the_workers_run_exactly_the_tasks_the_contract_names():
+    celery = contract.make_celery(Settings())
+    celery.loader.import_default_modules()  # what a worker does as it starts: the task modules
+    ours = {name for name in celery.tasks if not name.startswith("celery.")}
+    assert ours == {task.name for task in contract.TASKS}
+    routes = celery.conf.task_routes
+    assert all(routes[task.name] == {"queue": task.queue} for task in contract.TASKS)
