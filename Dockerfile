@@ -20,6 +20,7 @@ COPY grocery grocery
 COPY service service
 COPY api api
 COPY worker worker
+COPY cli cli
 RUN pip install -e .
 
 FROM python:${PYTHON_VERSION}-slim AS runtime

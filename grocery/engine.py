@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 from grocery import index
 from grocery.artifact import save_artifact
 from grocery.datasets import GroceryDataset
+from grocery.evaluation import ranked_metrics
 from grocery.folds import split_fold, stratified_folds
 from grocery.networks import (
     DEFAULT_ARCH,
@@ -361,16 +362,12 @@ def evaluate(
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """grocery.evaluation's metrics of these logits, and their mean cross-entropy."""
     seen = len(labels)
-    top5 = logits.topk(min(5, num_classes), dim=1).indices
-    confusion = torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-    return {
-        "top1": confusion.view(num_classes, num_classes).diag().sum().item() / max(1, seen),
-        "top5": (top5 == labels[:, None]).any(1).sum().item() / max(1, seen),
-        "loss": nn.functional.cross_entropy(logits, labels, reduction="sum").item() / seen if seen else 0.0,
-        "count": seen,
-        "confusion": confusion.view(num_classes, num_classes).cpu(),
-    }
+    ranked = logits.topk(min(5, num_classes), dim=1).indices
+    metrics = ranked_metrics(labels.cpu().numpy(), ranked.cpu().numpy(), num_classes)
+    loss = nn.functional.cross_entropy(logits, labels, reduction="sum").item() / seen if seen else 0.0
+    return {**metrics, "loss": loss}
 
 
 def fit(

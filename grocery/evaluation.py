@@ -7,34 +7,43 @@ from pathlib import Path
 import numpy as np
 
 
+def ranked_metrics(true_labels: np.ndarray, ranked_ids: np.ndarray, num_classes: int) -> dict:
+    """top-1, top-5 and the confusion matrix (rows: true class, columns: predicted) from each sample's
+    class ids, best first (N, k); a row starting with -1 is a sample that failed to load: a miss."""
+    true_labels, ranked_ids = np.asarray(true_labels, dtype=np.int64), np.asarray(ranked_ids, dtype=np.int64)
+    loaded = ranked_ids[:, 0] >= 0 if len(ranked_ids) else np.zeros(0, dtype=bool)
+    cells = true_labels[loaded] * num_classes + ranked_ids[loaded, 0]
+    confusion = np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    count = len(true_labels)
+    hits5 = int((ranked_ids == true_labels[:, None]).any(1).sum()) if count else 0
+    return {
+        "top1": int(np.trace(confusion)) / max(1, count),
+        "top5": hits5 / max(1, count),
+        "count": count,
+        "errors": int((~loaded).sum()),
+        "confusion": confusion,
+    }
+
+
 def classification_metrics(
     true_labels: Sequence[int], top5_ids: Sequence[Sequence[int] | None], class_names: Sequence[str]
 ) -> dict:
-    """Metrics over every sample; a sample that failed to load (top5 None) counts as a miss."""
+    """Metrics over every sample, with accuracy per class; a sample that failed to load (top5 None) is a miss."""
     n = len(class_names)
-    confusion = np.zeros((n, n), dtype=np.int64)
-    top1 = top5 = errors = 0
-    for label, ids in zip(true_labels, top5_ids, strict=True):
-        if ids is None:
-            errors += 1
-            continue
-        confusion[label, ids[0]] += 1
-        top1 += ids[0] == label
-        top5 += label in ids
-    count = len(true_labels)
+    width = min(5, n)
+    ranked = np.full((len(top5_ids), width), -1, dtype=np.int64)
+    for row, ids in enumerate(top5_ids):
+        if ids is not None:
+            best = list(ids)[:width]
+            ranked[row, : len(best)] = best
+    metrics = ranked_metrics(np.asarray(true_labels, dtype=np.int64), ranked, n)
+    confusion = metrics["confusion"]
     support = np.bincount(np.asarray(true_labels, dtype=np.int64), minlength=n)
     per_class = {
         name: {"accuracy": (float(confusion[i, i] / support[i]) if support[i] else None), "support": int(support[i])}
         for i, name in enumerate(class_names)
     }
-    return {
-        "top1": top1 / max(1, count),
-        "top5": top5 / max(1, count),
-        "count": count,
-        "errors": errors,
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-    }
+    return {**metrics, "per_class": per_class, "confusion": confusion.tolist()}
 
 
 def write_confusion_csv(path: Path, confusion: Sequence[Sequence[int]], class_names: Sequence[str]) -> None:
