@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from celery import Celery
 from conftest import (
     FINISHED,
     clean_store,
@@ -18,8 +17,8 @@ from conftest import (
 )
 from sqlalchemy import text
 
-from api import TASK_NAMES, TASK_QUEUES, create_app
-from service import crud, tokens
+from api import create_app
+from service import contract, crud, tokens
 from service.db import make_engine, make_session_factory
 
 
@@ -59,19 +58,17 @@ def forged_job(settings, owner, job_type: str, params: dict) -> str:
     checks are all that stands between it and the files."""
     engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:
-        job = crud.create_job(
+        model_id = crud.resolve_model(session, reference="latest").id if job_type == "predict" else None
+        job = contract.submit(
             session,
+            contract.make_celery(settings),
             job_type=job_type,
             params=params,
-            progress_unit="files" if job_type == "predict" else "epochs",
             owner_token_id=owner,
-            model_id=crud.resolve_model(session, reference="latest").id if job_type == "predict" else None,
+            model_id=model_id,
         )
-        session.commit()
         job_id = str(job.id)
     engine.dispose()
-    queue = Celery(broker=settings.redis_url)
-    queue.send_task(TASK_NAMES[job_type], args=[job_id], task_id=job_id, queue=TASK_QUEUES[job_type])
     return job_id
 
 
