@@ -33,6 +33,8 @@ def job_json(job: Job) -> dict:
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "lane": job.lane,
+        "priority": job.priority,
         "attempts": job.attempts,
         "worker": job.worker,
         "device": job.device,
@@ -72,8 +74,15 @@ def submit_job():
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, spec.model) if isinstance(spec, PredictJobRequest) else None
+        priority = spec.priority if isinstance(spec, PredictJobRequest) else "normal"
         job, created = record_job(
-            session, job_type=spec.type, params=_checked_params(spec), model_id=model_id, key=key, body_hash=body_hash
+            session,
+            job_type=spec.type,
+            params=_checked_params(spec),
+            model_id=model_id,
+            key=key,
+            body_hash=body_hash,
+            priority=priority,
         )
         return accepted(job) if created else replay(job, body_hash)
 
@@ -108,6 +117,7 @@ def submit_upload(key: str | None):
                 key=key,
                 body_hash=body_hash,
                 job_id=job_id,
+                priority=form.priority,
             )
         except BaseException:
             uploads.discard(folder.parent)
@@ -119,11 +129,21 @@ def submit_upload(key: str | None):
 
 
 def record_job(
-    session, *, job_type: str, params: dict, model_id, key: str | None, body_hash: str, job_id=None
+    session,
+    *,
+    job_type: str,
+    params: dict,
+    model_id,
+    key: str | None,
+    body_hash: str,
+    job_id=None,
+    priority: str = "normal",
 ) -> tuple[Job, bool]:
     """Submit the job (quota, row, commit, queue). Returns (job, False) when a concurrent request with
     the same Idempotency-Key committed first."""
-    check_quota(session, files=_files_named(params))
+    files = _files_named(params)
+    check_priority(priority)
+    check_quota(session, files=files)
     job = contract.submit(
         session,
         resources().celery,
@@ -134,10 +154,23 @@ def record_job(
         job_id=job_id,
         idempotency_key=key,
         request_hash=body_hash,
+        lane=lane_of(job_type, files),
+        priority=priority,
     )
     if job is None:
         return crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id()), False
     return job, True
+
+
+def lane_of(job_type: str, files: int) -> str:
+    """Prediction jobs of a few files named up front (a manifest, uploads) are interactive work."""
+    small = 0 < files <= resources().settings.interactive_max_files
+    return "interactive" if job_type == "predict" and small else "bulk"
+
+
+def check_priority(priority: str) -> None:
+    if priority == "high" and not auth.sees_every_job():
+        raise APIError(403, "forbidden", "priority 'high' is for tokens with the 'ops' scope", {"field": "priority"})
 
 
 def _files_named(params: dict) -> int:

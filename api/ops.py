@@ -56,7 +56,7 @@ def queues():
         # The class only: a broker URL in the message could carry its password.
         raise APIError(503, "broker_unavailable", f"the queue broker does not answer ({type(e).__name__})") from None
     with resources().sessions() as session:
-        oldest = ops.oldest_queued(session)
+        oldest, waits = ops.oldest_queued(session), ops.recent_waits(session)
     now = datetime.now(timezone.utc)
     return jsonify(
         {
@@ -66,6 +66,8 @@ def queues():
                     "depth": depths[name],
                     "oldest_queued_at": iso(oldest.get(name)),
                     "oldest_age_seconds": round((now - oldest[name]).total_seconds(), 3) if name in oldest else None,
+                    # How long work started in the last five minutes waited for a worker.
+                    "recent_wait_seconds": waits.get(name),
                 }
                 for name in QUEUES
             ]
@@ -141,6 +143,15 @@ def queue_metrics(session):
     for name in QUEUES:
         age.add_metric([name], (now - oldest[name]).total_seconds() if name in oldest else 0)
     yield age
+    wait = GaugeMetricFamily(
+        "grocery_queue_wait_seconds",
+        f"How long work started in the last {ops.WAIT_WINDOW_SECONDS}s waited for a worker",
+        labels=["queue", "quantile"],
+    )
+    for name, measured in ops.recent_waits(session).items():
+        for quantile in ("p50", "p95"):
+            wait.add_metric([name, quantile], measured[quantile])
+    yield wait
 
 
 def growth_metrics(session):

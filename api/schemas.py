@@ -4,7 +4,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.tables import PRIORITIES
+
 Arch = Literal["efficientnet_lite0", "mobilenet_v3_small"]
+Priority = Literal[PRIORITIES]
+PRIORITY_HELP = "its share of the workers beside other jobs: low, normal or high (high: ops tokens only)"
 
 
 class Strict(BaseModel):
@@ -62,6 +66,7 @@ class PredictJobRequest(Strict):
     max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="the job fails when more of its files fail (default GROCERY_MAX_FAILED_FRACTION)"
     )
+    priority: Priority = Field("normal", description=PRIORITY_HELP)
 
 
 JobRequest = Annotated[TrainJobRequest | PredictJobRequest, Field(discriminator="type")]

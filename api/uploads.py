@@ -13,6 +13,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.utils import secure_filename
 
 from api.errors import APIError
+from api.schemas import Priority
 
 # Not photos: macOS resource forks and Finder metadata that zip tools add.
 IGNORED_PARTS = ("__MACOSX",)
@@ -36,6 +37,7 @@ class UploadForm(BaseModel):
     model: str = "latest"
     shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
     max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
+    priority: Priority = "normal"
 
 
 def upload_form(form: MultiDict) -> UploadForm:

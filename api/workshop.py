@@ -17,11 +17,13 @@ from api import auth
 from api.deps import check_quota, resources
 from api.errors import APIError
 from service import contract, crud
+from service.broker import await_job_end
 from service.lifecycle import PREDICT_SOURCE
 from service.tables import FINISHED_STATUSES
 
 blueprint = Blueprint("workshop", __name__)
 PREDICT_TIMEOUT_SECONDS = 30.0
+RECHECK_SECONDS, BROKER_DOWN_RECHECK_SECONDS = 5.0, 0.25
 
 
 def serving_model(session):
@@ -151,20 +153,29 @@ def predict():
             owner_token_id=auth.owner_id(),
             model_id=model.id,
             job_id=job_id,
+            lane="interactive",
         )
     return _await_prediction(job.id, model.id)
 
 
 def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
+    """Wait on the worker's word that the job ended (service.broker), then read the row: no polling.
+    The row is read again every few seconds regardless, and often while the broker does not answer."""
     deadline = time.monotonic() + PREDICT_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
+    while True:
         with resources().sessions() as session:
             job = crud.get_job(session, job_id=job_id)
             if job.status in FINISHED_STATUSES:
                 rows = crud.list_predictions(session, job_id=job_id, limit=1)
                 break
-        time.sleep(0.02)
-    else:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            await_job_end(resources().celery, job_id, timeout=max(0.01, min(left, RECHECK_SECONDS)))
+        except Exception:  # the broker is down: the worker may still end the job
+            time.sleep(min(left, BROKER_DOWN_RECHECK_SECONDS))
+    if job.status not in FINISHED_STATUSES:
         raise APIError(
             504,
             "prediction_timeout",

@@ -2,7 +2,7 @@
 
 Each child gets CUDA_VISIBLE_DEVICES before anything imports torch, the solo pool (one job at a
 time, in the process that holds the model) and a node name that names its device (gpu0@host).
-This parent imports neither torch nor Celery, so it never touches CUDA before it forks. It
+This parent imports no torch, so it never touches CUDA before it forks. It
 forwards SIGTERM and SIGINT (a warm shutdown: each child finishes its shard or checkpoints its
 training and hands the job back) and restarts a child that dies.
 """
@@ -17,13 +17,15 @@ import time
 from dataclasses import dataclass
 
 from cli import ROOT
+from service.contract import JOB_TASKS, worker_queues
 
 # Seconds before restarting a child that died, growing while it keeps dying.
 RESTART_DELAYS = (1, 2, 5, 10, 30)
 
 
-def worker_command(node_name: str, queues: list[str], loglevel: str = "INFO") -> list[str]:
-    """One worker process: the solo pool runs one job at a time, in the process that loaded the model."""
+def worker_command(node_name: str, job_types: list[str], loglevel: str = "INFO") -> list[str]:
+    """One worker process: the solo pool runs one job at a time, in the process that loaded the model.
+    It takes these job types' work from their queues, in the contract's order (interactive first)."""
     return [
         sys.executable,
         "-m",
@@ -32,7 +34,7 @@ def worker_command(node_name: str, queues: list[str], loglevel: str = "INFO") ->
         "worker.celery_app",
         "worker",
         "-Q",
-        ",".join(queues),
+        ",".join(worker_queues(job_types)),
         "--pool",
         "solo",
         "-n",
@@ -125,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="grocery worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--gpus", default="auto", help="GPU indices (0,1), 'all', 'cpu', or 'auto' (default)")
-    parser.add_argument("--queues", default="train,predict", help="queues to take jobs from (default: both)")
+    parser.add_argument(
+        "--queues",
+        default=",".join(JOB_TASKS),
+        help="job types to take work of: train and/or predict (default: both; predict includes the interactive lane)",
+    )
     parser.add_argument(
         "--processes",
         type=int,
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = set(queues) - {"train", "predict"}
+    unknown = set(queues) - set(JOB_TASKS)
     if unknown or not queues:
         parser.error(f"--queues takes train and/or predict, not {sorted(unknown) or args.queues!r}")
     if args.processes < 1:

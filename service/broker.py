@@ -1,4 +1,6 @@
-"""What the broker holds: the one thing the API and the reconciler ask Redis directly."""
+"""What the API and the workers ask Redis directly: how many messages wait, and which jobs just ended."""
+
+import uuid
 
 from amqp.exceptions import ChannelError
 from celery import Celery
@@ -16,3 +18,23 @@ def queue_depths(app: Celery, names: list[str]) -> dict[str, int]:
             except ChannelError:
                 depths[name] = 0
     return depths
+
+
+# When a job ends its worker leaves a word under this key, so that whoever waits for the job (POST
+# /predict) blocks on Redis instead of polling PostgreSQL; the job's row stays the record.
+JOB_END_KEY = "grocery:job-ended:{job_id}"
+JOB_END_KEPT_SECONDS = 120
+
+
+def announce_job_end(app: Celery, job_id: uuid.UUID, status: str) -> None:
+    key = JOB_END_KEY.format(job_id=job_id)
+    with app.connection_for_write() as connection:
+        client = connection.default_channel.client
+        client.pipeline().lpush(key, status).expire(key, JOB_END_KEPT_SECONDS).execute()
+
+
+def await_job_end(app: Celery, job_id: uuid.UUID, timeout: float) -> str | None:
+    """The status the job ended with, once its worker says so; None if it did not within ``timeout``."""
+    with app.connection_for_read() as connection:
+        reply = connection.default_channel.client.blpop([JOB_END_KEY.format(job_id=job_id)], timeout=timeout)
+    return reply[1].decode() if reply else None

@@ -33,9 +33,16 @@ JOB_TASKS = {
     "train": Task("worker.training.run_train_job", queue="train"),
     "predict": Task("worker.prediction.run_predict_job", queue="predict"),
 }
-SHARD_TASK = Task("worker.prediction.run_predict_shard", queue="predict")
-TASKS = (*JOB_TASKS.values(), SHARD_TASK)
-QUEUES = tuple(sorted({task.queue for task in TASKS}))
+# Interactive prediction jobs (POST /predict, small jobs) run the same task from a queue of their own.
+INTERACTIVE_TASK = Task(JOB_TASKS["predict"].name, queue="interactive")
+SHARD_TASK = Task("worker.prediction.run_predict_shard", queue="shards")
+# What a worker that serves each job type runs.
+TASKS_OF = {"train": (JOB_TASKS["train"],), "predict": (INTERACTIVE_TASK, JOB_TASKS["predict"], SHARD_TASK)}
+TASKS = tuple(task for tasks in TASKS_OF.values() for task in tasks)
+# The order a worker takes work in (Redis is asked in this order): interactive work first; then the
+# start of a job (a listing, a training), so that a job submitted behind a million queued shards is
+# listed at once and its shards share the workers (service.shards.next_shard); then bulk shards.
+QUEUES = ("interactive", "predict", "train", "shards")
 # The modules that define the tasks (a worker imports them as it starts) and the reconciler.
 WORKER_MODULES = ("worker.training", "worker.prediction", "worker.reconciler")
 PROGRESS_UNITS = {"train": "epochs", "predict": "files"}
@@ -55,7 +62,8 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # status and results live in PostgreSQL
-        task_routes={task.name: {"queue": task.queue} for task in TASKS},
+        # The first of a worker's queues that holds a message is served first (QUEUES' order).
+        broker_transport_options={"queue_order_strategy": "priority"},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -71,15 +79,27 @@ def send(
     task_id: str | None = None,
     retry: bool = True,
 ) -> None:
-    """Every message goes out here: the task's name and queue come from its row of the table above."""
+    """Every message goes out here: the task's name and queue come from the table above."""
     celery.send_task(task.name, args=[argument], queue=task.queue, countdown=countdown, task_id=task_id, retry=retry)
+
+
+def job_task(job_type: str, lane: str) -> Task:
+    """The task, and so the queue, that starts a job of this type in this lane."""
+    return INTERACTIVE_TASK if lane == "interactive" else JOB_TASKS[job_type]
+
+
+def worker_queues(job_types: list[str]) -> list[str]:
+    """The queues a worker serving these job types takes work from, in QUEUES' order: a worker that
+    serves predictions serves the interactive lane too."""
+    wanted = {task.queue for job_type in job_types for task in TASKS_OF[job_type]}
+    return [queue for queue in QUEUES if queue in wanted]
 
 
 def enqueue(celery: Celery, job: Job) -> bool:
     """Send a committed job's first task. With the broker down the job stays queued: the workers'
     reconciler sends it once the broker is back."""
     try:
-        send(celery, JOB_TASKS[job.type], str(job.id), task_id=str(job.id), retry=False)
+        send(celery, job_task(job.type, job.lane), str(job.id), task_id=str(job.id), retry=False)
     except Exception:
         log.warning("broker unreachable: job %s stays queued for the reconciler", job.id, exc_info=True)
         return False
@@ -97,6 +117,8 @@ def submit(
     job_id: uuid.UUID | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    lane: str = "bulk",
+    priority: str = "normal",
 ) -> Job | None:
     """Write the job, commit, then enqueue it. None (rolled back) when a concurrent request with the
     same idempotency key committed first."""
@@ -111,6 +133,8 @@ def submit(
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             owner_token_id=owner_token_id,
+            lane=lane,
+            priority=priority,
         )
         session.commit()
     except IntegrityError:

@@ -22,6 +22,8 @@ def create_job(
     request_hash: str | None = None,
     job_id: uuid.UUID | None = None,
     owner_token_id: uuid.UUID | None = None,
+    lane: str = "bulk",
+    priority: str = "normal",
 ) -> Job:
     job = Job(
         id=job_id or uuid.uuid4(),
@@ -32,6 +34,8 @@ def create_job(
         model_id=model_id,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        lane=lane,
+        priority=priority,
     )
     session.add(job)
     session.flush()
@@ -126,6 +130,18 @@ def add_event(session: Session, *, job_id: uuid.UUID, kind: str, data: dict) -> 
 def list_events(session: Session, *, job_id: uuid.UUID, limit: int = 1000, after_id: int = 0) -> list[JobEvent]:
     query = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id)
     return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def interactive_jobs_waiting(session: Session) -> bool:
+    """Whether an interactive job is queued: a busy worker asks between two batches of bulk work."""
+    waiting = select(Job.id).where(Job.lane == "interactive", Job.status == "queued", ~Job.cancel_requested)
+    return bool(session.scalar(select(waiting.exists())))
+
+
+def waiting_interactive_jobs(session: Session, *, limit: int) -> list[uuid.UUID]:
+    """The oldest queued interactive jobs (claimed by the caller, conditionally, one by one)."""
+    query = select(Job.id).where(Job.lane == "interactive", Job.status == "queued", ~Job.cancel_requested)
+    return list(session.scalars(query.order_by(Job.created_at).limit(limit)))
 
 
 def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) -> int | None:

@@ -10,6 +10,7 @@ from sqlalchemy import case, func, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from service.contract import SHARD_TASK
 from service.tables import Job, JobShard, PredictionRow, Worker
 
 # A worker that has not reported for this long is not counted as live.
@@ -65,13 +66,33 @@ def list_workers(session: Session, *, include_offline: bool = False) -> list[Wor
     return list(session.scalars(query.order_by(Worker.name)))
 
 
+# The queue a job's first task waits on (service.contract.job_task), in SQL.
+JOB_QUEUE = case((Job.lane == "interactive", literal("interactive")), else_=Job.type)
+WAIT_WINDOW_SECONDS = 300
+
+
 def oldest_queued(session: Session) -> dict[str, datetime]:
     """When the oldest still-queued work of each queue was submitted: jobs, and shards of predict jobs."""
-    queued_jobs = select(Job.type.label("queue"), Job.created_at).where(Job.status == "queued")
-    queued_shards = select(literal("predict").label("queue"), JobShard.created_at).where(JobShard.status == "queued")
+    queued_jobs = select(JOB_QUEUE.label("queue"), Job.created_at).where(Job.status == "queued")
+    shard_queue = literal(SHARD_TASK.queue).label("queue")
+    queued_shards = select(shard_queue, JobShard.created_at).where(JobShard.status == "queued")
     waiting = union_all(queued_jobs, queued_shards).subquery()
     rows = session.execute(select(waiting.c.queue, func.min(waiting.c.created_at)).group_by(waiting.c.queue))
     return dict(rows.all())
+
+
+def recent_waits(session: Session) -> dict[str, dict]:
+    """Per queue, over the work started in the last WAIT_WINDOW_SECONDS: how long it waited to start
+    (a job from its submission, a shard from its enqueueing): count, p50 and p95 seconds."""
+    since = func.now() - text(f"interval '{WAIT_WINDOW_SECONDS} seconds'")
+    job_wait = func.extract("epoch", Job.started_at - Job.created_at)
+    shard_wait = func.extract("epoch", JobShard.started_at - JobShard.enqueued_at)
+    jobs = select(JOB_QUEUE.label("queue"), job_wait.label("wait")).where(Job.started_at > since)
+    shards = select(literal(SHARD_TASK.queue).label("queue"), shard_wait).where(JobShard.started_at > since)
+    started = union_all(jobs, shards).subquery()
+    p50, p95 = (func.percentile_cont(q).within_group(started.c.wait) for q in (0.5, 0.95))
+    rows = session.execute(select(started.c.queue, func.count(), p50, p95).group_by(started.c.queue))
+    return {queue: {"count": n, "p50": float(low), "p95": float(high)} for queue, n, low, high in rows}
 
 
 def job_counts(session: Session) -> list[tuple[str, str, int]]:

@@ -94,9 +94,9 @@ def stranded_jobs(session: Session) -> list[uuid.UUID]:
     return list(session.scalars(query))
 
 
-def waiting_jobs(session: Session, *, older_than: float) -> list[tuple[uuid.UUID, str]]:
-    """(id, type) of jobs queued longer than ``older_than``: ids only, never their params."""
-    query = select(Job.id, Job.type).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
+def waiting_jobs(session: Session, *, older_than: float) -> list[tuple[uuid.UUID, str, str]]:
+    """(id, type, lane) of jobs queued longer than ``older_than``: ids only, never their params."""
+    query = select(Job.id, Job.type, Job.lane).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
     return [tuple(row) for row in session.execute(query.order_by(Job.enqueued_at))]
 
 

@@ -87,6 +87,9 @@ class Settings:
     max_job_shards: int = 2000
     shard_attempts: int = 3
     max_failed_fraction: float = 0.10
+    # Prediction jobs of at most this many files named up front (a manifest, uploads), and POST
+    # /predict, are interactive: served ahead of bulk work, between a busy worker's batches.
+    interactive_max_files: int = 32
     # Per job: most files (uploads, archive members, manifest entries, folder listings) and most
     # bytes (uploads and what an archive expands to).
     max_job_files: int = 1_000_000
@@ -150,6 +153,7 @@ class Settings:
             max_job_shards=int(env.get("GROCERY_MAX_JOB_SHARDS", cls.max_job_shards)),
             shard_attempts=int(env.get("GROCERY_SHARD_ATTEMPTS", cls.shard_attempts)),
             max_failed_fraction=float(env.get("GROCERY_MAX_FAILED_FRACTION", cls.max_failed_fraction)),
+            interactive_max_files=int(env.get("GROCERY_INTERACTIVE_MAX_FILES", cls.interactive_max_files)),
             max_job_files=int(env.get("GROCERY_MAX_JOB_FILES", cls.max_job_files)),
             max_job_bytes=int(env.get("GROCERY_MAX_JOB_BYTES", cls.max_job_bytes)),
             token_max_active_jobs=int(env.get("GROCERY_TOKEN_MAX_ACTIVE_JOBS", cls.token_max_active_jobs)),

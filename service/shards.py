@@ -9,7 +9,7 @@ listing or a shard, ends it, under the job row's lock so that exactly one of the
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, cast, func, or_, select, true, update
+from sqlalchemy import Integer, case, cast, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -45,9 +45,12 @@ def note_listing(
     return running is None or running
 
 
-def claim_shard(session: Session, *, shard_id: int, worker: str, device: str) -> JobShard | None:
-    """queued -> running, while its job runs; None when there is nothing to do (a duplicate delivery,
-    a shard already taken, a stopped job). A lost worker's shard comes back through the reconciler."""
+def claim_shard(session: Session, *, shard_id: int | None, worker: str, device: str) -> JobShard | None:
+    """queued -> running, while its job runs: this shard, or (None) the fairest queued one (next_shard);
+    None when there is nothing to do (a duplicate delivery, a shard already taken, a stopped job).
+    A lost worker's shard comes back through the reconciler."""
+    if shard_id is None:
+        shard_id = next_shard(session)
     job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running", ~Job.cancel_requested)
     return session.scalar(
         update(JobShard)
@@ -63,6 +66,40 @@ def claim_shard(session: Session, *, shard_id: int, worker: str, device: str) ->
         )
         .returning(JobShard)
     )
+
+
+PRIORITY_RANK = case({"high": 0, "normal": 1, "low": 2}, value=Job.priority)
+
+
+def next_shard(session: Session) -> int | None:
+    """The queued shard a free worker should run, locked: round-robin across owners, then across an
+    owner's jobs (the fewest shards running first, then the oldest job), within a priority level,
+    higher levels first. So a job submitted behind a million files starts at the next free worker."""
+    running = select(JobShard.job_id, func.count().label("shards")).where(JobShard.status == "running")
+    by_job = running.group_by(JobShard.job_id).subquery()
+    owner_running = (
+        select(Job.owner_token_id, func.sum(by_job.c.shards).label("shards"))
+        .join(by_job, by_job.c.job_id == Job.id)
+        .group_by(Job.owner_token_id)
+        .subquery()
+    )
+    query = (
+        select(JobShard.id)
+        .join(Job, Job.id == JobShard.job_id)
+        .outerjoin(by_job, by_job.c.job_id == Job.id)
+        .outerjoin(owner_running, owner_running.c.owner_token_id.is_not_distinct_from(Job.owner_token_id))
+        .where(JobShard.status == "queued", Job.status == "running", ~Job.cancel_requested)
+        .order_by(
+            PRIORITY_RANK,
+            func.coalesce(owner_running.c.shards, 0),
+            func.coalesce(by_job.c.shards, 0),
+            Job.created_at,
+            JobShard.number,
+        )
+        .limit(1)
+        .with_for_update(of=JobShard, skip_locked=True)
+    )
+    return session.scalar(query)
 
 
 def drop_shard_of_stopped_job(session: Session, *, shard_id: int) -> uuid.UUID | None:

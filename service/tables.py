@@ -25,6 +25,10 @@ JOB_TYPES = ("train", "predict")
 LIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 JOB_STATUSES = LIVE_STATUSES + FINISHED_STATUSES
+# Interactive work (POST /predict, small prediction jobs) goes ahead of bulk work on every worker.
+LANES = ("interactive", "bulk")
+# A prediction job's share of the fleet, highest first; "high" is for ops tokens.
+PRIORITIES = ("high", "normal", "low")
 SHARD_STATUSES = JOB_STATUSES
 
 
@@ -37,6 +41,11 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"type IN {JOB_TYPES}", name="jobs_type_valid"),
         CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
+        CheckConstraint(f"lane IN {LANES}", name="jobs_lane_valid"),
+        CheckConstraint(f"priority IN {PRIORITIES}", name="jobs_priority_valid"),
+        Index(
+            "jobs_interactive_queued", "created_at", postgresql_where=text("lane = 'interactive' AND status = 'queued'")
+        ),
         # Keyset pagination, newest first, optionally filtered by type and status.
         Index("jobs_created_at_id", "created_at", "id"),
         Index("jobs_type_status_created_at", "type", "status", "created_at"),
@@ -88,6 +97,8 @@ class Job(Base):
     lost_attempts: Mapped[int] = mapped_column(server_default="0")
     # The API token that submitted it (NULL with authentication off): only it, or an ops token, sees the job.
     owner_token_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    lane: Mapped[str] = mapped_column(String(16), server_default="bulk")
+    priority: Mapped[str] = mapped_column(String(16), server_default="normal")
 
 
 class JobShard(Base):
@@ -98,6 +109,7 @@ class JobShard(Base):
         CheckConstraint(f"status IN {SHARD_STATUSES}", name="job_shards_status_valid"),
         UniqueConstraint("job_id", "number", name="job_shards_job_id_number_key"),
         Index("job_shards_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("job_shards_status_job_id", "status", "job_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

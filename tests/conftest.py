@@ -239,6 +239,7 @@ def settings_env(settings) -> dict[str, str]:
         "GROCERY_MAX_JOB_SHARDS": str(settings.max_job_shards),
         "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
         "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),
+        "GROCERY_INTERACTIVE_MAX_FILES": str(settings.interactive_max_files),
         "GROCERY_WORKER_THREADS": str(settings.worker_threads),
         "GROCERY_RUNTIME": settings.runtime,
         "GROCERY_TRAIN_SOFT_TIME_LIMIT": str(settings.train_soft_time_limit),

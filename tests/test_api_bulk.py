@@ -14,6 +14,7 @@ from conftest import clean_store, redis_client
 
 from api import create_app
 from service import crud
+from service.contract import QUEUES
 from service.db import make_engine, make_session_factory
 from service.settings import Settings
 
@@ -83,7 +84,8 @@ def nothing_stored(settings, redis_url) -> bool:
     with store(settings.database_url) as session:
         no_jobs = crud.list_jobs(session) == []
     uploads = settings.upload_dir
-    return no_jobs and not (uploads.exists() and any(uploads.iterdir())) and not redis_client(redis_url).llen("predict")
+    queued = sum(redis_client(redis_url).llen(queue) for queue in QUEUES)
+    return no_jobs and not (uploads.exists() and any(uploads.iterdir())) and not queued
 
 
 @pytest.mark.parametrize(
@@ -152,7 +154,8 @@ def test_an_accepted_upload_is_stored_then_queued(client, settings, redis_url):
     folder = settings.upload_dir / job["id"] / "input"
     assert job["params"]["input"] == {"folder": str(folder), "upload": {"files": 2, "bytes": 6}}
     assert sorted(p.name for p in folder.iterdir()) == ["a-1.jpg", "a.jpg"]  # names cannot climb out
-    assert redis_client(redis_url).llen("predict") == 1
+    # Two files: a small job, on the interactive lane (service.contract).
+    assert job["lane"] == "interactive" and redis_client(redis_url).llen("interactive") == 1
 
 
 def test_folders_and_manifests_stay_inside_the_roots(client, settings, tmp_path):

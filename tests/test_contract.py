@@ -7,7 +7,14 @@ from service.tables import JOB_TYPES
 
 def test_every_job_type_has_its_task_and_every_task_a_queue():
     assert set(contract.JOB_TASKS) == set(JOB_TYPES)
-    assert set(contract.QUEUES) == {task.queue for task in contract.TASKS} == {"train", "predict"}
+    assert set(contract.QUEUES) == {task.queue for task in contract.TASKS}
+    assert len(set(contract.QUEUES)) == len(contract.QUEUES)
+
+
+def test_a_worker_serving_predictions_takes_interactive_work_first():
+    assert contract.worker_queues(["predict"]) == ["interactive", "predict", "shards"]
+    assert contract.worker_queues(["train", "predict"]) == ["interactive", "predict", "train", "shards"]
+    assert contract.worker_queues(["train"]) == ["train"]
 
 
 def test_the_workers_run_exactly_the_tasks_the_contract_names():
@@ -15,5 +22,5 @@ def test_the_workers_run_exactly_the_tasks_the_contract_names():
     celery.loader.import_default_modules()  # what a worker does as it starts: the task modules
     ours = {name for name in celery.tasks if not name.startswith("celery.")}
     assert ours == {task.name for task in contract.TASKS}
-    routes = celery.conf.task_routes
-    assert all(routes[task.name] == {"queue": task.queue} for task in contract.TASKS)
+    # Redis is asked for the queues in the order a worker lists them: interactive work first.
+    assert celery.conf.broker_transport_options["queue_order_strategy"] == "priority"

@@ -80,7 +80,9 @@ def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothi
     trainer, predictor = Launcher(settings, "trainer", "train"), Launcher(settings, "predictor", "predict")
     try:
         workers = live_workers(client, 2)
-        assert workers["trainer0"]["queues"] == ["train"] and workers["predictor0"]["queues"] == ["predict"]
+        # A worker serving predictions also takes the interactive lane and bulk shards (service.contract).
+        assert workers["trainer0"]["queues"] == ["train"]
+        assert workers["predictor0"]["queues"] == ["interactive", "predict", "shards"]
         assert {w["device"] for w in workers.values()} == {"cpu"} and all(w["pid"] for w in workers.values())
 
         params = {**TRAIN, "epochs": 8, "data_dir": str(tiny_dataset)}

@@ -26,6 +26,7 @@ from service.tables import JobShard, Model
 from worker.celery_app import app
 from worker.runtime import (
     JobError,
+    announce_end,
     device_name,
     error_code,
     hard_time_limit,
@@ -44,12 +45,17 @@ SPREAD, MIN_SHARD = 8, 64
 
 @app.task(name=JOB_TASKS["predict"].name, bind=True)
 def run_predict_job(self, job_id: str) -> None:
-    started = start(self, job_id)
+    predict_job(self, job_id)
+
+
+def predict_job(task, job_id: str) -> None:
+    """List the job's input into shards; a job of one shard (interactive ones) runs it right here."""
+    started = start(task, job_id)
     if started is None:
         return
     reporter, job = started
     try:
-        outcome = list_into_shards(self, job, reporter.attempt, worker_settings())
+        outcome = list_into_shards(task, job, reporter.attempt, worker_settings())
     except Exception as e:
         log.exception("listing prediction job %s failed", job_id)
         reporter.finish("failed", error_code=error_code(e), error_message=f"listing the input failed: {e}")
@@ -140,14 +146,19 @@ def send_shard(shard_id: int, countdown: float | None = None) -> None:
 
 @app.task(name=SHARD_TASK.name, bind=True)
 def run_predict_shard(self, shard_id: int) -> None:
-    run_shard(self, shard_id)
+    """A message per queued shard: its shard is dropped if its job stopped; else this worker runs the
+    fairest queued shard (shards.next_shard), this one or another job's, so jobs share the workers."""
+    run_shard(self, shard_id, fair=True)
 
 
-def run_shard(task, shard_id: int) -> None:
+def run_shard(task, shard_id: int, *, fair: bool = False) -> None:
     with sessions()() as session:
-        shard = shards.claim_shard(session, shard_id=shard_id, worker=worker_name(task), device=device_name())
+        dropped_from = shards.drop_shard_of_stopped_job(session, shard_id=shard_id)
+        shard = None
+        if dropped_from is None:
+            claimed = None if fair else shard_id
+            shard = shards.claim_shard(session, shard_id=claimed, worker=worker_name(task), device=device_name())
         if shard is None:
-            dropped_from = shards.drop_shard_of_stopped_job(session, shard_id=shard_id)
             session.commit()
             if dropped_from is not None:
                 end_job_if_done(dropped_from)
@@ -157,6 +168,7 @@ def run_shard(task, shard_id: int) -> None:
         scope = read_scope(session, job, worker_settings())
         session.commit()
     attempt = shard.attempts
+    presence.update(shard_id=shard.id)
     presence.hold("shard", shard.id, attempt)
     limits = worker_settings()
 
@@ -166,7 +178,9 @@ def run_shard(task, shard_id: int) -> None:
     try:
         with hard_time_limit(limits.predict_time_limit, on_hard_limit):
             deadline = time.monotonic() + limits.predict_soft_time_limit
-            stopped = classify_shard(shard, attempt, scope, model, deadline)
+            # Bulk work makes way, between its batches, for interactive jobs waiting meanwhile.
+            pause = functools.partial(serve_interactive, task, shard) if job.lane == "bulk" else None
+            stopped = classify_shard(shard, attempt, scope, model, deadline, pause)
         status, message = ("cancelled" if stopped else "succeeded"), None
     except Exception as e:
         log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
@@ -218,6 +232,7 @@ def end_job_if_done(job_id: uuid.UUID) -> None:
         session.commit()
     if status is not None:
         log.info("prediction job %s %s", job_id, status)
+        announce_end(job_id, status)
 
 
 def read_scope(session, job, settings: Settings) -> ReadScope:
@@ -229,7 +244,25 @@ def read_scope(session, job, settings: Settings) -> ReadScope:
     )
 
 
-def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float) -> bool:
+# Interactive jobs a paused bulk shard serves before it goes on: a batch's worth of waiting requests.
+INTERACTIVE_PER_PAUSE = 16
+
+
+def serve_interactive(task, shard: JobShard) -> None:
+    """Run the interactive jobs waiting now, with the model already loaded, then hand this worker back
+    to the bulk shard it paused: a request waits for one batch at most, not for a whole shard."""
+    held = presence.held
+    with sessions()() as session:
+        waiting = crud.waiting_interactive_jobs(session, limit=INTERACTIVE_PER_PAUSE)
+    try:
+        for job_id in waiting:
+            predict_job(task, str(job_id))
+    finally:
+        presence.update(job_id=None, shard_id=shard.id)
+        presence.hold(*held)
+
+
+def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float, pause=None) -> bool:
     """Classify the shard's files that have no result yet; returns True when told to stop. Past
     ``deadline`` (the soft time limit) it raises, and the retry resumes after the rows written."""
     with sessions()() as session:
@@ -262,9 +295,12 @@ def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model
                 log.warning("shard %s attempt %s was taken over: stopping without writing", shard.id, attempt)
                 return True
             crud.add_predictions(session, job_id=shard.job_id, rows=batch)
+            interactive_waiting = pause is not None and crud.interactive_jobs_waiting(session)
             session.commit()
         if stop:
             return True
+        if interactive_waiting:
+            pause()
         if time.monotonic() > deadline:
             raise ShardTimeLimit("soft", worker_settings().predict_soft_time_limit)
     return False

@@ -19,7 +19,7 @@ from celery.signals import worker_ready
 
 from service import lifecycle, recovery
 from service.broker import queue_depths
-from service.contract import JOB_TASKS, QUEUES, SHARD_TASK, Task, send
+from service.contract import QUEUES, SHARD_TASK, Task, job_task, send
 from service.settings import Settings
 from worker.celery_app import app
 from worker.runtime import sessions
@@ -41,7 +41,7 @@ def reconcile(settings: Settings) -> None:
             outcome = recovery.recover_job(session, job=job, code=code, reason=reason, max_lost=settings.job_attempts)
             log.warning("job %s: %s; %s", job.id, reason, outcome)
             if outcome == "queued":
-                to_send.append((JOB_TASKS[job.type], str(job.id)))
+                to_send.append((job_task(job.type, job.lane), str(job.id)))
         for shard, stalled in recovery.silent_shards(session, **limits):
             code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_shard(
@@ -82,7 +82,7 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, 
     messages for that queue than PostgreSQL has work waiting on it."""
     jobs = recovery.waiting_jobs(session, older_than=older_than)
     shards = recovery.waiting_shards(session, older_than=older_than)
-    work = [(JOB_TASKS[kind], str(job_id)) for job_id, kind in jobs] + [(SHARD_TASK, s) for s in shards]
+    work = [(job_task(kind, lane), str(job_id)) for job_id, kind, lane in jobs] + [(SHARD_TASK, s) for s in shards]
     waiting = {queue: [item for item in work if item[0].queue == queue] for queue in QUEUES}
     depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]

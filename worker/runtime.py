@@ -20,6 +20,7 @@ from celery.signals import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud, ops, shards
+from service.broker import announce_job_end
 from service.contract import SHARD_TASK
 from service.db import make_engine, make_session_factory
 from service.settings import Settings
@@ -266,6 +267,18 @@ class JobReporter:
                 log.warning("job %s attempt %s was superseded; result dropped", self.job_id, self.attempt)
                 return
             session.commit()
+        announce_end(self.job_id, status)
+
+
+def announce_end(job_id: uuid.UUID, status: str) -> None:
+    """Tell whoever waits on the job (POST /predict) that it ended. The row is the record: a word lost
+    with the broker costs the waiter a few seconds (it reads the row again), never the result."""
+    from worker.celery_app import app
+
+    try:
+        announce_job_end(app, job_id, status)
+    except Exception:
+        log.warning("could not announce the end of job %s", job_id, exc_info=True)
 
 
 def start(task, job_id: str) -> tuple[JobReporter, Job] | None:

@@ -1,0 +1,81 @@
+"""Which queued shard a free worker takes (service.shards.next_shard): round-robin across owners,
+then across an owner's jobs, higher priorities first; at the data-function level."""
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from service import crud, shards, tokens
+from service.db import make_session_factory
+
+
+@pytest.fixture
+def sessions(database_url):
+    engine = create_engine(database_url, pool_size=4)
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions, api_tokens CASCADE"))
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def owner(session, name: str):
+    token, _ = tokens.create_token(session, name=name, scopes=["jobs:write"])
+    return token.id
+
+
+def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal"):
+    """A running prediction job listed into ``shard_count`` queued shards; returns their ids."""
+    job = crud.create_job(
+        session, job_type="predict", params={}, progress_unit="files", owner_token_id=owner_id, priority=priority
+    )
+    attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
+    ids = [shards.add_shard(session, job_id=job.id, number=n, paths=[f"{job.id}/{n}.jpg"]) for n in range(shard_count)]
+    shards.note_listing(session, job_id=job.id, attempt=attempt, listed=shard_count, shards_total=shard_count)
+    session.commit()
+    return ids
+
+
+def take(session) -> int:
+    """What the next free worker claims."""
+    shard = shards.claim_shard(session, shard_id=None, worker="w@h", device="cpu")
+    session.commit()
+    return shard.id
+
+
+def test_a_later_owner_is_served_before_the_earlier_owners_next_shard(sessions):
+    with sessions() as session:
+        alice, bob = owner(session, "alice"), owner(session, "bob")
+        big = listed_job(session, owner_id=alice, shard_count=50)
+        small = listed_job(session, owner_id=bob, shard_count=2)
+        # Two free workers: each owner gets one, not both the first job's.
+        assert [take(session), take(session)] == [big[0], small[0]]
+        assert [take(session), take(session)] == [big[1], small[1]]
+        assert take(session) == big[2]  # bob has nothing left: alice's job takes the fleet
+
+
+def test_an_owners_jobs_take_turns(sessions):
+    with sessions() as session:
+        alice = owner(session, "alice")
+        first = listed_job(session, owner_id=alice, shard_count=10)
+        second = listed_job(session, owner_id=alice, shard_count=10)
+        assert [take(session) for _ in range(4)] == [first[0], second[0], first[1], second[1]]
+
+
+def test_a_higher_priority_goes_first_and_a_lower_one_waits(sessions):
+    with sessions() as session:
+        alice, ops = owner(session, "alice"), owner(session, "ops")
+        normal = listed_job(session, owner_id=alice, shard_count=5)
+        low = listed_job(session, owner_id=alice, shard_count=5, priority="low")
+        high = listed_job(session, owner_id=ops, shard_count=2, priority="high")
+        taken = [take(session) for _ in range(5)]
+        assert taken == [high[0], high[1], normal[0], normal[1], normal[2]]
+        assert not set(taken) & set(low)
+
+
+def test_a_named_shard_is_claimed_as_named_and_only_once(sessions):
+    with sessions() as session:
+        ids = listed_job(session, owner_id=None, shard_count=3)
+        named = shards.claim_shard(session, shard_id=ids[2], worker="w@h", device="cpu")
+        session.commit()
+        assert named.id == ids[2]
+        assert shards.claim_shard(session, shard_id=ids[2], worker="w@h", device="cpu") is None
+        assert take(session) == ids[0]
