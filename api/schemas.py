@@ -2,11 +2,11 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from grocery.config import SERVICE_PARAMS, Param
 from service.tables import PRIORITIES
 
-Arch = Literal["efficientnet_lite0", "mobilenet_v3_small"]
 Priority = Literal[PRIORITIES]
 PRIORITY_HELP = "its share of the workers beside other jobs: low, normal or high (high: ops tokens only)"
 
@@ -15,23 +15,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class TrainParams(Strict):
-    """The training CLI's options; unset ones take the default recipe."""
+def request_field(p: Param) -> tuple:
+    """A TrainParams field: unset (None) takes the recipe's default; bounds and choices as declared."""
+    kind = Literal[p.choices] if p.choices else p.kind
+    if p.bounds:
+        kind = Annotated[kind, Field(**p.bounds)]
+    return kind | None, Field(None, description=p.service_help)
 
-    arch: Arch | None = None
-    weights: str | None = Field(None, description="none | imagenet | a weights file inside the allowed roots")
-    label_level: Literal["coarse", "fine"] | None = None
-    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
-    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] | None = None
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] | None = None
-    mix: Annotated[float, Field(ge=0, le=1)] | None = None
-    freeze: Annotated[int, Field(ge=0, le=20)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
-    train_limit: Annotated[int, Field(ge=1)] | None = None
-    val_limit: Annotated[int, Field(ge=1)] | None = None
-    data_dir: str | None = Field(None, description="a dataset inside the allowed input roots")
-    input_size: Annotated[int, Field(ge=32, le=512)] | None = None
+
+TrainParams = create_model(
+    "TrainParams",
+    __base__=Strict,
+    __doc__="The training CLI's options; unset ones take the default recipe.",
+    __module__=__name__,
+    **{p.name: request_field(p) for p in SERVICE_PARAMS},
+)
 
 
 class PredictInput(Strict):

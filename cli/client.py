@@ -19,23 +19,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from grocery.config import SERVICE_PARAMS
 from service.contract import ROW_COUNT_HEADER
 from service.tables import FINISHED_STATUSES, JOB_TYPES
 
 # How a watched job ended (each of FINISHED_STATUSES), as the exit code.
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
-TRAIN_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "arch",
-    "weights",
-    "label_level",
-    "seed",
-    "freeze",
-    "input_size",
-    "data_dir",
-)
 
 
 class APIError(Exception):
@@ -110,7 +99,7 @@ def watch(client: Client, job_id: str, poll: float = 1.0) -> int:
 
 def submit(client: Client, args) -> int:
     if args.kind == "train":
-        params = {k: getattr(args, k) for k in TRAIN_OPTIONS if getattr(args, k) is not None}
+        params = {p.name: getattr(args, p.name) for p in SERVICE_PARAMS if getattr(args, p.name) is not None}
         job = client.call("POST", "/jobs", {"type": "train", "params": params})
     elif args.folder:
         job = client.call("POST", "/jobs", {"type": "predict", "model": args.model, "input": {"folder": args.folder}})
@@ -185,16 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submitting = jobs.add_parser("submit", help="submit a job").add_subparsers(dest="kind", required=True)
     train = submitting.add_parser("train", help="a training job (unset options: the default recipe)")
-    for option in TRAIN_OPTIONS:
-        kind = {
-            "epochs": int,
-            "batch_size": int,
-            "seed": int,
-            "freeze": int,
-            "input_size": int,
-            "learning_rate": float,
-        }.get(option, str)
-        train.add_argument(f"--{option.replace('_', '-')}", dest=option, type=kind)
+    # Every parameter the service offers; it checks bounds and choices, and says what it refused.
+    for p in SERVICE_PARAMS:
+        train.add_argument(p.flag, dest=p.name, type=p.kind, help=p.service_help or p.help)
     predict = submitting.add_parser("predict", help="classify a folder on the server, or upload files (or a .zip)")
     predict.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
     predict.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")

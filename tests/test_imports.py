@@ -17,8 +17,8 @@ def test_library_loads_no_service_frameworks():
 
 
 def test_index_and_package_are_torch_free():
-    # The API reads class names through grocery.index and must not pay for torch.
-    loaded = _modules_after("import grocery, grocery.index")
+    # The API reads class names (grocery.index) and the training parameters (grocery.config) and must not pay for torch.
+    loaded = _modules_after("import grocery, grocery.index, grocery.config")
     assert "grocery" in loaded and "torch" not in loaded
 
 

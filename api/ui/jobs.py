@@ -5,9 +5,22 @@ import uuid
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from api.ui.components import field, job_link, message, progress_bar, status_badge, uploaded_file, when
+from grocery.config import TRAIN_PARAMS
 from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES
 
-ARCHS = ("efficientnet_lite0", "mobilenet_v3_small")
+# The training parameters the form sets, in the order train_request takes their values.
+FORM_PARAMS = (
+    "arch",
+    "weights",
+    "label_level",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "input_size",
+    "freeze",
+    "data_dir",
+)
+FORM_EPOCHS = 5  # a short first run, not the recipe's
 REFRESH_MS = 2000
 PAGE, MAX_LISTED = 50, 500  # jobs shown at first, and at most ("Show older jobs" adds a page)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # through the browser; bigger sets: a folder, or `grocery jobs submit`
@@ -36,26 +49,34 @@ def layout() -> html.Section:
 
 
 def train_form() -> html.Details:
+    arch, weights, label_level = (TRAIN_PARAMS[name] for name in ("arch", "weights", "label_level"))
     return html.Details(
         [
             html.Summary("New training job"),
-            field("Architecture", dcc.Dropdown(list(ARCHS), ARCHS[0], id="train-arch", clearable=False)),
+            field(
+                "Architecture", dcc.Dropdown(list(arch.choices), arch.default, id=element_id("arch"), clearable=False)
+            ),
             field(
                 "Pretrained weights",
-                dcc.Dropdown(["imagenet", "none"], "imagenet", id="train-weights", clearable=False),
+                dcc.Dropdown(list(weights.named), weights.default, id=element_id("weights"), clearable=False),
             ),
-            field("Labels", dcc.RadioItems(["coarse", "fine"], "coarse", id="train-label-level", inline=True)),
-            field("Epochs", dcc.Input(id="train-epochs", type="number", value=5, min=1, max=1000)),
-            field("Batch size", dcc.Input(id="train-batch-size", type="number", placeholder="recipe default", min=1)),
-            field("Learning rate", dcc.Input(id="train-learning-rate", type="number", placeholder="recipe default")),
+            field(
+                "Labels",
+                dcc.RadioItems(
+                    list(label_level.choices), label_level.default, id=element_id("label_level"), inline=True
+                ),
+            ),
+            field("Epochs", number_input("epochs", value=FORM_EPOCHS)),
+            field("Batch size", number_input("batch_size")),
+            field("Learning rate", number_input("learning_rate")),
             html.Details(
                 [
                     html.Summary("Advanced"),
-                    field("Input size (px)", dcc.Input(id="train-input-size", type="number", placeholder="224")),
-                    field("Frozen blocks", dcc.Input(id="train-freeze", type="number", placeholder="recipe default")),
+                    field("Input size (px)", number_input("input_size")),
+                    field("Frozen blocks", number_input("freeze")),
                     field(
                         "Dataset folder",
-                        dcc.Input(id="train-data-dir", type="text", placeholder="server default"),
+                        dcc.Input(id=element_id("data_dir"), type="text", placeholder="server default"),
                         "a folder on the server, inside its allowed input roots",
                     ),
                 ]
@@ -66,6 +87,19 @@ def train_form() -> html.Details:
         ],
         className="form",
     )
+
+
+def element_id(name: str) -> str:
+    """The form element of a training parameter (browser tests find them by these ids)."""
+    return "train-" + name.replace("_", "-")
+
+
+def number_input(name: str, **props) -> dcc.Input:
+    """A number box for a training parameter: its inclusive bounds as min and max (the API checks the
+    others), its default as the placeholder: what an empty box gets."""
+    p = TRAIN_PARAMS[name]
+    limits = {key: value for key, value in (("min", p.ge), ("max", p.le)) if value is not None}
+    return dcc.Input(id=element_id(name), type="number", placeholder=str(p.default), **limits, **props)
 
 
 def predict_form() -> html.Details:
@@ -124,18 +158,10 @@ def job_row(job: dict) -> html.Tr:
     )
 
 
-def train_request(arch, weights, label_level, epochs, batch_size, learning_rate, input_size, freeze, data_dir) -> dict:
-    params = {
-        "arch": arch,
-        "weights": weights,
-        "label_level": label_level,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "input_size": input_size,
-        "freeze": freeze,
-        "data_dir": (data_dir or "").strip() or None,
-    }
+def train_request(*values) -> dict:
+    """The job request for the form's values (FORM_PARAMS' order); empty ones take the recipe's default."""
+    params = dict(zip(FORM_PARAMS, values, strict=True))
+    params["data_dir"] = (params["data_dir"] or "").strip() or None
     return {"type": "train", "params": {k: v for k, v in params.items() if v not in (None, "")}}
 
 
@@ -193,15 +219,7 @@ def register(ui: Dash, calls) -> None:
         Output("train-key", "data"),
         Input("train-submit", "n_clicks"),
         State("train-key", "data"),
-        State("train-arch", "value"),
-        State("train-weights", "value"),
-        State("train-label-level", "value"),
-        State("train-epochs", "value"),
-        State("train-batch-size", "value"),
-        State("train-learning-rate", "value"),
-        State("train-input-size", "value"),
-        State("train-freeze", "value"),
-        State("train-data-dir", "value"),
+        *(State(element_id(name), "value") for name in FORM_PARAMS),
         prevent_initial_call=True,
     )
     def submit_train(_clicks, key, *fields):

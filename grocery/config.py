@@ -1,0 +1,163 @@
+"""Training parameters, declared once.
+
+``TrainConfig`` is every knob of a training run. Each field's metadata (a ``Param``, given through
+``param()``) says what its callers need besides its type and default: help text, bounds, choices,
+whether ``grocery train`` has a flag for it and whether the job service offers it. The flags
+(grocery/cli.py), the job request's schema (api/schemas.py), the client's options (cli/client.py) and
+the web form (api/ui/jobs.py) are built from ``TRAIN_PARAMS``. Torch-free: the API and
+``grocery --help`` read it without loading torch.
+"""
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, get_args
+
+from grocery.index import LABEL_LEVELS
+
+# grocery.networks has a builder for each (it refuses to import otherwise); the first is the default.
+ARCH_NAMES = ("efficientnet_lite0", "mobilenet_v3_small")
+DEFAULT_ARCH = ARCH_NAMES[0]
+# Weights with a meaning of their own; any other value names a state-dict file (grocery.networks.create_model).
+WEIGHTS_NAMES = ("imagenet", "none")
+PRECISIONS = ("auto", "bf16", "fp32")
+# Param.cli for a bool that is on by default and has one flag, --no-NAME, to turn it off.
+OFF_SWITCH = "off-switch"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One training parameter as its callers see it.
+
+    Bounds are what the job service accepts (and the form's min and max); ``grocery train`` hands any
+    value to the engine, as it always has. ``help`` is the flag's help; ``service_help`` the request
+    schema's description, worded for the service, which confines paths to its roots."""
+
+    help: str | None = None
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+    lt: float | None = None
+    choices: tuple | None = None  # the only values allowed
+    named: tuple | None = None  # values with a meaning of their own where others are allowed too
+    cli: bool | str = True  # a `grocery train` flag: --NAME (bools: --NAME/--no-NAME), or OFF_SWITCH
+    service: bool = False  # a job request's params may set it
+    service_help: str | None = None
+    # Filled in from the TrainConfig field by declared_params():
+    name: str = ""
+    kind: type = object  # int, float, str or bool: the type of a given value (None stripped)
+    default: Any = None
+    required: bool = False
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """The bounds that are set, as pydantic's Field keywords."""
+        given = {"ge": self.ge, "le": self.le, "gt": self.gt, "lt": self.lt}
+        return {k: v for k, v in given.items() if v is not None}
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def param(default: Any = dataclasses.MISSING, **about) -> Any:
+    """A TrainConfig field: its default (none: required) and ``about`` it, Param's keywords."""
+    return dataclasses.field(default=default, metadata={"param": Param(**about)})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; the defaults are the default recipe (benchmarks/bench_accuracy.py scores it)."""
+
+    data_dir: str = param(
+        help="dataset root holding classes.csv and <split>.txt",
+        service=True,
+        service_help="a dataset inside the allowed input roots",
+    )
+    arch: str = param(DEFAULT_ARCH, choices=ARCH_NAMES, service=True)
+    weights: str = param(
+        "imagenet",
+        named=WEIGHTS_NAMES,
+        help="none | imagenet | PATH to a state-dict file",
+        service=True,
+        service_help="none | imagenet | a weights file inside the allowed roots",
+    )
+    label_level: str = param("coarse", choices=LABEL_LEVELS, service=True)
+    epochs: int = param(12, ge=1, le=1000, service=True)
+    batch_size: int = param(32, ge=1, le=1024, service=True)
+    learning_rate: float = param(1e-3, gt=0, lt=1, service=True)
+    weight_decay: float = param(1e-5, cli=False)
+    label_smoothing: float = param(0.1, ge=0, lt=1, service=True)
+    mix: float = param(0.5, ge=0, le=1, help="share of batches given CutMix or MixUp (0 to 1)", service=True)
+    warmup_epochs: float = param(0.5, cli=False)
+    freeze: int = param(4, ge=0, le=20, help="backbone stages (stem first) kept frozen", service=True)
+    seed: int = param(0, ge=0, le=2**32 - 1, service=True)
+    input_size: int = param(224, ge=32, le=512, help="pixels of the square model input", service=True)
+    # Which photos train and validate. "train+val" pools index files. With folds > 1 the pool of
+    # train_split is cut into class-stratified folds (fold_seed): the run trains on all but
+    # `fold` and validates on it, val_split unused (cross-validation, benchmarks/bench_accuracy.py).
+    # The default trains the final model on val as well: its val_top1 is then no held-out figure.
+    train_split: str = param("train+val", help="index files to train on, '+'-joined (e.g. train+val)")
+    val_split: str = param("val", help="index file to validate on (unused with --folds)")
+    folds: int = param(0, help="cross-validation: cut TRAIN_SPLIT into this many stratified folds")
+    fold: int = param(0, help="the fold held out for validation (0-based)")
+    fold_seed: int = param(0, cli=False)
+    # A JSON file {photo path under data_dir: group}: a group shares a fold.
+    fold_groups: str | None = param(None, cli=False)
+    # Each class's iconic product image, this many times, as training samples.
+    iconic_copies: int = param(0, help="add each class's iconic image this many times")
+    # With label_level "coarse": train a fine-class head and read each coarse class as the sum of
+    # its fine classes' probabilities (networks.FineToCoarse); the artifact is a coarse classifier.
+    coarse_from_fine: bool = param(
+        True, help="coarse labels: train a fine-class head and sum its probabilities per coarse class"
+    )
+    layer_decay: float = param(0.7, help="learning rate factor per backbone stage below the head")
+    # > 0: evaluate and save an exponential moving average of the weights.
+    ema_decay: float = param(0.995, help="> 0: keep and save a moving average of the weights")
+    # Training matmuls: "bf16" autocast, "fp32", "auto" (bf16 where native).
+    precision: str = param("auto", choices=PRECISIONS, help="training autocast (auto: bf16 if native)")
+    # Validate after every n-th epoch and the last (cross-validation needs only the last).
+    eval_every: int = param(1, cli=False)
+    train_limit: int | None = param(
+        None, ge=1, help="train on a seeded random subset of this many images", service=True
+    )
+    val_limit: int | None = param(None, ge=1, service=True)
+    decode_cache: bool = param(True, cli=OFF_SWITCH, help="decode every image every epoch instead of once per run")
+    loader_workers: int = param(0, help="processes that augment batches (default 0: in-line)")
+    channels_last: bool = param(True, cli=False)
+    threads: int | None = param(None, help="torch threads (default: the cores this process may use)")
+    device: str = param("auto", help="auto (default: the GPU if one is visible, else the CPU), cpu, cuda:N")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training parameters: {sorted(unknown)}")
+        return cls(**d)
+
+
+def declared_params(config_class: type = TrainConfig) -> dict[str, Param]:
+    """Each field's Param, completed with its name, type and default, in field order."""
+    declared = {}
+    for f in fields(config_class):
+        required = f.default is dataclasses.MISSING
+        completed = dataclasses.replace(
+            f.metadata["param"],
+            name=f.name,
+            kind=_given_type(f.type),
+            default=None if required else f.default,
+            required=required,
+        )
+        declared[f.name] = completed
+    return declared
+
+
+def _given_type(annotation) -> type:
+    """``int`` for ``int | None``: the type of a value that is given."""
+    members = [t for t in get_args(annotation) if t is not type(None)]
+    return members[0] if members else annotation
+
+
+TRAIN_PARAMS = declared_params()
+# What a job request's params may set (api/schemas.py TrainParams); the worker supplies data_dir if unset.
+SERVICE_PARAMS = tuple(p for p in TRAIN_PARAMS.values() if p.service)
