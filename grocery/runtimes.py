@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,12 +140,41 @@ def _onnx_engine(artifact: Artifact, path: Path, threads: int) -> Engine:
     return infer
 
 
+_OPENVINO_LOCK = threading.Lock()
+_openvino_core = None  # see openvino_core
+
+
+def openvino_core():
+    """The process's one OpenVINO Core, kept until the process exits.
+
+    Each Core creates its own CPU plugin, and on Linux each CPU plugin installs a fresh alternate
+    signal stack (sigaltstack, an mmap'd block) on the thread that creates it, remembering the
+    previous one; released, it unmaps its block and restores the previous stack if its own is still
+    current. That is only sound when plugins are released in the reverse order of their creation:
+    engines released in another order (the runtime chooser's, Predictors dropped by the garbage
+    collector or evicted from a cache) left the thread's alternate stack pointing at unmapped
+    memory, and the next signal caught on that stack killed the process with SIGSEGV (the kernel's,
+    as it cannot write the signal frame; faulthandler, itself on that stack, prints nothing).
+    Python installs every handler with SA_ONSTACK: the SIGCHLD handler a torch DataLoader with
+    workers sets did it in the test suite. With one Core there is one plugin and one stack, never
+    unmapped while the process runs. Compiled models still take their own settings (threads, precision).
+    Not for use across fork: a forked child must not use its parent's Core (the service's workers
+    are started with exec, and a DataLoader's forked workers never infer).
+    """
+    global _openvino_core
+    with _OPENVINO_LOCK:  # two threads loading their first models must not make two Cores
+        if _openvino_core is None:
+            import openvino as ov
+
+            _openvino_core = ov.Core()
+        return _openvino_core
+
+
 def _openvino_engine(artifact: Artifact, path: Path, precision: str, threads: int) -> Engine:
     try:
-        import openvino as ov
+        core = openvino_core()
     except ImportError:
         raise RuntimeUnavailable("OpenVINO is not installed (pip install openvino)") from None
-    core = ov.Core()
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if precision == "bf16" and "BF16" not in capabilities:
         raise RuntimeUnavailable("this CPU has no bf16 instructions (avx512_bf16 or AMX)")

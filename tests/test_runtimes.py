@@ -2,12 +2,16 @@
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import ROOT
 from torch import nn
 
 from grocery import runtimes
@@ -71,6 +75,40 @@ def test_a_fine_to_coarse_model_exports_its_fine_network_and_every_engine_serves
     for name in names:  # accepted by the chooser: it agrees with torch fp32 on every check photo
         variant = choice.record["variants"][name]
         assert variant == {**variant, "agreement": 1.0, "accepted": True}, name
+
+
+# Engines released in another order than made, then a signal caught on the alternate signal stack.
+RELEASE_OUT_OF_ORDER = """
+import faulthandler, gc, os, signal, sys
+from grocery import runtimes
+from grocery.artifact import read_artifact
+faulthandler.enable()
+artifact = read_artifact(sys.argv[1])
+engines = [runtimes.build_engine(artifact, "openvino", threads=t) for t in (1, 2, 1)]
+for _ in range(3):
+    del engines[0]
+    gc.collect()
+faulthandler.register(signal.SIGUSR1, file=open(os.devnull, "w"))  # Python's handlers run there too
+os.kill(os.getpid(), signal.SIGUSR1)
+print("survived")
+"""
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="OpenVINO is not installed")
+def test_openvino_engines_released_in_any_order_leave_signal_handling_working(tiny_model):
+    """Each OpenVINO Core's CPU plugin swaps in its own alternate signal stack and unmaps it when
+    released: released out of order, they left the thread on an unmapped stack and the next signal
+    killed the process (SIGSEGV). One Core per process (runtimes.openvino_core) keeps it mapped."""
+    assert runtimes.openvino_core() is runtimes.openvino_core()
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_OUT_OF_ORDER, str(tiny_model)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "survived", (done.returncode, done.stderr[-2000:])
 
 
 class NotExportable(nn.Module):
