@@ -97,6 +97,7 @@ def train_through_the_service(conn, epochs: int | None) -> tuple[str, Path]:
         f"exports {json.dumps(model['serving']['exports'])}",
         flush=True,
     )
+    print(f"model artifact: {model['artifact']}", flush=True)
     return model["id"], Path(model["artifact"])
 
 
@@ -214,6 +215,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
     parser.add_argument("--posts", type=int, default=300, help="images POSTed one by one to /predict")
     parser.add_argument("--workshop-images", type=int, default=600, help="images the workshop loop classifies")
+    parser.add_argument(
+        "--model-dir",
+        help="where the service writes the model it trains, kept afterwards (default: a temporary folder, removed)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="grocery-bulk-"))
@@ -246,7 +251,7 @@ def system(args, database_url: str, data_dir: str, big: Path, paths) -> dict:
         "GROCERY_INPUT_ROOTS": f"{data_dir}:{big.parent}",
         "GROCERY_AUTH": "off",  # loopback only
         "GROCERY_UPLOAD_DIR": str(big.parent / "uploads"),
-        "GROCERY_MODEL_DIR": str(big.parent / "models"),
+        "GROCERY_MODEL_DIR": str(Path(args.model_dir).resolve()) if args.model_dir else str(big.parent / "models"),
         "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best
     }
     if args.model:

@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ FP32_VARIANTS = ("torch", "onnx", "openvino")
 PRECISION_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 Engine = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 3, S, S) -> class probabilities (N, C)
+PostProcess = Callable[[torch.Tensor], torch.Tensor]  # an exported graph's logits -> class probabilities
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -91,6 +93,34 @@ def _torch_engine(artifact: Artifact, dtype: torch.dtype | None) -> Engine:
     return infer
 
 
+def class_probabilities(artifact: Artifact) -> PostProcess:
+    """What turns the exported graph's logits into the artifact's class probabilities.
+
+    A FineToCoarse model exports its fine network only (grocery.export.graph_module): each coarse
+    class's probability is then the sum of its fine classes' softmax probabilities, which is what
+    torch serves (softmax of FineToCoarse's log summed probabilities). A graph whose output is
+    already as wide as the classes (a plain classifier, or an older export holding the coarse step)
+    gets a plain softmax.
+    """
+    fine_to_coarse = artifact.metadata.get("fine_to_coarse")
+    if fine_to_coarse is None:
+        return _softmax
+    coarse = len(artifact.class_names)
+    member = torch.zeros(len(fine_to_coarse), coarse, dtype=torch.float32)  # (fine, coarse), 0 or 1
+    member[torch.arange(len(fine_to_coarse)), torch.tensor(fine_to_coarse)] = 1.0
+
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != len(fine_to_coarse):
+            return _softmax(logits)
+        return logits.float().softmax(1) @ member
+
+    return probabilities
+
+
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(1)
+
+
 def _onnx_engine(artifact: Artifact, path: Path, threads: int) -> Engine:
     import onnxruntime as ort
 
@@ -101,21 +131,50 @@ def _onnx_engine(artifact: Artifact, path: Path, threads: int) -> Engine:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # not a warning per unused initializer of an exported graph
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    pre = artifact.preprocessing
+    pre, probabilities = artifact.preprocessing, class_probabilities(artifact)
 
     def infer(batch_u8: torch.Tensor) -> torch.Tensor:
         (logits,) = session.run(None, {"input": normalize(batch_u8, pre).numpy()})
-        return torch.from_numpy(logits).softmax(1)
+        return probabilities(torch.from_numpy(logits))
 
     return infer
 
 
+_OPENVINO_LOCK = threading.Lock()
+_openvino_core = None  # see openvino_core
+
+
+def openvino_core():
+    """The process's one OpenVINO Core, kept until the process exits.
+
+    Each Core creates its own CPU plugin, and on Linux each CPU plugin installs a fresh alternate
+    signal stack (sigaltstack, an mmap'd block) on the thread that creates it, remembering the
+    previous one; released, it unmaps its block and restores the previous stack if its own is still
+    current. That is only sound when plugins are released in the reverse order of their creation:
+    engines released in another order (the runtime chooser's, Predictors dropped by the garbage
+    collector or evicted from a cache) left the thread's alternate stack pointing at unmapped
+    memory, and the next signal caught on that stack killed the process with SIGSEGV (the kernel's,
+    as it cannot write the signal frame; faulthandler, itself on that stack, prints nothing).
+    Python installs every handler with SA_ONSTACK: the SIGCHLD handler a torch DataLoader with
+    workers sets did it in the test suite. With one Core there is one plugin and one stack, never
+    unmapped while the process runs. Compiled models still take their own settings (threads, precision).
+    Not for use across fork: a forked child must not use its parent's Core (the service's workers
+    are started with exec, and a DataLoader's forked workers never infer).
+    """
+    global _openvino_core
+    with _OPENVINO_LOCK:  # two threads loading their first models must not make two Cores
+        if _openvino_core is None:
+            import openvino as ov
+
+            _openvino_core = ov.Core()
+        return _openvino_core
+
+
 def _openvino_engine(artifact: Artifact, path: Path, precision: str, threads: int) -> Engine:
     try:
-        import openvino as ov
+        core = openvino_core()
     except ImportError:
         raise RuntimeUnavailable("OpenVINO is not installed (pip install openvino)") from None
-    core = ov.Core()
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if precision == "bf16" and "BF16" not in capabilities:
         raise RuntimeUnavailable("this CPU has no bf16 instructions (avx512_bf16 or AMX)")
@@ -128,13 +187,13 @@ def _openvino_engine(artifact: Artifact, path: Path, precision: str, threads: in
     }
     compiled = core.compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
-    pre = artifact.preprocessing
+    pre, probabilities = artifact.preprocessing, class_probabilities(artifact)
 
     def infer(batch_u8: torch.Tensor) -> torch.Tensor:
         request.infer({0: normalize(batch_u8, pre).numpy()})
         # The output tensor is the request's own buffer, overwritten by the next call: copy it.
         logits = torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
-        return logits.softmax(1)
+        return probabilities(logits)
 
     return infer
 

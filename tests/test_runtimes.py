@@ -1,17 +1,23 @@
 """Exports checked against torch, and the runtime chooser: by measurement, never past the agreement threshold."""
 
+import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import ROOT
 from torch import nn
 
 from grocery import runtimes
 from grocery.artifact import CHECK_IMAGES_NAME, read_artifact
-from grocery.export import prepare_for_serving, read_check_images
+from grocery.export import graph_module, prepare_for_serving, read_check_images
+from grocery.models import FineToCoarse
 from grocery.predict import Predictor
 from grocery.transforms import normalize
 
@@ -33,12 +39,76 @@ def test_export_is_checked_and_equals_torch_on_the_models_own_photos(served_mode
     photos, reference = read_check_images(artifact)
     assert serving["check_images"] == len(photos) == 16  # the tiny set's 16 validation photos
     inputs = normalize(photos, artifact.preprocessing)
+    model = artifact.build_model()
     with torch.inference_mode():
-        expected = artifact.build_model()(inputs)
+        expected = model(inputs)
+        graph_expected = graph_module(model)(inputs)  # what the graph holds: the fine network's logits
     session = ort.InferenceSession(str(artifact.onnx_path()), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {"input": inputs.numpy()})
-    assert np.allclose(actual, expected.numpy(), atol=1e-3)
+    assert np.allclose(actual, graph_expected.numpy(), atol=1e-3)
     assert torch.equal(reference, expected.argmax(1))  # torch fp32's labels are stored with the photos
+    # The runtimes' post-processing of the graph's logits gives the probabilities torch serves.
+    served = runtimes.class_probabilities(artifact)(torch.from_numpy(actual))
+    assert torch.allclose(served, expected.softmax(1), atol=1e-4)
+
+
+def test_a_fine_to_coarse_model_exports_its_fine_network_and_every_engine_serves_its_coarse_probabilities(
+    served_model,
+):
+    artifact_dir, _ = served_model
+    artifact = read_artifact(artifact_dir)
+    model = artifact.build_model()
+    assert isinstance(model, FineToCoarse) and artifact.metadata["fine_to_coarse"] == [0, 0, 1, 2]
+    session = ort.InferenceSession(str(artifact.onnx_path()), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].shape[1] == 4  # the 4 fine classes' logits, not the 3 coarse ones
+    photos, reference = read_check_images(artifact)
+    with torch.inference_mode():
+        expected = model(normalize(photos, artifact.preprocessing)).softmax(1)
+    assert expected.shape == (16, 3)
+    # OpenVINO is a dependency; where it is not installed, ONNX Runtime alone is checked.
+    names = ["onnx", "openvino"] if importlib.util.find_spec("openvino") else ["onnx"]
+    for name in names:
+        served = runtimes.build_engine(artifact, name, threads=1)(photos)
+        assert served.shape == expected.shape and torch.allclose(served, expected, atol=1e-4), name
+        assert torch.equal(served.argmax(1), reference), name
+    choice = runtimes.choose(artifact, threads=1, names=names, min_seconds=0.05)
+    for name in names:  # accepted by the chooser: it agrees with torch fp32 on every check photo
+        variant = choice.record["variants"][name]
+        assert variant == {**variant, "agreement": 1.0, "accepted": True}, name
+
+
+# Engines released in another order than made, then a signal caught on the alternate signal stack.
+RELEASE_OUT_OF_ORDER = """
+import faulthandler, gc, os, signal, sys
+from grocery import runtimes
+from grocery.artifact import read_artifact
+faulthandler.enable()
+artifact = read_artifact(sys.argv[1])
+engines = [runtimes.build_engine(artifact, "openvino", threads=t) for t in (1, 2, 1)]
+for _ in range(3):
+    del engines[0]
+    gc.collect()
+faulthandler.register(signal.SIGUSR1, file=open(os.devnull, "w"))  # Python's handlers run there too
+os.kill(os.getpid(), signal.SIGUSR1)
+print("survived")
+"""
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="OpenVINO is not installed")
+def test_openvino_engines_released_in_any_order_leave_signal_handling_working(tiny_model):
+    """Each OpenVINO Core's CPU plugin swaps in its own alternate signal stack and unmaps it when
+    released: released out of order, they left the thread on an unmapped stack and the next signal
+    killed the process (SIGSEGV). One Core per process (runtimes.openvino_core) keeps it mapped."""
+    assert runtimes.openvino_core() is runtimes.openvino_core()
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_OUT_OF_ORDER, str(tiny_model)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "survived", (done.returncode, done.stderr[-2000:])
 
 
 class NotExportable(nn.Module):
@@ -69,7 +139,7 @@ def test_a_broken_export_leaves_the_model_served_by_torch_with_the_reason(tiny_m
 def degrade(artifact_dir, fmt: str) -> None:
     """Write a deliberately wrong graph as ``fmt``: the classifier's rows rotated, so labels move class."""
     artifact = read_artifact(artifact_dir)
-    model = artifact.build_model()
+    model = graph_module(artifact.build_model())  # the graph holds what a real export holds
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
         classifier.weight.copy_(classifier.weight.roll(1, 0))
