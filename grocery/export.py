@@ -19,7 +19,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 
 from grocery import images, index
 from grocery.artifact import CHECK_IMAGES_NAME, Artifact, read_artifact, update_metadata
-from grocery.models import FineToCoarse
+from grocery.networks import FineToCoarse
 from grocery.transforms import normalize
 
 EXPORT_FORMATS = ("onnx", "onnx-int8")

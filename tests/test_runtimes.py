@@ -17,7 +17,7 @@ from torch import nn
 from grocery import runtimes
 from grocery.artifact import CHECK_IMAGES_NAME, read_artifact
 from grocery.export import graph_module, prepare_for_serving, read_check_images
-from grocery.models import FineToCoarse
+from grocery.networks import FineToCoarse
 from grocery.predict import Predictor
 from grocery.transforms import normalize
 
