@@ -275,17 +275,28 @@ def settings(database_url, redis_url, tmp_path, empty_store):
     )
 
 
-@pytest.fixture
-def make_app(settings):
-    """The API for this test's settings with some changed, ``make_app(auth="required")``, or for
-    other settings altogether, ``make_app(stack_settings(...))``: a second app, one on another
-    database or broker, one whose start is the test."""
+@pytest.fixture(scope="session")
+def app_for():
+    """The API for given settings, some changed: ``app_for(settings, auth="required")``. For the
+    module-scoped stacks and servers; a test asks for ``make_app``, ``app`` or ``client``."""
     import dataclasses
 
     from api import create_app
 
+    def make(settings, **overrides):
+        return create_app(dataclasses.replace(settings, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def make_app(app_for, settings):
+    """The API for this test's settings with some changed, ``make_app(auth="required")``, or for
+    other settings altogether, ``make_app(stack_settings(...))``: a second app, one on another
+    database or broker, one whose start is the test."""
+
     def make(base=None, **overrides):
-        return create_app(dataclasses.replace(base or settings, **overrides))
+        return app_for(base or settings, **overrides)
 
     return make
 
