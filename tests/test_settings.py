@@ -66,8 +66,3 @@ def test_to_env_gives_another_process_the_same_settings(tmp_path):
     )
     assert Settings.from_env(settings.to_env()) == settings
     assert Settings.from_env(Settings.from_env({}).to_env()) == Settings.from_env({})
-
-
-def test_every_variable_is_documented():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert [name for name in Settings.variables() if name not in readme] == []
