@@ -224,75 +224,83 @@ def photos_dir(settings) -> Path:
 
 def settings_env(settings) -> dict[str, str]:
     """The environment that gives a worker process the same settings."""
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "GROCERY_DATA_DIR": str(settings.data_dir),
-        "GROCERY_MODEL_DIR": str(settings.model_dir),
-        "GROCERY_UPLOAD_DIR": str(settings.upload_dir),
-        "GROCERY_EXPORT_DIR": str(settings.export_dir),
-        "GROCERY_INPUT_ROOTS": ":".join(map(str, settings.input_roots)),
-        "GROCERY_AUTH": settings.auth,
-        "GROCERY_SHARD_SIZE": str(settings.shard_size),
-        "GROCERY_MIN_SHARD_SIZE": str(settings.min_shard_size),
-        "GROCERY_MAX_JOB_SHARDS": str(settings.max_job_shards),
-        "GROCERY_SHARD_ATTEMPTS": str(settings.shard_attempts),
-        "GROCERY_MAX_FAILED_FRACTION": str(settings.max_failed_fraction),
-        "GROCERY_INTERACTIVE_MAX_FILES": str(settings.interactive_max_files),
-        "GROCERY_WORKER_THREADS": str(settings.worker_threads),
-        "GROCERY_RUNTIME": settings.runtime,
-        "GROCERY_TRAIN_SOFT_TIME_LIMIT": str(settings.train_soft_time_limit),
-        "GROCERY_TRAIN_TIME_LIMIT": str(settings.train_time_limit),
-        "GROCERY_PREDICT_SOFT_TIME_LIMIT": str(settings.predict_soft_time_limit),
-        "GROCERY_PREDICT_TIME_LIMIT": str(settings.predict_time_limit),
-        "GROCERY_JOB_LEASE_SECONDS": str(settings.job_lease_seconds),
-        "GROCERY_JOB_STALL_SECONDS": str(settings.job_stall_seconds),
-        "GROCERY_JOB_ATTEMPTS": str(settings.job_attempts),
-        "GROCERY_RECONCILE_SECONDS": str(settings.reconcile_seconds),
-        "GROCERY_JOB_RETENTION": _duration(settings.job_retention_seconds),
-        "GROCERY_PREDICT_RETENTION": _duration(settings.predict_retention_seconds),
-    }
-
-
-def _duration(seconds: float | None) -> str:
-    return "" if seconds is None else f"{seconds:g}s"
+    return {**os.environ, **settings.to_env()}
 
 
 def clean_store(database_url: str, redis_url: str) -> None:
+    """Empty every table of the schema (read from the tables' own metadata, so a new table is never
+    missed) and the test Redis DB: what a test then finds there, it made."""
     from sqlalchemy import create_engine, text
 
+    from service.tables import Base
+
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     engine = create_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions, workers CASCADE"))
+        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     engine.dispose()
     redis_client(redis_url).flushdb()
 
 
-def register_tiny_model(session, artifact: Path):
-    """A model row for an artifact of the tiny dataset's classes (the artifact need not exist)."""
-    from service import crud
+@pytest.fixture
+def empty_store(database_url, redis_url) -> None:
+    """The test starts on an empty store and queue (module-scoped set-ups call clean_store)."""
+    clean_store(database_url, redis_url)
 
-    return crud.register_model(
-        session,
-        arch="efficientnet_lite0",
-        label_level="coarse",
-        class_names=list(dict.fromkeys(coarse for _, coarse, _, _ in TINY_CLASSES)),
-        metrics={},
-        artifact_path=str(artifact),
-        job_id=None,
+
+@pytest.fixture
+def settings(database_url, redis_url, tmp_path, empty_store):
+    """The API's settings for one test, on an empty store: tokens off, its folders under tmp_path,
+    which is also its data folder and only input root. A module needing others overrides this
+    fixture (it may ask for this one by the same name and change it with dataclasses.replace)."""
+    from service.settings import Settings
+
+    return Settings(
+        auth="off",
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=tmp_path,
+        model_dir=tmp_path / "models",
+        upload_dir=tmp_path / "uploads",
+        export_dir=tmp_path / "exports",
+        input_roots=(tmp_path,),
     )
 
 
-def seed_tiny_model(database_url: str, artifact: Path) -> None:
-    """Register one model of the tiny dataset's classes in the test database."""
-    from service.db import make_engine, make_session_factory
+@pytest.fixture(scope="session")
+def app_for():
+    """The API for given settings, some changed: ``app_for(settings, auth="required")``. For the
+    module-scoped stacks and servers; a test asks for ``make_app``, ``app`` or ``client``."""
+    import dataclasses
 
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, artifact)
-        session.commit()
-    engine.dispose()
+    from api import create_app
+
+    def make(settings, **overrides):
+        return create_app(dataclasses.replace(settings, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def make_app(app_for, settings):
+    """The API for this test's settings with some changed, ``make_app(auth="required")``, or for
+    other settings altogether, ``make_app(stack_settings(...))``: a second app, one on another
+    database or broker, one whose start is the test."""
+
+    def make(base=None, **overrides):
+        return app_for(base or settings, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
 
 
 def start_worker(node: str, queues: list[str], settings) -> subprocess.Popen:

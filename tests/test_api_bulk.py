@@ -2,6 +2,7 @@
 or queued; limits answer 413 with the limit; results export as streams."""
 
 import csv
+import dataclasses
 import io
 import json
 import struct
@@ -9,62 +10,23 @@ import tracemalloc
 import uuid
 import zipfile
 
+import factories
 import pytest
-from conftest import clean_store, redis_client
+from conftest import redis_client
 
-from api import create_app
 from service import crud
 from service.contract import QUEUES
-from service.db import make_engine, make_session_factory
-from service.settings import Settings
 
 
 @pytest.fixture
-def settings(database_url, redis_url, tmp_path):
-    clean_store(database_url, redis_url)
-    with store(database_url) as session:
-        crud.register_model(
-            session,
-            arch="mobilenet_v3_small",
-            label_level="coarse",
-            class_names=["Apple", "Pear"],
-            metrics={},
-            artifact_path=str(tmp_path / "model"),
-            job_id=None,
-        )
-        session.commit()
+def settings(settings, tmp_path):
+    """Photos under tmp_path/photos, the only input root; a store with one model of two classes;
+    small per-job limits, so that the tests reach them."""
+    with factories.store_session(settings.database_url) as session:
+        factories.model(session, artifact=tmp_path / "model", arch="mobilenet_v3_small", classes=["Apple", "Pear"])
     (tmp_path / "photos" / "inner").mkdir(parents=True)
-    return Settings(
-        auth="off",
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=tmp_path / "photos",
-        model_dir=tmp_path / "models",
-        upload_dir=tmp_path / "uploads",
-        input_roots=(tmp_path / "photos",),
-        max_job_files=3,
-        max_job_bytes=10_000,
-    )
-
-
-class store:
-    """A session on the test database, closed with its engine."""
-
-    def __init__(self, url: str):
-        self.engine = make_engine(url)
-
-    def __enter__(self):
-        self.session = make_session_factory(self.engine)()
-        return self.session
-
-    def __exit__(self, *exc):
-        self.session.close()
-        self.engine.dispose()
-
-
-@pytest.fixture
-def client(settings):
-    return create_app(settings).test_client()
+    photos = tmp_path / "photos"
+    return dataclasses.replace(settings, data_dir=photos, input_roots=(photos,), max_job_files=3, max_job_bytes=10_000)
 
 
 def zip_of(members: dict[str, bytes]) -> io.BytesIO:
@@ -81,7 +43,7 @@ def upload(client, **data):
 
 
 def nothing_stored(settings, redis_url) -> bool:
-    with store(settings.database_url) as session:
+    with factories.store_session(settings.database_url) as session:
         no_jobs = crud.list_jobs(session) == []
     uploads = settings.upload_dir
     queued = sum(redis_client(redis_url).llen(queue) for queue in QUEUES)
@@ -181,8 +143,8 @@ ROWS = 20_000
 @pytest.fixture
 def finished_job(settings):
     """A prediction job holding 20,000 result rows, one in ten an error."""
-    with store(settings.database_url) as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    with factories.store_session(settings.database_url) as session:
+        job = factories.job(session)
         rows = [
             {
                 "path": f"/photos/aisle-{i // 1000}/img_{i:05d}.jpg",
@@ -268,6 +230,6 @@ def test_injection_in_filters_and_sorts_is_inert(client, finished_job, database_
         assert ordered.status_code == 400
     for query in ("min_confidence=0.5;DROP TABLE jobs", "limit=1;DELETE FROM jobs", "cursor=1 OR 1=1"):
         assert client.get(f"/jobs/{finished_job}/results?{query}").status_code == 400, query
-    with store(database_url) as session:
+    with factories.store_session(database_url) as session:
         assert len(crud.list_predictions(session, job_id=finished_job, limit=ROWS + 1)) == ROWS
         assert crud.get_job(session, job_id=finished_job) is not None

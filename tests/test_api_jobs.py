@@ -9,33 +9,7 @@ from alembic.script import ScriptDirectory
 from conftest import redis_client
 from sqlalchemy import create_engine, text
 
-from api import create_app
 from service.db import alembic_config
-from service.settings import Settings
-
-
-@pytest.fixture
-def app(database_url, redis_url, tmp_path):
-    settings = Settings(
-        auth="off",
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        model_dir=tmp_path / "models",
-        upload_dir=tmp_path / "uploads",
-        input_roots=(tmp_path,),
-    )
-    engine = create_engine(database_url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
-    engine.dispose()
-    redis_client(redis_url).flushdb()
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def queued_task_ids(redis_url: str, queue: str) -> list[str]:
@@ -195,9 +169,8 @@ def test_health(client, app):
     assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_not_ready_without_schema_or_redis(empty_database, tmp_path):
-    settings = Settings(auth="off", database_url=empty_database, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
-    response = create_app(settings).test_client().get("/readyz")
+def test_not_ready_without_schema_or_redis(make_app, empty_database):
+    response = make_app(database_url=empty_database, redis_url="redis://127.0.0.1:1/0").test_client().get("/readyz")
     assert response.status_code == 503
     checks = response.get_json()["checks"]
     head = ScriptDirectory.from_config(alembic_config(empty_database)).get_heads()
@@ -224,11 +197,9 @@ def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
     assert b"/openapi.json" in client.get("/docs").data
 
 
-def test_upload_over_the_limit_is_413(database_url, redis_url, tmp_path):
-    settings = Settings(
-        auth="off", database_url=database_url, redis_url=redis_url, data_dir=tmp_path, max_upload_bytes=1000
-    )
-    response = create_app(settings).test_client().post("/predict", data={"file": (io.BytesIO(b"x" * 5000), "a.jpg")})
+def test_upload_over_the_limit_is_413(make_app):
+    client = make_app(max_upload_bytes=1000).test_client()
+    response = client.post("/predict", data={"file": (io.BytesIO(b"x" * 5000), "a.jpg")})
     assert response.status_code == 413 and response.get_json()["error"]["code"] == "request_entity_too_large"
 
 

@@ -7,12 +7,11 @@ import os
 import re
 import uuid
 
+import factories
 import pytest
-from conftest import clean_store, write_tiny_dataset
+from conftest import write_tiny_dataset
 from PIL import Image
-from sqlalchemy import text
 
-from api import create_app
 from api.auth import TOKEN_COOKIE
 from service import crud, tokens
 from service.db import make_engine, make_session_factory
@@ -20,23 +19,19 @@ from service.settings import Settings
 
 
 @pytest.fixture
-def setup(database_url, redis_url, tmp_path):
+def setup(make_app, settings, tmp_path):
     """An API with tokens required over a tiny dataset, two users, and a prediction job of alice's with
     one classified image, one failed file and two results whose files have since become unreadable."""
-    clean_store(database_url, redis_url)
     data = write_tiny_dataset(tmp_path / "data", {"val": 2})
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (600, 400), (200, 30, 30)).save(photos / "red.jpg")
     (photos / "gone.jpg").write_bytes(b"not an image any more")
     os.mkfifo(photos / "pipe.jpg")  # a file replaced by a FIFO after it was classified
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        alice, alice_secret = tokens.create_token(session, name="alice", scopes=["jobs:read", "jobs:write"])
-        _, bob_secret = tokens.create_token(session, name="bob", scopes=["jobs:read", "jobs:write"])
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files", owner_token_id=alice.id)
-        session.flush()
+    with factories.store_session(settings.database_url) as session:
+        alice, alice_secret = tokens.create_token(session, name="alice", scopes=factories.READ_WRITE)
+        bob_secret = factories.token(session, name="bob")
+        job = factories.job(session, owner_token_id=alice.id)
         rows = [
             {"path": str(photos / "red.jpg"), "label": "Apple", "class_id": 0, "confidence": 0.9, "top5": []},
             {"path": str(photos / "bad.jpg"), "error_code": "truncated", "error_message": "cut short"},
@@ -44,17 +39,9 @@ def setup(database_url, redis_url, tmp_path):
             {"path": str(photos / "pipe.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
         ]
         crud.add_predictions(session, job_id=job.id, rows=rows)
-        session.commit()
         job_id = str(job.id)
-    engine.dispose()
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=data,
-        input_roots=(tmp_path,),
-        upload_dir=tmp_path / "uploads",
-    )
-    return create_app(settings).test_client(), job_id, photos, {"alice": alice_secret, "bob": bob_secret}
+    client = make_app(auth="required", data_dir=data).test_client()
+    return client, job_id, photos, {"alice": alice_secret, "bob": bob_secret}
 
 
 def as_(secret: str) -> dict:
@@ -138,7 +125,7 @@ def test_signing_in_sets_a_strict_http_only_cookie(setup):
     assert out.status_code == 303 and f"{TOKEN_COOKIE}=;" in out.headers["Set-Cookie"]
 
 
-def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, database_url, redis_url, tmp_path):
+def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, make_app):
     """Issue #14: with tokens required, only the sign-in page and its assets open without one."""
     client, *_, users = setup
     anonymous = client.get("/ui/jobs")
@@ -154,8 +141,7 @@ def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, database_url, 
     page = client.get("/ui/")
     assert page.status_code == 200 and b"grocery-jobs" in page.data
     assert client.get("/ui/_dash-layout").status_code == 200  # the shell: no data in it
-    settings = Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path, ui=False)
-    assert create_app(settings).test_client().get("/ui/").status_code == 404
+    assert make_app(auth="required", ui=False).test_client().get("/ui/").status_code == 404
     assert Settings.from_env({"GROCERY_UI": "off"}).ui is False
     with pytest.raises(ValueError, match="GROCERY_UI"):
         Settings.from_env({"GROCERY_UI": "maybe"})

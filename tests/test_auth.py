@@ -4,25 +4,21 @@ import os
 import subprocess
 import sys
 
+import factories
 import pytest
-from conftest import ROOT, clean_store
+from conftest import ROOT
 from sqlalchemy import text
 
-from api import create_app
 from service import tokens
 from service.db import make_engine, make_session_factory
-from service.settings import Settings
 
 
 @pytest.fixture
-def secured(database_url, redis_url, tmp_path):
+def secured(make_app, settings, tmp_path):
     """The API with tokens required, and one token per kind of user."""
-    clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
+    with factories.store_session(settings.database_url) as session:
         made = {
-            name: tokens.create_token(session, name=name, scopes=scopes)[1]
+            name: factories.token(session, name=name, scopes=scopes)
             for name, scopes in {
                 "alice": ["jobs:read", "jobs:write"],
                 "bob": ["jobs:read", "jobs:write"],
@@ -30,14 +26,8 @@ def secured(database_url, redis_url, tmp_path):
                 "operator": ["ops", "jobs:read"],
             }.items()
         }
-        session.commit()
-    engine.dispose()
     (tmp_path / "data").mkdir()
-    settings = Settings(
-        database_url=database_url, redis_url=redis_url, data_dir=tmp_path / "data", input_roots=(tmp_path,)
-    )
-    assert settings.auth == "required"
-    return create_app(settings).test_client(), made
+    return make_app(auth="required", data_dir=tmp_path / "data").test_client(), made
 
 
 def as_(secret: str) -> dict:

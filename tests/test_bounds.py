@@ -1,19 +1,14 @@
 """Bounds per request and per owner (issue #14): shard sizes and counts, archives checked from their
 end record, clashing members, form parts, and quotas per token (429 with Retry-After)."""
 
+import dataclasses
 import io
 import struct
 import warnings
 import zipfile
 
+import factories
 import pytest
-from conftest import clean_store
-from sqlalchemy import text
-
-from api import create_app
-from service import tokens
-from service.db import make_engine, make_session_factory
-from service.settings import Settings
 
 
 def as_(secret: str) -> dict:
@@ -21,41 +16,29 @@ def as_(secret: str) -> dict:
 
 
 @pytest.fixture
-def bounded(database_url, redis_url, tmp_path):
-    clean_store(database_url, redis_url)
+def settings(settings, tmp_path):
+    """Tokens required; photos under tmp_path/photos, the only input root; shard, upload and
+    per-token limits small enough to reach."""
     photos = tmp_path / "photos"
+    limits = dict(min_shard_size=2, max_job_shards=3, max_upload_files=3, token_max_active_jobs=4)
+    return dataclasses.replace(settings, auth="required", data_dir=photos, input_roots=(photos,), **limits)
+
+
+@pytest.fixture
+def bounded(make_app, settings, tmp_path):
+    """Ten photos, one model, two plain tokens and a small one with quotas of its own."""
+    photos = settings.data_dir
     photos.mkdir()
     for i in range(10):
         (photos / f"{i}.jpg").write_bytes(b"x")
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        from conftest import register_tiny_model
-
-        register_tiny_model(session, tmp_path / "model")
-        scopes = ["jobs:read", "jobs:write"]
+    with factories.store_session(settings.database_url) as session:
+        factories.model(session, artifact=tmp_path / "model")
         made = {
-            "a": tokens.create_token(session, name="a", scopes=scopes)[1],
-            "b": tokens.create_token(session, name="b", scopes=scopes)[1],
-            "small": tokens.create_token(session, name="small", scopes=scopes, max_active_jobs=2, max_active_files=5)[
-                1
-            ],
+            "a": factories.token(session, name="a"),
+            "b": factories.token(session, name="b"),
+            "small": factories.token(session, name="small", max_active_jobs=2, max_active_files=5),
         }
-        session.commit()
-    engine.dispose()
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=photos,
-        model_dir=tmp_path / "models",
-        upload_dir=tmp_path / "uploads",
-        input_roots=(photos,),
-        min_shard_size=2,
-        max_job_shards=3,
-        max_upload_files=3,
-        token_max_active_jobs=4,
-    )
-    return create_app(settings).test_client(), made, settings, photos
+    return make_app().test_client(), made, settings, photos
 
 
 def manifest(photos, count: int, **options) -> dict:

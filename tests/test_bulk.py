@@ -8,42 +8,42 @@ import socket
 import zipfile
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 from conftest import (
     FINISHED,
     clean_store,
     photos_dir,
-    register_tiny_model,
     stack_settings,
     start_worker,
     stop_worker,
     wait_for,
 )
 
-from api import create_app
 from service import crud
-from service.db import make_engine, make_session_factory
 
 LABELS = {"Apple", "Pear", "Milk"}
 
 
 @pytest.fixture(scope="module")
-def bulk(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
-    """Two worker processes on the predict queue, the API, and two models: the tiny model as the
-    latest, and before it, one whose artifact is missing (alias 'broken')."""
+def settings(database_url, redis_url, tiny_dataset, tmp_path_factory):
+    """The module's API and workers share one store; shards retried once, one thread per worker."""
     store = tmp_path_factory.mktemp("bulk")
-    settings = stack_settings(database_url, redis_url, tiny_dataset, store, shard_attempts=2, worker_threads=1)
-    clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        broken = register_tiny_model(session, store / "deleted-model")
+    return stack_settings(database_url, redis_url, tiny_dataset, store, shard_attempts=2, worker_threads=1)
+
+
+@pytest.fixture(scope="module")
+def bulk(settings, tiny_model):
+    """Two worker processes on the predict queue, and two models: the tiny model as the latest,
+    and before it, one whose artifact is missing (alias 'broken')."""
+    clean_store(settings.database_url, settings.redis_url)
+    with factories.store_session(settings.database_url) as session:
+        broken = factories.model(session, artifact=settings.model_dir.parent / "deleted-model")
         crud.set_alias(session, name="broken", model_id=broken.id)
-        register_tiny_model(session, tiny_model)
-        session.commit()
-    engine.dispose()
+        factories.model(session, artifact=tiny_model)
     workers = [start_worker(f"bulk{i}@%h", ["predict"], settings) for i in range(2)]
-    yield create_app(settings).test_client(), settings, workers
+    yield workers
     for worker in workers:
         stop_worker(worker)
 
@@ -53,10 +53,9 @@ def images_of(tiny_dataset: Path) -> list[Path]:
 
 
 @pytest.fixture
-def photo_folder(bulk, tiny_dataset, tmp_path) -> Path:
+def photo_folder(bulk, settings, tiny_dataset, tmp_path) -> Path:
     """46 good photos in nested folders, four bad files, a text file and two escaping symlinks,
     inside an allowed input root."""
-    _, settings, _ = bulk
     root = photos_dir(settings) / f"team-{tmp_path.name}"
     good = images_of(tiny_dataset)[:46]
     for i, source in enumerate(good):
@@ -79,13 +78,12 @@ EXPECTED_ERRORS = {"zero.jpg": "empty_file", "notes.jpg": "not_an_image", "cut.j
 
 
 def test_workers_load_the_serving_model_before_saying_ready(bulk, tiny_model):
-    *_, workers = bulk
+    workers = bulk
     for worker in workers:
         assert any("preloaded model" in line for line in worker.log_tail), "".join(worker.log_tail)
 
 
-def test_a_folder_gives_every_file_its_outcome(bulk, photo_folder):
-    client, *_ = bulk
+def test_a_folder_gives_every_file_its_outcome(bulk, client, photo_folder):
     submitted = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}, "shard_size": 4})
     assert submitted.status_code == 202, submitted.get_json()
     job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
@@ -114,8 +112,7 @@ def test_a_folder_gives_every_file_its_outcome(bulk, photo_folder):
     assert sum(s["total"] for s in shards) == 50
 
 
-def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
-    client, *_ = bulk
+def test_results_filter_by_label_confidence_and_errors(bulk, client, photo_folder):
     job_id = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photo_folder)}}).get_json()["id"]
     job = wait_for(client, job_id, FINISHED, timeout=120)
     rows = client.get(f"/jobs/{job_id}/results?limit=1000").get_json()["results"]
@@ -139,8 +136,7 @@ def test_results_filter_by_label_confidence_and_errors(bulk, photo_folder):
         assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_parameter", bad
 
 
-def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path):
-    client, settings, _ = bulk
+def test_two_workers_share_a_job_and_agree_with_one(bulk, client, settings, tiny_dataset, tmp_path):
     folder = photos_dir(settings) / f"many-{tmp_path.name}"
     folder.mkdir(parents=True)
     for copy in range(4):
@@ -164,8 +160,7 @@ def test_two_workers_share_a_job_and_agree_with_one(bulk, tiny_dataset, tmp_path
     assert sharded_job["result"]["labels"] == single_job["result"]["labels"]
 
 
-def test_a_failing_shard_is_retried_then_its_files_fail(bulk, tiny_dataset):
-    client, *_ = bulk
+def test_a_failing_shard_is_retried_then_its_files_fail(bulk, client, tiny_dataset):
     folder = tiny_dataset / "val" / "Milk"
     request = {"type": "predict", "model": "broken", "input": {"folder": str(folder)}}
     job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
@@ -178,8 +173,7 @@ def test_a_failing_shard_is_retried_then_its_files_fail(bulk, tiny_dataset):
     assert "failed 2 times" in rows[0]["error"]["message"]
 
 
-def test_a_manifest_of_paths(bulk, tiny_dataset):
-    client, *_ = bulk
+def test_a_manifest_of_paths(bulk, client, tiny_dataset):
     good = [str(p) for p in images_of(tiny_dataset)[:5]]
     missing = str(tiny_dataset / "val" / "gone.jpg")
     job_id = client.post("/jobs", json={"type": "predict", "input": {"paths": [*good, missing]}}).get_json()["id"]
@@ -194,8 +188,7 @@ def test_a_manifest_of_paths(bulk, tiny_dataset):
     assert job["status"] == "succeeded" and job["result"]["failed"] == 1
 
 
-def test_an_upload_of_files_and_of_an_archive(bulk, tiny_dataset):
-    client, settings, _ = bulk
+def test_an_upload_of_files_and_of_an_archive(bulk, client, settings, tiny_dataset):
     sources = images_of(tiny_dataset)[:3]
     files = [(io.BytesIO(p.read_bytes()), "same-name.jpg") for p in sources]
     submitted = client.post("/jobs", data={"files": files, "model": "latest"}, content_type="multipart/form-data")
@@ -260,10 +253,10 @@ def bad_image_folder(root: Path, good: Path) -> dict[str, str | None]:
     return expected
 
 
-def test_awkward_files_get_their_documented_outcomes_and_memory_stays_bounded(bulk, tiny_dataset):
+def test_awkward_files_get_their_documented_outcomes_and_memory_stays_bounded(bulk, client, settings, tiny_dataset):
     import psutil
 
-    client, settings, workers = bulk
+    workers = bulk
     folder = photos_dir(settings) / "awkward"
     expected = bad_image_folder(folder, images_of(tiny_dataset)[0])
     request = {"type": "predict", "input": {"folder": str(folder)}, "max_failed_fraction": 1.0}

@@ -8,21 +8,21 @@ import subprocess
 import sys
 import threading
 
+import factories
 import pytest
-from conftest import ROOT, clean_store, seed_tiny_model, stack_settings, start_worker, stop_worker
+from conftest import ROOT, clean_store, stack_settings, start_worker, stop_worker
 from werkzeug.serving import make_server
-
-from api import create_app
 
 TRAIN = ["--arch", "efficientnet_lite0", "--weights", "imagenet", "--freeze", "9", "--input-size", "64"]
 
 
 @pytest.fixture(scope="module")
-def service_url(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+def service_url(app_for, database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+    """A real HTTP server for the API and one worker on both queues, over a store holding the tiny model."""
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("client"))
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True)
+    factories.seed_model(database_url, artifact=tiny_model)
+    server = make_server("127.0.0.1", 0, app_for(settings), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     worker = start_worker("client@%h", ["train", "predict"], settings)
     yield f"http://127.0.0.1:{server.server_port}"

@@ -1,5 +1,6 @@
 """The store's guarantees, at the data-function level: one claim per attempt, stale writes are no-ops."""
 
+import factories
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -8,16 +9,14 @@ from service.db import make_session_factory
 
 
 @pytest.fixture
-def sessions(database_url):
+def sessions(database_url, empty_store):
     engine = create_engine(database_url)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
     yield make_session_factory(engine)
     engine.dispose()
 
 
 def new_job(session):
-    job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    job = factories.job(session)
     session.commit()
     return job.id
 
@@ -52,7 +51,7 @@ def test_a_superseded_attempt_cannot_write(sessions):
 def test_predictions_are_unique_per_job_and_path(sessions):
     with sessions() as session:
         job_id = new_job(session)
-        rows = [{"path": f"/p/{i}.jpg", "label": "Apple", "class_id": 0, "confidence": 0.9} for i in range(3)]
+        rows = [factories.result_row(f"/p/{i}.jpg") for i in range(3)]
         crud.add_predictions(session, job_id=job_id, rows=rows)
         crud.add_predictions(session, job_id=job_id, rows=rows[1:])  # a re-run batch
         session.commit()

@@ -5,15 +5,11 @@ import io
 import json
 import re
 
+import factories
 import pytest
-from conftest import clean_store
-from sqlalchemy import text
 from test_api_ui import dash_call
 
-from api import create_app
 from api.auth import TOKEN_COOKIE
-from service import tokens
-from service.db import make_engine, make_session_factory
 from service.settings import LOOPBACK_HOSTS, Settings
 
 
@@ -62,25 +58,13 @@ def as_(secret: str) -> dict:
 
 
 @pytest.fixture
-def door(database_url, redis_url, tmp_path):
-    clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        secret = tokens.create_token(session, name="a", scopes=["jobs:read", "jobs:write"])[1]
-        session.commit()
-    engine.dispose()
+def door(make_app, database_url):
+    """A client of the API with tokens required unless told otherwise (``app(**overrides)``), and one token."""
+    with factories.store_session(database_url) as session:
+        secret = factories.token(session, name="a")
 
     def app(**overrides):
-        settings = Settings(
-            database_url=database_url,
-            redis_url=redis_url,
-            data_dir=tmp_path,
-            upload_dir=tmp_path / "uploads",
-            input_roots=(tmp_path,),
-            **overrides,
-        )
-        return create_app(settings).test_client()
+        return make_app(**{"auth": "required", **overrides}).test_client()
 
     return app, secret
 

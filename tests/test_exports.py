@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import factories
 import pytest
 from conftest import ROOT, clean_store, settings_env, stack_settings
 
@@ -20,32 +21,16 @@ SLOW_SECONDS = 6  # the reader takes this long, past the server timeout each tes
 def big_job(database_url, redis_url, tiny_dataset, tmp_path_factory):
     """A finished prediction job with ROWS result rows, written as workers write them."""
     from service import crud
-    from service.db import make_engine, make_session_factory
 
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("exports"))
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
     top5 = [{"label": "Apple", "class_id": 0, "confidence": 0.9}]
-    with make_session_factory(engine)() as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    with factories.store_session(database_url) as session:
+        job = factories.job(session, status="succeeded")  # as its last shard would leave it
         for start in range(0, ROWS, 10_000):
-            rows = [
-                {
-                    "path": f"/photos/{i:06d}.jpg",
-                    "label": "Apple",
-                    "class_id": 0,
-                    "confidence": 0.9,
-                    "top5": top5,
-                    "error_code": None,
-                    "error_message": None,
-                }
-                for i in range(start, start + 10_000)
-            ]
+            rows = [factories.result_row(f"/photos/{i:06d}.jpg", top5=top5) for i in range(start, start + 10_000)]
             crud.add_predictions(session, job_id=job.id, rows=rows)
-        job.status = "succeeded"  # as its last shard would leave it
-        session.commit()
         job_id = str(job.id)
-    engine.dispose()
     return settings, job_id
 
 
@@ -133,8 +118,7 @@ def test_a_cut_file_download_resumes_with_range(big_job):
         assert connection.getresponse().read() == body
 
 
-def test_events_come_a_page_at_a_time(big_job, database_url):
-    from api import create_app
+def test_events_come_a_page_at_a_time(app_for, big_job, database_url):
     from service import crud
     from service.db import make_engine, make_session_factory
 
@@ -145,7 +129,7 @@ def test_events_come_a_page_at_a_time(big_job, database_url):
             crud.add_event(session, job_id=job_id, kind="epoch", data={"epoch": epoch})
         session.commit()
     engine.dispose()
-    client = create_app(settings).test_client()
+    client = app_for(settings).test_client()
     first = client.get(f"/jobs/{job_id}/events?limit=4").get_json()
     rest = client.get(f"/jobs/{job_id}/events?limit=4&cursor={first['next_cursor']}").get_json()
     events = first["events"] + rest["events"]

@@ -1,18 +1,17 @@
 """Which queued shard a free worker takes (service.shards.next_shard): round-robin across owners,
 then across an owner's jobs, higher priorities first; at the data-function level."""
 
+import factories
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from service import crud, shards, tokens
 from service.db import make_session_factory
 
 
 @pytest.fixture
-def sessions(database_url):
+def sessions(database_url, empty_store):
     engine = create_engine(database_url, pool_size=4)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions, api_tokens CASCADE"))
     yield make_session_factory(engine)
     engine.dispose()
 
@@ -24,9 +23,7 @@ def owner(session, name: str):
 
 def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal"):
     """A running prediction job listed into ``shard_count`` queued shards; returns their ids."""
-    job = crud.create_job(
-        session, job_type="predict", params={}, progress_unit="files", owner_token_id=owner_id, priority=priority
-    )
+    job = factories.job(session, owner_token_id=owner_id, priority=priority)
     attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
     ids = [shards.add_shard(session, job_id=job.id, number=n, paths=[f"{job.id}/{n}.jpg"]) for n in range(shard_count)]
     shards.note_listing(session, job_id=job.id, attempt=attempt, listed=shard_count, shards_total=shard_count)

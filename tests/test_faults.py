@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import factories
 import pytest
 from celery import Celery
 from conftest import (
@@ -22,28 +23,41 @@ from conftest import (
     clean_store,
     live_workers,
     photos_dir,
-    seed_tiny_model,
     stack_settings,
     wait_for,
 )
-
-from api import create_app
 
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
 # Work silent for 3 s goes back on the queue; the reconciler looks every second.
 FAST_RECOVERY = dict(job_lease_seconds=3, reconcile_seconds=1, job_attempts=3, shard_attempts=3, worker_threads=1)
 
 
-def service_for(settings, tiny_model):
+def seed_store(settings, tiny_model) -> None:
+    """Empty the store and queue of ``settings``, then register the tiny model there."""
     clean_store(settings.database_url, settings.redis_url)
-    seed_tiny_model(settings.database_url, tiny_model)
-    return create_app(settings).test_client()
+    factories.seed_model(settings.database_url, artifact=tiny_model)
 
 
 @pytest.fixture
-def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
-    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, **FAST_RECOVERY)
-    return service_for(settings, tiny_model), settings
+def settings(database_url, redis_url, tiny_dataset, tmp_path):
+    return stack_settings(database_url, redis_url, tiny_dataset, tmp_path, **FAST_RECOVERY)
+
+
+@pytest.fixture
+def service(settings, tiny_model):
+    """A store emptied but for the tiny model (the tests' client: conftest's, on these settings)."""
+    seed_store(settings, tiny_model)
+
+
+@pytest.fixture
+def service_for(make_app, tiny_model):
+    """The API's client for other settings, on their store emptied but for the tiny model."""
+
+    def start(settings):
+        seed_store(settings, tiny_model)
+        return make_app(settings).test_client()
+
+    return start
 
 
 @pytest.fixture
@@ -102,8 +116,9 @@ def one_shard_under_way(client, settings, tiny_dataset: Path) -> tuple[str, dict
     return job_id, shard, worker
 
 
-def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(service, launchers, tiny_dataset):
-    client, settings = service
+def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(
+    service, client, settings, launchers, tiny_dataset
+):
     launchers += [Launcher(settings, "a", "train"), Launcher(settings, "b", "train")]
     live_workers(client, 2)
     params = {**TRAIN, "epochs": 6, "data_dir": str(tiny_dataset)}
@@ -123,8 +138,7 @@ def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(serv
     assert (settings.model_dir / job_id / "attempt-1" / "checkpoint.pt").is_file()
 
 
-def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, launchers, tiny_dataset):
-    client, settings = service
+def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, client, settings, launchers, tiny_dataset):
     launchers += [Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")]
     job_id, _, victim = one_shard_under_way(client, settings, tiny_dataset)
     os.kill(victim["pid"], signal.SIGKILL)
@@ -142,8 +156,7 @@ def export_rows(client, job_id: str) -> list[dict]:
     return [json.loads(line) for line in body.splitlines()]
 
 
-def test_a_poison_job_fails_after_its_attempts(service, launchers, tiny_dataset):
-    client, settings = service
+def test_a_poison_job_fails_after_its_attempts(service, client, settings, launchers, tiny_dataset):
     launchers.append(Launcher(settings, "a", "train"))
     live_workers(client, 1)
     params = {**TRAIN, "epochs": 50, "data_dir": str(tiny_dataset)}
@@ -162,8 +175,7 @@ def test_a_poison_job_fails_after_its_attempts(service, launchers, tiny_dataset)
     assert client.get(f"/jobs/{job_id}").get_json()["attempts"] == 3
 
 
-def test_the_same_task_delivered_twice_runs_once(service, launchers, tiny_dataset):
-    client, settings = service
+def test_the_same_task_delivered_twice_runs_once(service, client, settings, launchers, tiny_dataset):
     launchers.append(Launcher(settings, "a", "train"))
     live_workers(client, 1)
     params = {**TRAIN, "epochs": 2, "data_dir": str(tiny_dataset)}
@@ -181,8 +193,9 @@ def test_the_same_task_delivered_twice_runs_once(service, launchers, tiny_datase
     assert len(client.get("/models").get_json()["models"]) == 2
 
 
-def test_a_frozen_worker_is_replaced_and_its_late_writes_are_refused(service, launchers, tiny_dataset):
-    client, settings = service
+def test_a_frozen_worker_is_replaced_and_its_late_writes_are_refused(
+    service, client, settings, launchers, tiny_dataset
+):
     a, b = Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")
     launchers += [a, b]
     job_id, shard, frozen = one_shard_under_way(client, settings, tiny_dataset)
@@ -224,8 +237,7 @@ SILENT_VALIDATION = {**TRAIN, "epochs": 1, "train_limit": 64}
 
 
 @pytest.mark.dataset
-def test_a_long_silent_phase_keeps_its_lease(service, launchers, shared_dataset):
-    client, settings = service
+def test_a_long_silent_phase_keeps_its_lease(service, client, settings, launchers, shared_dataset):
     launchers.append(Launcher(settings, "a", "train"))
     live_workers(client, 1)
     params = {**SILENT_VALIDATION, "data_dir": str(shared_dataset)}
@@ -237,11 +249,11 @@ def test_a_long_silent_phase_keeps_its_lease(service, launchers, shared_dataset)
 
 @pytest.mark.dataset
 def test_a_phase_that_makes_no_progress_is_bounded_apart_from_the_lease(
-    database_url, redis_url, shared_dataset, tiny_model, tmp_path, launchers
+    service_for, database_url, redis_url, shared_dataset, tmp_path, launchers
 ):
     limits = {**FAST_RECOVERY, "job_stall_seconds": 2, "job_attempts": 2}
     settings = stack_settings(database_url, redis_url, shared_dataset, tmp_path, **limits)
-    client = service_for(settings, tiny_model)
+    client = service_for(settings)
     launchers.append(Launcher(settings, "a", "train"))
     live_workers(client, 1)
     params = {**SILENT_VALIDATION, "data_dir": str(shared_dataset)}
@@ -300,11 +312,12 @@ def own_redis(tmp_path):
 
 
 def test_work_the_broker_lost_or_never_got_is_sent_again(
-    database_url, own_redis, tiny_dataset, tiny_model, tmp_path, launchers
+    make_app, database_url, own_redis, tiny_dataset, tiny_model, tmp_path, launchers
 ):
     settings = stack_settings(database_url, own_redis.url, tiny_dataset, tmp_path, **FAST_RECOVERY)
-    client = service_for(dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/15"), tiny_model)
-    client = create_app(settings).test_client()
+    # Through a Redis that is up: own_redis is not started yet, so it cannot be flushed.
+    seed_store(dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/15"), tiny_model)
+    client = make_app(settings).test_client()
     params = {**TRAIN, "epochs": 1, "data_dir": str(tiny_dataset)}
 
     # Redis is down when a job is submitted: the row is committed and the answer is still 202.
@@ -350,7 +363,7 @@ def restart_postgres(servers, down_seconds: float) -> None:
     pg_ctl(start, pgdata=server.pgdata, user=server.system_user, timeout=30)
 
 
-def test_a_database_restart_mid_run(redis_url, tiny_dataset, tiny_model, tmp_path_factory, launchers):
+def test_a_database_restart_mid_run(service_for, redis_url, tiny_dataset, tmp_path_factory, launchers):
     from service.db import migrate
     from service.embedded import start_embedded
 
@@ -359,7 +372,7 @@ def test_a_database_restart_mid_run(redis_url, tiny_dataset, tiny_model, tmp_pat
         migrate(servers.database_url)
         store = tmp_path_factory.mktemp("store")
         settings = stack_settings(servers.database_url, redis_url, tiny_dataset, store, **FAST_RECOVERY)
-        client = service_for(settings, tiny_model)
+        client = service_for(settings)
         launchers.append(Launcher(settings, "a", "predict"))
         live_workers(client, 1)
         folder = photo_folder(settings, tiny_dataset, 3000)

@@ -1,21 +1,21 @@
 """schemathesis against /openapi.json: generated requests for every route and method, valid and
 invalid; no 5xx, and responses match the document (status codes, content types, schemas)."""
 
+import factories
 import pytest
 import schemathesis
-from conftest import clean_store, seed_tiny_model
+from conftest import clean_store
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import positive_data_acceptance
 
-from api import create_app
 from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def api_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
+def api_schema(app_for, database_url, redis_url, tiny_dataset, tmp_path_factory):
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tmp_path_factory.mktemp("no-model"))
+    factories.seed_model(database_url, artifact=tmp_path_factory.mktemp("no-model"))
     store = tmp_path_factory.mktemp("fuzz")
     settings = Settings(
         auth="off",
@@ -26,7 +26,7 @@ def api_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
         upload_dir=store / "uploads",
         input_roots=(tiny_dataset,),
     )
-    app = create_app(settings)
+    app = app_for(settings)
     # POST /predict waits for a worker to classify the upload (504 after 30 s without one):
     # it runs end to end in test_worker.py, not here.
     return schemathesis.openapi.from_wsgi("/openapi.json", app).exclude(path="/predict")
@@ -49,27 +49,15 @@ def test_generated_requests_get_documented_answers(api_schema):
 
 
 @pytest.fixture(scope="module")
-def secured_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
+def secured_schema(app_for, database_url, redis_url, tiny_dataset, tmp_path_factory):
     """The same API with tokens required (issue #14), and a token of each scope."""
-    from sqlalchemy import text
-
-    from service import tokens
-    from service.db import make_engine, make_session_factory
-
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tmp_path_factory.mktemp("no-model"))
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
+    factories.seed_model(database_url, artifact=tmp_path_factory.mktemp("no-model"))
+    with factories.store_session(database_url) as session:
         made = {
-            scope: tokens.create_token(session, name=scope, scopes=[scope])[1]
-            for scope in ("jobs:read", "jobs:write", "ops")
+            scope: factories.token(session, name=scope, scopes=[scope]) for scope in ("jobs:read", "jobs:write", "ops")
         }
-        made["team"] = tokens.create_token(
-            session, name="team", scopes=["jobs:read", "jobs:write"], roots=[str(tiny_dataset / "val")]
-        )[1]
-        session.commit()
-    engine.dispose()
+        made["team"] = factories.token(session, name="team", roots=[str(tiny_dataset / "val")])
     store = tmp_path_factory.mktemp("fuzz-secured")
     settings = Settings(
         database_url=database_url,
@@ -80,7 +68,7 @@ def secured_schema(database_url, redis_url, tiny_dataset, tmp_path_factory):
         input_roots=(tiny_dataset,),
     )
     assert settings.auth == "required"
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(settings)).exclude(path="/predict")
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app_for(settings)).exclude(path="/predict")
     return schema, made
 
 

@@ -9,33 +9,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+import factories
 import pytest
-from conftest import FINISHED, clean_store, photos_dir, seed_tiny_model, stack_settings, start_worker, stop_worker
-
-from api import create_app
-from service import tokens
-from service.db import make_engine, make_session_factory
+from conftest import FINISHED, clean_store, photos_dir, stack_settings, start_worker, stop_worker
 
 USER = ["jobs:read", "jobs:write"]
 
 
 @pytest.fixture(scope="module")
-def fleet(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+def fleet(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory, app_for):
     """Two prediction workers, the API with tokens required, and three owners: alice, bob and ops."""
     store = tmp_path_factory.mktemp("lanes")
     settings = stack_settings(database_url, redis_url, tiny_dataset, store, auth="required", worker_threads=1)
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
+    factories.seed_model(database_url, artifact=tiny_model)
+    with factories.store_session(database_url) as session:
         secrets = {
-            name: tokens.create_token(session, name=name, scopes=scopes)[1]
+            name: factories.token(session, name=name, scopes=scopes)
             for name, scopes in (("alice", USER), ("bob", USER), ("ops", [*USER, "ops"]))
         }
-        session.commit()
-    engine.dispose()
     workers = [start_worker(f"lanes{i}@%h", ["predict"], settings) for i in range(2)]
-    yield SimpleNamespace(client=create_app(settings).test_client(), settings=settings, secrets=secrets)
+    yield SimpleNamespace(client=app_for(settings).test_client(), settings=settings, secrets=secrets)
     for worker in workers:
         stop_worker(worker)
 

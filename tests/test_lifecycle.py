@@ -5,24 +5,26 @@ import io
 import time
 import uuid
 
+import factories
 import pytest
-from conftest import FINISHED, clean_store, seed_tiny_model, stack_settings, start_worker, stop_worker, wait_for
+from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
 from sqlalchemy import create_engine, text
-
-from api import create_app
-from service import tokens
-from service.db import make_engine, make_session_factory
 
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "epochs": 1, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
-def stack(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
-    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("lifecycle"))
-    clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
+def settings(database_url, redis_url, tiny_dataset, tmp_path_factory):
+    return stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("lifecycle"))
+
+
+@pytest.fixture(scope="module")
+def stack(settings, tiny_model):
+    """A clean store with the tiny model and one worker process on both queues."""
+    clean_store(settings.database_url, settings.redis_url)
+    factories.seed_model(settings.database_url, artifact=tiny_model)
     worker = start_worker("lifecycle@%h", ["train", "predict"], settings)
-    yield create_app(settings).test_client(), settings
+    yield
     stop_worker(worker)
 
 
@@ -43,16 +45,11 @@ def rows_of(database_url: str, job_id: str) -> dict[str, int]:
 
 
 # These two run first: they clean the store and start their own worker, before the module's stack exists.
-def test_a_read_token_cannot_delete(database_url, redis_url, tmp_path):
-    clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        _, reader = tokens.create_token(session, name="reader", scopes=["jobs:read"])
-        _, writer = tokens.create_token(session, name="writer", scopes=["jobs:read", "jobs:write"])
-        session.commit()
-    engine.dispose()
-    settings = stack_settings(database_url, redis_url, tmp_path, tmp_path, auth="required")
-    client = create_app(settings).test_client()
+def test_a_read_token_cannot_delete(empty_store, make_app, database_url, redis_url, tmp_path):
+    with factories.store_session(database_url) as session:
+        reader = factories.token(session, name="reader", scopes=["jobs:read"])
+        writer = factories.token(session, name="writer", scopes=["jobs:read", "jobs:write"])
+    client = make_app(stack_settings(database_url, redis_url, tmp_path, tmp_path, auth="required")).test_client()
     job, model = uuid.uuid4(), uuid.uuid4()
     assert client.delete(f"/jobs/{job}", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
     assert client.delete(f"/jobs/{job}", headers={"Authorization": f"Bearer {writer}"}).status_code == 404
@@ -60,13 +57,12 @@ def test_a_read_token_cannot_delete(database_url, redis_url, tmp_path):
 
 
 def test_retention_removes_old_predict_jobs_and_keeps_the_rest(
-    database_url, redis_url, tiny_dataset, tiny_model, tmp_path
+    empty_store, make_app, database_url, redis_url, tiny_dataset, tiny_model, tmp_path
 ):
     limits = {"predict_retention_seconds": 2, "reconcile_seconds": 1}
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, **limits)
-    clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
-    client = create_app(settings).test_client()
+    factories.seed_model(database_url, artifact=tiny_model)
+    client = make_app(settings).test_client()
     worker = start_worker("retention@%h", ["predict"], settings)
     try:
         photo = next((tiny_dataset / "val").glob("*/*/*.jpg")).read_bytes()
@@ -84,8 +80,7 @@ def test_retention_removes_old_predict_jobs_and_keeps_the_rest(
         stop_worker(worker)
 
 
-def test_deleting_a_finished_job_removes_its_rows_and_files(stack, tiny_dataset, database_url):
-    client, settings = stack
+def test_deleting_a_finished_job_removes_its_rows_and_files(stack, client, settings, tiny_dataset, database_url):
     photos = sorted((tiny_dataset / "val").glob("*/*/*.jpg"))[:4]
     files = [(io.BytesIO(p.read_bytes()), p.name) for p in photos]
     job_id = client.post("/jobs", data={"files": files}, content_type="multipart/form-data").get_json()["id"]
@@ -102,8 +97,7 @@ def test_deleting_a_finished_job_removes_its_rows_and_files(stack, tiny_dataset,
     assert client.delete(f"/jobs/{job_id}").status_code == 404
 
 
-def test_a_running_job_is_409_until_cancelled(stack, tiny_dataset):
-    client, _ = stack
+def test_a_running_job_is_409_until_cancelled(stack, client, tiny_dataset):
     params = {**TRAIN, "epochs": 200, "data_dir": str(tiny_dataset)}
     job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
     wait_for(client, job_id, {"running"})
@@ -114,8 +108,7 @@ def test_a_running_job_is_409_until_cancelled(stack, tiny_dataset):
     assert client.delete(f"/jobs/{job_id}").status_code == 204
 
 
-def test_models_outlive_their_job_and_are_deleted_when_unused(stack, tiny_dataset):
-    client, settings = stack
+def test_models_outlive_their_job_and_are_deleted_when_unused(stack, client, settings, tiny_dataset):
     params = {**TRAIN, "data_dir": str(tiny_dataset)}
     job = wait_for(client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED)
     assert job["status"] == "succeeded", job["error"]

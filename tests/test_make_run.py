@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 
+import factories
 import pytest
 import requests
-from conftest import FINISHED, ROOT, clean_store, register_tiny_model, settings_env, stack_settings
-
-from service.db import make_engine, make_session_factory
+from conftest import FINISHED, ROOT, clean_store, settings_env, stack_settings
 
 
 def free_port() -> int:
@@ -27,11 +26,7 @@ def test_make_run_with_custom_input_roots_serves_predict_and_uploads(
     """`make run` (cli/stack.py: workers and gunicorn) with GROCERY_INPUT_ROOTS naming only a photo
     folder, the README's own example: uploads and POST /predict still work."""
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        register_tiny_model(session, tiny_model)
-        session.commit()
-    engine.dispose()
+    factories.seed_model(database_url, artifact=tiny_model)
     photos = tmp_path / "photos"
     photos.mkdir()
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, input_roots=(photos,), worker_threads=1)

@@ -5,30 +5,30 @@ import dataclasses
 import os
 import time
 
+import factories
 import pytest
 from conftest import (
     FINISHED,
     Launcher,
-    clean_store,
     live_workers,
     photos_dir,
-    seed_tiny_model,
     stack_settings,
     wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from api import create_app
-
 TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batch_size": 8, "learning_rate": 0.003}
 
 
 @pytest.fixture
-def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path):
-    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path)
-    clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
-    return create_app(settings).test_client(), settings
+def settings(empty_store, database_url, redis_url, tiny_dataset, tmp_path):
+    return stack_settings(database_url, redis_url, tiny_dataset, tmp_path)
+
+
+@pytest.fixture
+def service(settings, tiny_model):
+    """An empty store but for the tiny model (the tests' client: conftest's, on these settings)."""
+    factories.seed_model(settings.database_url, artifact=tiny_model)
 
 
 def metrics(client) -> dict[tuple, float]:
@@ -41,8 +41,7 @@ def metrics(client) -> dict[tuple, float]:
     }
 
 
-def test_metrics_parse_and_count_the_queued_jobs(service, tiny_dataset):
-    client, _ = service
+def test_metrics_parse_and_count_the_queued_jobs(service, client, tiny_dataset):
     for _ in range(3):
         assert client.post("/jobs", json={"type": "train", "params": {"epochs": 1}}).status_code == 202
     folder = str(tiny_dataset / "val")
@@ -64,19 +63,20 @@ def test_metrics_parse_and_count_the_queued_jobs(service, tiny_dataset):
     assert queues["train"]["oldest_age_seconds"] > 0 and queues["predict"]["oldest_queued_at"]
 
 
-def test_queues_without_a_broker_is_503_json(database_url, tmp_path):
+def test_queues_without_a_broker_is_503_json(make_app, database_url, tmp_path):
     from service.settings import Settings
 
     settings = Settings(auth="off", database_url=database_url, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
-    client = create_app(settings).test_client()
+    client = make_app(settings).test_client()
     response = client.get("/queues")
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "broker_unavailable"
     samples = metrics(client)
     assert samples[("grocery_broker_up", ())] == 0
 
 
-def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothing(service, tiny_dataset):
-    client, settings = service
+def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothing(
+    service, client, settings, tiny_dataset
+):
     trainer, predictor = Launcher(settings, "trainer", "train"), Launcher(settings, "predictor", "predict")
     try:
         workers = live_workers(client, 2)
@@ -123,8 +123,9 @@ def test_launched_workers_take_only_their_queues_and_a_warm_shutdown_loses_nothi
     assert offline == {"trainer0": "offline", "predictor0": "offline"}
 
 
-def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(service, tiny_dataset, tmp_path):
-    client, settings = service
+def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(
+    service, client, settings, tiny_dataset, tmp_path
+):
     limited = dataclasses.replace(
         settings, train_soft_time_limit=4, predict_soft_time_limit=2, predict_time_limit=4, shard_attempts=1
     )
@@ -159,11 +160,10 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(serv
         launcher.stop()
 
 
-def test_metrics_show_what_the_service_keeps(service, database_url):
+def test_metrics_show_what_the_service_keeps(service, client, settings, database_url):
     from service import crud
     from service.db import make_engine, make_session_factory
 
-    client, settings = service
     (settings.upload_dir / "some-job" / "input").mkdir(parents=True)
     (settings.upload_dir / "some-job" / "input" / "a.jpg").write_bytes(b"x" * 1000)
     (settings.upload_dir / "some-job" / "b.jpg").write_bytes(b"y" * 234)

@@ -49,3 +49,20 @@ def test_the_limits_of_issue_14_come_from_the_environment():
     defaults = Settings.from_env({})
     assert defaults.max_json_bytes < defaults.max_ui_bytes < defaults.max_upload_bytes
     assert defaults.min_shard_size > 1 and defaults.max_job_files // defaults.max_job_shards <= defaults.shard_size
+
+
+def test_to_env_gives_another_process_the_same_settings(tmp_path):
+    settings = Settings.from_env(
+        {
+            "GROCERY_INPUT_ROOTS": f"{tmp_path}/a:{tmp_path}/b",
+            "GROCERY_AUTH": "off",
+            "GROCERY_UI": "off",
+            "GROCERY_HOST": "0.0.0.0",
+            "GROCERY_MAX_FAILED_FRACTION": "0.25",
+            "GROCERY_JOB_LEASE_SECONDS": "2.5",
+            "GROCERY_JOB_RETENTION": "30d",
+            "GROCERY_PREDICT_RETENTION": "90s",
+        }
+    )
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings.from_env({}).to_env()) == Settings.from_env({})

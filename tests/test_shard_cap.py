@@ -3,33 +3,31 @@ listed. A real worker with GROCERY_MAX_JOB_SHARDS=2."""
 
 import shutil
 
+import factories
 from conftest import (
     FINISHED,
     clean_store,
     photos_dir,
-    seed_tiny_model,
     stack_settings,
     start_worker,
     stop_worker,
     wait_for,
 )
 
-from api import create_app
-
 
 def test_a_folder_that_needs_more_shards_than_allowed_fails_and_default_shards_grow(
-    database_url, redis_url, tiny_dataset, tiny_model, tmp_path
+    make_app, database_url, redis_url, tiny_dataset, tiny_model, tmp_path
 ):
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path, max_job_shards=2, worker_threads=1)
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
+    factories.seed_model(database_url, artifact=tiny_model)
     folder = photos_dir(settings) / "five"
     folder.mkdir(parents=True)
     for i, image in enumerate(sorted((tiny_dataset / "val").rglob("*.jpg"))[:5]):
         shutil.copy(image, folder / f"{i}.jpg")
     worker = start_worker("cap@%h", ["predict"], settings)
     try:
-        client = create_app(settings).test_client()
+        client = make_app(settings).test_client()
         request = {"type": "predict", "input": {"folder": str(folder)}}
         capped = wait_for(client, client.post("/jobs", json={**request, "shard_size": 2}).get_json()["id"], FINISHED)
         assert capped["status"] == "failed" and capped["error"]["code"] == "too_many_shards", capped

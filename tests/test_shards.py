@@ -3,8 +3,9 @@ that ends exactly once however its shards finish."""
 
 import threading
 
+import factories
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from service import crud, shards
 from service.db import make_session_factory
@@ -12,35 +13,21 @@ from service.tables import JobShard
 
 
 @pytest.fixture
-def sessions(database_url):
+def sessions(database_url, empty_store):
     engine = create_engine(database_url, pool_size=8)
-    with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, job_events, models, model_aliases, predictions CASCADE"))
     yield make_session_factory(engine)
     engine.dispose()
 
 
 def running_job(session, files: list[list[str]]) -> tuple:
-    """A claimed prediction job listed into one shard per entry of ``files``."""
-    job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
-    attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
-    ids = [shards.add_shard(session, job_id=job.id, number=n, paths=paths) for n, paths in enumerate(files)]
-    listed = sum(map(len, files))
-    shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed, shards_total=len(files))
+    """A claimed prediction job listed into one shard per entry of ``files``, committed for the other sessions."""
+    made = factories.running_job(session, files=files)
     session.commit()
-    return job.id, ids
+    return made
 
 
 def row(path: str, label: str | None = "Apple", error: str | None = None) -> dict:
-    return {
-        "path": path,
-        "label": label,
-        "class_id": 0 if label else None,
-        "confidence": 0.9 if label else None,
-        "top5": None,
-        "error_code": error,
-        "error_message": error,
-    }
+    return factories.result_row(path, label=label, error=error)
 
 
 def test_listing_twice_records_each_shard_once(sessions):
@@ -125,7 +112,7 @@ def test_the_job_ends_once_when_shards_finish_together(sessions):
 
 def test_a_job_waits_for_its_listing_and_fails_above_the_threshold(sessions):
     with sessions() as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        job = factories.job(session)
         attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
         shard_id = shards.add_shard(session, job_id=job.id, number=0, paths=["/a/1.jpg", "/a/2.jpg"])
         shards.note_listing(session, job_id=job.id, attempt=attempt, listed=2)

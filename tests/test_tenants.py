@@ -1,21 +1,20 @@
 """Tenants kept apart (issue #14), against real PostgreSQL and Redis with tokens required: each
 attack of the issue, and that it now fails. Worker-side checks: test_tenants_e2e.py."""
 
+import dataclasses
 import io
 import logging
 import os
 import subprocess
 import sys
 
+import factories
 import pytest
-from conftest import ROOT, clean_store
+from conftest import ROOT
 from PIL import Image
-from sqlalchemy import text
 
-from api import create_app
 from service import crud, tokens
 from service.db import make_engine, make_session_factory
-from service.settings import Settings
 
 
 def jpeg(colour=(200, 30, 30)) -> bytes:
@@ -29,44 +28,24 @@ def as_(secret: str) -> dict:
 
 
 @pytest.fixture
-def tenants(database_url, redis_url, tmp_path):
+def tenants(make_app, settings, tmp_path):
     """Tokens required; the service may read tmp_path/photos, which holds team-a and team-b; the upload
     storage lies inside tmp_path (so a root of tmp_path itself would hold it)."""
-    clean_store(database_url, redis_url)
     photos = tmp_path / "photos"
     for team in ("team-a", "team-b"):
         (photos / team).mkdir(parents=True)
         (photos / team / "shelf.jpg").write_bytes(jpeg())
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        crud.register_model(
-            session,
-            arch="efficientnet_lite0",
-            label_level="coarse",
-            class_names=["Apple"],
-            metrics={},
-            artifact_path=str(tmp_path / "model"),
-            job_id=None,
-        )
-        scopes = ["jobs:read", "jobs:write"]
+    with factories.store_session(settings.database_url) as session:
+        factories.model(session, artifact=tmp_path / "model", classes=["Apple"])
         made = {
-            "a": tokens.create_token(session, name="a", scopes=scopes)[1],
-            "b": tokens.create_token(session, name="b", scopes=scopes)[1],
-            "team_a": tokens.create_token(session, name="team-a", scopes=scopes, roots=[str(photos / "team-a")])[1],
-            "ops": tokens.create_token(session, name="ops", scopes=["ops", "jobs:read"])[1],
+            "a": factories.token(session, name="a"),
+            "b": factories.token(session, name="b"),
+            "team_a": factories.token(session, name="team-a", roots=[str(photos / "team-a")]),
+            "ops": factories.token(session, name="ops", scopes=["ops", "jobs:read"]),
         }
-        session.commit()
-    engine.dispose()
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=photos,
-        model_dir=tmp_path / "models",
-        upload_dir=tmp_path / "uploads",
-        input_roots=(tmp_path,),  # holds the upload storage: still, no job reads another's uploads
-    )
-    return create_app(settings).test_client(), made, settings, photos
+    # input_roots, (tmp_path,), holds the upload storage: still, no job reads another's uploads.
+    settings = dataclasses.replace(settings, auth="required", data_dir=photos)
+    return make_app(settings).test_client(), made, settings, photos
 
 
 def upload_as(client, secret: str, **headers):
@@ -197,16 +176,9 @@ def test_idempotency_keys_belong_to_their_owner(tenants):
     assert client.post("/jobs", json=body, headers={**as_(made["a"]), "Idempotency-Key": "x" * 255}).status_code == 202
 
 
-def test_roots_inside_the_upload_storage_fail_at_start(database_url, redis_url, tmp_path, caplog):
-    settings = Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        data_dir=tmp_path,
-        upload_dir=tmp_path / "uploads",
-        input_roots=(tmp_path / "uploads" / "shared",),
-    )
+def test_roots_inside_the_upload_storage_fail_at_start(make_app, tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
-        client = create_app(settings).test_client()
+        client = make_app(auth="required", input_roots=(tmp_path / "uploads" / "shared",)).test_client()
     assert any(
         "GROCERY_INPUT_ROOTS" in r.getMessage() and "GROCERY_UPLOAD_DIR" in r.getMessage() for r in caplog.records
     )
@@ -217,17 +189,11 @@ def test_roots_inside_the_upload_storage_fail_at_start(database_url, redis_url, 
     assert ready.get_json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_readyz_hides_driver_text_from_anonymous_callers(database_url, redis_url, tmp_path):
-    clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        ops = tokens.create_token(session, name="ops", scopes=["ops"])[1]
-        reader = tokens.create_token(session, name="reader", scopes=["jobs:read"])[1]
-        session.commit()
-    engine.dispose()
-    settings = Settings(database_url=database_url, redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
-    client = create_app(settings).test_client()
+def test_readyz_hides_driver_text_from_anonymous_callers(make_app, database_url):
+    with factories.store_session(database_url) as session:
+        ops = factories.token(session, name="ops", scopes=["ops"])
+        reader = factories.token(session, name="reader", scopes=["jobs:read"])
+    client = make_app(auth="required", redis_url="redis://127.0.0.1:1/0").test_client()
     for headers in ({}, as_(reader), as_("gj_made-up")):
         hidden = client.get("/readyz", headers=headers)
         assert hidden.status_code == 503 and "127.0.0.1" not in hidden.get_data(as_text=True)

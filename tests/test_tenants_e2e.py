@@ -6,18 +6,16 @@ import shutil
 import time
 from pathlib import Path
 
+import factories
 import pytest
 from conftest import (
     FINISHED,
     clean_store,
-    register_tiny_model,
     stack_settings,
     start_worker,
     stop_worker,
 )
-from sqlalchemy import text
 
-from api import create_app
 from service import contract, crud, tokens
 from service.db import make_engine, make_session_factory
 
@@ -27,7 +25,7 @@ def as_(secret: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tenants(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+def tenants(app_for, database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
     """One worker on both queues; the service's only root is ``store`` (photos and the upload
     storage lie in it); tokens A and B."""
     store = tmp_path_factory.mktemp("tenants").resolve()
@@ -35,20 +33,16 @@ def tenants(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory)
         database_url, redis_url, tiny_dataset, store, auth="required", input_roots=(store,), worker_threads=1
     )
     clean_store(database_url, redis_url)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        register_tiny_model(session, tiny_model)
-        made = {name: tokens.create_token(session, name=name, scopes=["jobs:read", "jobs:write"]) for name in "ab"}
-        session.commit()
+    with factories.store_session(database_url) as session:
+        factories.model(session, artifact=tiny_model)
+        made = {name: tokens.create_token(session, name=name, scopes=factories.READ_WRITE) for name in "ab"}
         owners = {name: token.id for name, (token, _) in made.items()}
-    engine.dispose()
     photos = store / "photos"
     photos.mkdir()
     for i, image in enumerate(sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]):
         shutil.copy(image, photos / f"{i}.jpg")
     worker = start_worker("tenants@%h", ["train", "predict"], settings)
-    client = create_app(settings).test_client()
+    client = app_for(settings).test_client()
     yield client, settings, {name: secret for name, (_, secret) in made.items()}, owners, photos
     stop_worker(worker)
 

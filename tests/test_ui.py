@@ -9,13 +9,13 @@ import re
 import threading
 from pathlib import Path
 
+import factories
 import numpy as np
 import pytest
 from conftest import (
     ROOT,
     TINY_CLASSES,
     clean_store,
-    seed_tiny_model,
     stack_settings,
     start_worker,
     stop_worker,
@@ -24,10 +24,6 @@ from conftest import (
 from PIL import Image
 from sqlalchemy import text
 from werkzeug.serving import make_server
-
-from api import create_app
-from service import tokens
-from service.db import make_engine, make_session_factory
 
 CHROMIUM = Path(os.environ.get("GROCERY_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = ROOT / "test-results" / "ui"
@@ -62,23 +58,22 @@ def page(browser):
     context.close()
 
 
-def serve(settings):
-    app = create_app(settings)
+def serve(app):
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, app.test_client(), f"http://127.0.0.1:{server.server_port}"
 
 
 @pytest.fixture(scope="module")
-def service(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
+def service(app_for, database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory):
     """The API with the UI, authentication off (as `make run`), and one worker on both queues."""
     store = tmp_path_factory.mktemp("ui")
     readable = store / "photos" / "generated"  # inside the workers' input roots (stack_settings)
     readable.mkdir(parents=True)
     settings = stack_settings(database_url, redis_url, tiny_dataset, store)
     clean_store(database_url, redis_url)
-    seed_tiny_model(database_url, tiny_model)
-    server, client, url = serve(settings)
+    factories.seed_model(database_url, artifact=tiny_model)
+    server, client, url = serve(app_for(settings))
     worker = start_worker("ui@%h", ["train", "predict"], settings)
     yield url, client, readable
     stop_worker(worker)
@@ -258,19 +253,13 @@ def test_api_errors_are_messages_not_blank_pages(service, page, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def secured(service, database_url, redis_url, tiny_dataset, tmp_path_factory):
+def secured(service, app_for, database_url, redis_url, tiny_dataset, tmp_path_factory):
     """A second API on the same database with tokens required (the worker of `service` runs its jobs)."""
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        session.execute(text("DELETE FROM api_tokens"))
-        made = {
-            name: tokens.create_token(session, name=name, scopes=scopes)[1]
-            for name, scopes in {"alice": ["jobs:read", "jobs:write"], "bob": ["jobs:read", "jobs:write"]}.items()
-        }
-        session.commit()
-    engine.dispose()
+    with factories.store_session(database_url) as session:
+        session.execute(text("DELETE FROM api_tokens"))  # the jobs stay: the store is shared with `service`
+        made = {name: factories.token(session, name=name) for name in ("alice", "bob")}
     store = tmp_path_factory.mktemp("ui-secured")
-    server, _, url = serve(stack_settings(database_url, redis_url, tiny_dataset, store, auth="required"))
+    server, _, url = serve(app_for(stack_settings(database_url, redis_url, tiny_dataset, store, auth="required")))
     yield url, made
     server.shutdown()
 

@@ -4,19 +4,22 @@ import io
 import shutil
 from pathlib import Path
 
+import factories
 import pytest
-from conftest import FINISHED, clean_store, register_tiny_model, stack_settings, start_worker, stop_worker, wait_for
-
-from api import create_app
+from conftest import FINISHED, clean_store, stack_settings, start_worker, stop_worker, wait_for
 
 
 @pytest.fixture(scope="module")
-def stack(database_url, redis_url, tiny_dataset, tmp_path_factory):
-    """A clean store, the API's test client and one worker process on both queues."""
-    settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("models"))
-    clean_store(database_url, redis_url)
+def settings(database_url, redis_url, tiny_dataset, tmp_path_factory):
+    return stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def stack(settings):
+    """A clean store and one worker process on both queues (the tests' client: conftest's)."""
+    clean_store(settings.database_url, settings.redis_url)
     worker = start_worker("test@%h", ["train", "predict"], settings)
-    yield create_app(settings).test_client()
+    yield
     stop_worker(worker)
 
 
@@ -30,8 +33,7 @@ TRAIN = {
 }
 
 
-def test_train_then_predict(stack, tiny_dataset):
-    client = stack
+def test_train_then_predict(stack, client, tiny_dataset):
     submitted = client.post("/jobs", json={"type": "train", "params": {**TRAIN, "data_dir": str(tiny_dataset)}})
     assert submitted.status_code == 202
     job = wait_for(client, submitted.get_json()["id"], FINISHED)
@@ -70,21 +72,15 @@ def test_train_then_predict(stack, tiny_dataset):
     assert {s["runtime"] for s in shards} == {choice["runtime"]}
 
 
-def test_a_model_whose_export_failed_is_served_by_torch(stack, tiny_model, tiny_dataset, database_url, tmp_path):
-    from service.db import make_engine, make_session_factory
-
-    client = stack
+def test_a_model_whose_export_failed_is_served_by_torch(
+    stack, client, tiny_model, tiny_dataset, database_url, tmp_path
+):
     artifact = shutil.copytree(tiny_model, tmp_path / "no-export")
     for name in ("model.onnx", "runtimes.json"):
         (artifact / name).unlink(missing_ok=True)
-    engine = make_engine(database_url)
-    with make_session_factory(engine)() as session:
-        failed = {"exports": {"onnx": {"ok": False, "reason": "UnsupportedOperatorError: aten::cummax"}}}
-        model = register_tiny_model(session, artifact)
-        model.serving = failed
-        session.commit()
-        model_id = str(model.id)
-    engine.dispose()
+    failed = {"exports": {"onnx": {"ok": False, "reason": "UnsupportedOperatorError: aten::cummax"}}}
+    with factories.store_session(database_url) as session:
+        model_id = str(factories.model(session, artifact=artifact, serving=failed).id)
     submitted = client.post(
         "/jobs", json={"type": "predict", "model": model_id, "input": {"folder": str(tiny_dataset / "val")}}
     )
@@ -97,8 +93,7 @@ def test_a_model_whose_export_failed_is_served_by_torch(stack, tiny_model, tiny_
     assert choice["runtime"] == "torch" and set(choice["variants"]) == {"torch"}
 
 
-def test_train_on_a_subset_of_the_shared_dataset(stack, shared_dataset):
-    client = stack
+def test_train_on_a_subset_of_the_shared_dataset(stack, client, shared_dataset):
     params = {**TRAIN, "data_dir": str(shared_dataset), "train_limit": 96, "val_limit": 48, "input_size": 128}
     job = wait_for(client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED)
     assert job["status"] == "succeeded", job["error"]
@@ -115,8 +110,7 @@ def test_train_on_a_subset_of_the_shared_dataset(stack, shared_dataset):
     assert job["result"]["total"] == len(list(folder.glob("*.jpg"))) and job["result"]["failed"] == 0
 
 
-def test_cancel_a_running_training(stack, tiny_dataset):
-    client = stack
+def test_cancel_a_running_training(stack, client, tiny_dataset):
     params = {**TRAIN, "epochs": 200, "data_dir": str(tiny_dataset)}
     job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
     wait_for(client, job_id, {"running"})
@@ -127,8 +121,7 @@ def test_cancel_a_running_training(stack, tiny_dataset):
     assert client.post(f"/jobs/{job_id}/cancel").status_code == 409
 
 
-def test_workshop_endpoints_and_the_production_alias(stack, tiny_dataset):
-    client = stack
+def test_workshop_endpoints_and_the_production_alias(stack, client, tiny_dataset):
     assert client.post("/predict", data={}).get_json()["error"]["code"] in ("missing_file", "no_model")
     first = wait_for(client, client.post("/jobs", json={"type": "train", "params": TRAIN}).get_json()["id"], FINISHED)
     assert first["status"] == "succeeded", first["error"]

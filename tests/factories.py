@@ -1,0 +1,90 @@
+"""Rows a test needs in the store, made the way the service makes them (through service.crud,
+service.shards and service.tokens), with defaults so that a test spells out only what it is about.
+
+Every factory is keyword-only and takes the session to write in; it flushes, the caller commits
+(``store_session`` commits on leaving)."""
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from conftest import TINY_CLASSES
+
+from service import crud, shards, tokens
+from service.contract import PROGRESS_UNITS
+from service.db import make_engine, make_session_factory
+
+# The tiny dataset's coarse classes, in their ids' order: what a model trained on it predicts.
+TINY_COARSE = list(dict.fromkeys(coarse for _, coarse, _, _ in TINY_CLASSES))
+READ_WRITE = ["jobs:read", "jobs:write"]
+
+
+@contextlib.contextmanager
+def store_session(database_url: str) -> Iterator:
+    """A session on the test database that commits what was made in it, then closes with its engine."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            yield session
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def job(session, *, type: str = "predict", status: str = "queued", params: dict | None = None, **fields):
+    """A job as POST /jobs stores it (its "queued" event included), then moved to ``status`` as a
+    worker would leave it; ``fields``: create_job's other arguments (owner_token_id, model_id...)."""
+    made = crud.create_job(session, job_type=type, params=params or {}, progress_unit=PROGRESS_UNITS[type], **fields)
+    made.status = status
+    session.flush()
+    return made
+
+
+def model(session, *, artifact: Path, arch: str = "efficientnet_lite0", classes: list[str] | None = None, **fields):
+    """A registered model of the tiny dataset's coarse classes (the artifact need not exist)."""
+    return crud.register_model(
+        session,
+        arch=arch,
+        label_level="coarse",
+        class_names=TINY_COARSE if classes is None else classes,
+        metrics={},
+        artifact_path=str(artifact),
+        job_id=None,
+        **fields,
+    )
+
+
+def seed_model(database_url: str, *, artifact: Path):
+    """One model of the tiny dataset's classes in the test database, committed."""
+    with store_session(database_url) as session:
+        return model(session, artifact=artifact).id
+
+
+def token(session, *, name: str, scopes: list[str] = READ_WRITE, **limits) -> str:
+    """A new API token's secret; ``limits``: roots, max_active_jobs, max_active_files."""
+    return tokens.create_token(session, name=name, scopes=scopes, **limits)[1]
+
+
+def result_row(path: str, *, label: str | None = "Apple", error: str | None = None, **fields) -> dict:
+    """One file's outcome as a worker writes it: a label, or with ``error`` none and the error."""
+    return {
+        "path": path,
+        "label": label,
+        "class_id": 0 if label else None,
+        "confidence": 0.9 if label else None,
+        "top5": None,
+        "error_code": error,
+        "error_message": error,
+        **fields,
+    }
+
+
+def running_job(session, *, files: list[list[str]]) -> tuple[uuid.UUID, list[int]]:
+    """A claimed prediction job listed into one shard per entry of ``files``: its id and its shards' ids."""
+    made = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    attempt = crud.claim_job(session, job_id=made.id, worker="lister@h", device="cpu")
+    ids = [shards.add_shard(session, job_id=made.id, number=n, paths=paths) for n, paths in enumerate(files)]
+    listed = sum(map(len, files))
+    shards.note_listing(session, job_id=made.id, attempt=attempt, listed=listed, shards_total=len(files))
+    return made.id, ids
