@@ -31,9 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 import psutil
-import redis
 from bench_prediction import workshop_loop
-from harness import free_port, register_model, request, scratch_database, start_api
+from harness import free_port, register_model, request, scratch_database, service_env, start_api
 
 from cli import ROOT
 from cli.worker import worker_command
@@ -241,19 +240,7 @@ def baselines(model: Path, paths: list[str], args) -> tuple[float, float]:
 
 
 def system(args, database_url: str, data_dir: str, big: Path, paths) -> dict:
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "GROCERY_DATA_DIR": data_dir,
-        "GROCERY_INPUT_ROOTS": f"{data_dir}:{big.parent}",
-        "GROCERY_AUTH": "off",  # loopback only
-        "GROCERY_UPLOAD_DIR": str(big.parent / "uploads"),
-        "GROCERY_MODEL_DIR": str(Path(args.model_dir).resolve()) if args.model_dir else str(big.parent / "models"),
-        "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best
-    }
+    env = service_env(database_url, data_dir, big.parent, Path(args.model_dir) if args.model_dir else None)
     if args.model:
         register_model(database_url, Path(args.model))
     port, processes = free_port(), []

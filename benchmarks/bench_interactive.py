@@ -25,9 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
 from bench_bulk import generated_folder
-from harness import free_port, register_model, request, scratch_database, start_api
+from harness import free_port, register_model, request, scratch_database, service_env, start_api
 
 from cli import ROOT
 from cli.worker import worker_command
@@ -114,19 +113,7 @@ def main() -> None:
 
 
 def measure(args, database_url: str, data_dir: str, big: Path, photos: list[bytes]) -> dict:
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
-    redis.Redis.from_url(redis_url).flushdb()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "GROCERY_DATA_DIR": data_dir,
-        "GROCERY_INPUT_ROOTS": f"{data_dir}:{big.parent}",
-        "GROCERY_AUTH": "off",  # loopback only
-        "GROCERY_UPLOAD_DIR": str(big.parent / "uploads"),
-        "GROCERY_MODEL_DIR": str(big.parent / "models"),
-        "GROCERY_WORKER_THREADS": "1",
-    }
+    env = service_env(database_url, data_dir, big.parent)
     register_model(database_url, Path(args.model))
     port, processes = free_port(), []
     try:

@@ -36,6 +36,26 @@ def scratch_database():
         admin.dispose()
 
 
+def service_env(database_url: str, data_dir: str, work: Path, model_dir: Path | None = None) -> dict[str, str]:
+    """The environment of the API and workers a benchmark starts, on a flushed Redis (REDIS_URL's,
+    default DB 13): jobs read the dataset and ``work``; uploads and models go under ``work``."""
+    import redis
+
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/13")
+    redis.Redis.from_url(redis_url).flushdb()
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "GROCERY_DATA_DIR": data_dir,
+        "GROCERY_INPUT_ROOTS": f"{data_dir}:{work}",
+        "GROCERY_AUTH": "off",  # loopback only
+        "GROCERY_UPLOAD_DIR": str(work / "uploads"),
+        "GROCERY_MODEL_DIR": str((model_dir or work / "models").resolve()),
+        "GROCERY_WORKER_THREADS": "1",  # one single-threaded process per core measured best
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -134,6 +134,10 @@ class Settings:
     # Prediction jobs of at most this many files named up front (a manifest, uploads), and POST
     # /predict, are interactive: served ahead of bulk work, between a busy worker's batches.
     interactive_max_files: int = setting("GROCERY_INTERACTIVE_MAX_FILES", 32)
+    # Dynamic batching of interactive jobs on one worker: at most this many share a model call, and a
+    # free worker waits this long for more to arrive when fewer wait (TorchServe's max_batch_delay).
+    interactive_batch_size: int = setting("GROCERY_INTERACTIVE_BATCH_SIZE", 16)
+    interactive_batch_delay_ms: float = setting("GROCERY_INTERACTIVE_BATCH_DELAY_MS", 5.0)
     # Per job: most files (uploads, archive members, manifest entries, folder listings) and most
     # bytes (uploads and what an archive expands to).
     max_job_files: int = setting("GROCERY_MAX_JOB_FILES", 1_000_000)

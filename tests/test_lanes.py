@@ -5,6 +5,7 @@ seconds: these machines are shared."""
 import io
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,10 @@ USER = ["jobs:read", "jobs:write"]
 def fleet(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory, app_for):
     """Two prediction workers, the API with tokens required, and three owners: alice, bob and ops."""
     store = tmp_path_factory.mktemp("lanes")
-    settings = stack_settings(database_url, redis_url, tiny_dataset, store, auth="required", worker_threads=1)
+    # A free worker waits up to 300 ms for more interactive jobs to batch with (the default is 5 ms).
+    settings = stack_settings(
+        database_url, redis_url, tiny_dataset, store, auth="required", worker_threads=1, interactive_batch_delay_ms=300
+    )
     clean_store(database_url, redis_url)
     factories.seed_model(database_url, artifact=tiny_model)
     with factories.store_session(database_url) as session:
@@ -29,7 +33,8 @@ def fleet(database_url, redis_url, tiny_dataset, tiny_model, tmp_path_factory, a
             for name, scopes in (("alice", USER), ("bob", USER), ("ops", [*USER, "ops"]))
         }
     workers = [start_worker(f"lanes{i}@%h", ["predict"], settings) for i in range(2)]
-    yield SimpleNamespace(client=app_for(settings).test_client(), settings=settings, secrets=secrets)
+    app = app_for(settings)
+    yield SimpleNamespace(app=app, client=app.test_client(), settings=settings, secrets=secrets)
     for worker in workers:
         stop_worker(worker)
 
@@ -119,6 +124,31 @@ def test_predictions_beside_a_bulk_job_wait_for_a_batch_not_a_shard(fleet, tiny_
         assert interactive["lane"] == "interactive"
         # Served in the middle of a bulk shard (between two of its batches), not after one ended.
         assert at(interactive["started_at"]) < min(ends[n] for n in running), (interactive, running)
+
+
+def test_concurrent_predictions_share_a_batch(fleet, tiny_dataset):
+    photo = sorted((tiny_dataset / "val").rglob("*.jpg"))[1].read_bytes()
+
+    def predict(_):
+        response = fleet.app.test_client().post(
+            "/predict",
+            data={"file": (io.BytesIO(photo), "photo.jpg")},
+            headers=as_(fleet, "bob"),
+            content_type="multipart/form-data",
+        )
+        return response.status_code, response.get_json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(predict, range(8)))
+    assert all(status == 200 and body["prediction"] for status, body in answers), answers
+    batched = [
+        event["data"]["jobs"]
+        for _, body in answers
+        for event in fleet.client.get(f"/jobs/{body['job_id']}/events", headers=as_(fleet, "bob")).get_json()["events"]
+        if event["kind"] == "batched"
+    ]
+    # Jobs that waited together went through the model together, in batches of several jobs.
+    assert batched and max(batched) >= 2 and max(batched) <= fleet.settings.interactive_batch_size
 
 
 def test_a_later_owners_job_runs_beside_an_earlier_owners_big_one(fleet, tiny_dataset):

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from celery.signals import worker_ready
@@ -22,7 +23,7 @@ from service import confinement, crud, shards, tokens
 from service.confinement import ReadScope, job_scope
 from service.contract import JOB_TASKS, SHARD_TASK, send, serving_model
 from service.settings import Settings
-from service.tables import JobShard, Model
+from service.tables import Job, JobShard, Model
 from worker.celery_app import app
 from worker.runtime import (
     JobError,
@@ -45,21 +46,34 @@ SPREAD, MIN_SHARD = 8, 64
 
 @app.task(name=JOB_TASKS["predict"].name, bind=True)
 def run_predict_job(self, job_id: str) -> None:
-    predict_job(self, job_id)
+    with sessions()() as session:
+        job = crud.get_job(session, job_id=uuid.UUID(job_id))
+    if job is not None and job.lane == "interactive":
+        run_interactive(self, [job_id, *interactive_companions(job_id)])
+    else:
+        predict_job(self, job_id)
 
 
 def predict_job(task, job_id: str) -> None:
-    """List the job's input into shards; a job of one shard (interactive ones) runs it right here."""
+    """List the job's input into shards; a job of one shard runs it right here."""
+    single = list_job(task, job_id)
+    if single is not None:
+        run_shard(task, single)
+
+
+def list_job(task, job_id: str) -> int | None:
+    """Claim the job and list it into shards, sending them; returns the shard of a job of one shard,
+    left for the caller to run here: a single image does not pay for a second trip through the queue."""
     started = start(task, job_id)
     if started is None:
-        return
+        return None
     reporter, job = started
     try:
-        outcome = list_into_shards(task, job, reporter.attempt, worker_settings())
+        outcome, single = list_into_shards(job, reporter.attempt, worker_settings())
     except Exception as e:
         log.exception("listing prediction job %s failed", job_id)
         reporter.finish("failed", error_code=error_code(e), error_message=f"listing the input failed: {e}")
-        return
+        return None
     if outcome == "too_many_files":
         reporter.finish(
             "failed",
@@ -73,11 +87,12 @@ def predict_job(task, job_id: str) -> None:
             error_message=f"the input needs more than {worker_settings().max_job_shards} shards of "
             f"{job.params.get('shard_size')} files (GROCERY_MAX_JOB_SHARDS): give a larger shard_size",
         )
+    return single
 
 
-def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
-    """Stream the input's files into shards, enqueuing each as it is recorded. A job of one shard
-    runs it right here: a single image does not pay for a second trip through the queue."""
+def list_into_shards(job, attempt: int, settings: Settings) -> tuple[str, int | None]:
+    """Stream the input's files into shards, enqueuing each as it is recorded, but for a job of one
+    shard: that shard's id is returned, to run at once."""
     files = input_files(job, settings)
     listed, numbers, held = 0, 0, None
     # Default shards grow with the input so that even the largest job stays within max_job_shards.
@@ -85,9 +100,9 @@ def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
     for number, paths in enumerate(shard_chunks(files, job.params.get("shard_size"), default_size)):
         listed += len(paths)
         if listed > settings.max_job_files:
-            return "too_many_files"
+            return "too_many_files", None
         if number >= settings.max_job_shards:
-            return "too_many_shards"
+            return "too_many_shards", None
         with sessions()() as session:
             shard_id = shards.add_shard(session, job_id=job.id, number=number, paths=paths)
             stop = shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed)
@@ -101,12 +116,11 @@ def list_into_shards(task, job, attempt: int, settings: Settings) -> str:
     with sessions()() as session:
         shards.note_listing(session, job_id=job.id, attempt=attempt, listed=listed, shards_total=numbers)
         session.commit()
-    if held is not None and numbers == 1:
-        run_shard(task, held)
-    elif held is not None:
+    single = held if numbers == 1 else None
+    if held is not None and single is None:
         send_shard(held)
-    end_job_if_done(job.id)
-    return "listed"
+    end_job_if_done(job.id)  # a job without files ends here
+    return "listed", single
 
 
 def shard_chunks(files: Iterator[str], size: int | None, default: int) -> Iterator[list[str]]:
@@ -151,7 +165,9 @@ def run_predict_shard(self, shard_id: int) -> None:
     run_shard(self, shard_id, fair=True)
 
 
-def run_shard(task, shard_id: int, *, fair: bool = False) -> None:
+def claim_for_run(task, shard_id: int, *, fair: bool = False) -> tuple[JobShard, Job, Model, ReadScope] | None:
+    """Claim the shard (or, ``fair``, the fairest queued one) with what running it needs; None when
+    there is nothing to do. A shard of a stopped job is dropped instead."""
     with sessions()() as session:
         dropped_from = shards.drop_shard_of_stopped_job(session, shard_id=shard_id)
         shard = None
@@ -162,11 +178,19 @@ def run_shard(task, shard_id: int, *, fair: bool = False) -> None:
             session.commit()
             if dropped_from is not None:
                 end_job_if_done(dropped_from)
-            return
+            return None
         job = crud.get_job(session, job_id=shard.job_id)
         model = session.get(Model, job.model_id)
         scope = read_scope(session, job, worker_settings())
         session.commit()
+    return shard, job, model, scope
+
+
+def run_shard(task, shard_id: int, *, fair: bool = False) -> None:
+    claimed = claim_for_run(task, shard_id, fair=fair)
+    if claimed is None:
+        return
+    shard, job, model, scope = claimed
     attempt = shard.attempts
     presence.update(shard_id=shard.id)
     presence.hold("shard", shard.id, attempt)
@@ -244,60 +268,137 @@ def read_scope(session, job, settings: Settings) -> ReadScope:
     )
 
 
-# Interactive jobs a paused bulk shard serves before it goes on: a batch's worth of waiting requests.
-INTERACTIVE_PER_PAUSE = 16
+def interactive_companions(job_id: str) -> list[str]:
+    """Other interactive jobs to classify with this one: those waiting now, and if fewer than a batch,
+    those that arrive within GROCERY_INTERACTIVE_BATCH_DELAY_MS (TorchServe's max_batch_delay)."""
+    settings = worker_settings()
+    others = waiting_interactive(settings.interactive_batch_size, but=job_id)
+    if len(others) < settings.interactive_batch_size - 1 and settings.interactive_batch_delay_ms > 0:
+        time.sleep(settings.interactive_batch_delay_ms / 1000)
+        others = waiting_interactive(settings.interactive_batch_size, but=job_id)
+    return others[: settings.interactive_batch_size - 1]
+
+
+def waiting_interactive(limit: int, but: str | None = None) -> list[str]:
+    with sessions()() as session:
+        waiting = crud.waiting_interactive_jobs(session, limit=limit)
+    return [str(job_id) for job_id in waiting if str(job_id) != but]
 
 
 def serve_interactive(task, shard: JobShard) -> None:
     """Run the interactive jobs waiting now, with the model already loaded, then hand this worker back
     to the bulk shard it paused: a request waits for one batch at most, not for a whole shard."""
     held = presence.held
-    with sessions()() as session:
-        waiting = crud.waiting_interactive_jobs(session, limit=INTERACTIVE_PER_PAUSE)
     try:
-        for job_id in waiting:
-            predict_job(task, str(job_id))
+        run_interactive(task, waiting_interactive(worker_settings().interactive_batch_size))
     finally:
         presence.update(job_id=None, shard_id=shard.id)
         presence.hold(*held)
 
 
-def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float, pause=None) -> bool:
-    """Classify the shard's files that have no result yet; returns True when told to stop. Past
-    ``deadline`` (the soft time limit) it raises, and the retry resumes after the rows written."""
+def run_interactive(task, job_ids: list[str]) -> None:
+    """Interactive jobs classified together (dynamic batching): each is claimed and listed into its one
+    shard as any job is; then their files share the model's batches, and each job ends on its own."""
+    singles = [shard_id for shard_id in map(functools.partial(list_job, task), job_ids) if shard_id is not None]
+    claimed = [c for c in (claim_for_run(task, shard_id) for shard_id in singles) if c is not None]
+    by_model = {}
+    for shard, _, model, scope in claimed:
+        by_model.setdefault(model.id, (model, []))[1].append((shard, scope))
+    for model, group in by_model.values():
+        classify_together(model, group)
+
+
+def classify_together(model: Model, group: list[tuple[JobShard, ReadScope]]) -> None:
+    works = [shard_work(shard, shard.attempts, scope) for shard, scope in group]
+    ended = set()
+    limit = worker_settings().predict_time_limit
+
+    def fail_the_rest(error: Exception) -> None:
+        for work in works:
+            if work.shard.id not in ended:
+                conclude(work.shard, work.attempt, *retry_or_fail(work.shard, work.attempt, error))
+
+    try:
+        with hard_time_limit(limit, lambda: fail_the_rest(ShardTimeLimit("hard", limit))):
+            predictor = cached_predictor(str(model.id), model.artifact_path)
+            results = iter(predictor.predict_files([path for work in works for path in work.todo]))
+            for work in works:
+                rows = work.first_rows + [next(results).to_row() for _ in work.todo]
+                stop, _ = write_rows(work, rows, predictor.runtime, batched_with=len(works))
+                ended.add(work.shard.id)
+                conclude(work.shard, work.attempt, "succeeded" if stop is False else "cancelled", None)
+    except Exception as e:
+        log.exception("interactive shards %s failed", [work.shard.id for work in works])
+        fail_the_rest(e)
+
+
+@dataclass
+class ShardWork:
+    """A claimed shard attempt's files still without a result, and its counts so far."""
+
+    shard: JobShard
+    attempt: int
+    todo: list[str]  # to classify
+    first_rows: list[dict]  # refused without reading (outside the job's roots)
+    done: int
+    failed: int
+    labels: Counter
+
+
+def shard_work(shard: JobShard, attempt: int, scope: ReadScope) -> ShardWork:
+    """What is left of the shard: a retried shard resumes after the rows its earlier attempts wrote."""
     with sessions()() as session:
         finished = shards.done_paths(session, job_id=shard.job_id, paths=shard.paths)
         done, failed, labels = shards.tally_shard(session, shard=shard)
-    labels = Counter(labels)
     todo = [p for p in shard.paths if p not in finished]
     escaping = {p for p in todo if not scope.allows(p)}
     outside = "the file resolves outside the job's input roots"
-    rows = [Prediction.failed(p, "outside_root", outside).to_row() for p in escaping]
+    refused = [Prediction.failed(p, "outside_root", outside).to_row() for p in todo if p in escaping]
+    kept = [p for p in todo if p not in escaping]
+    return ShardWork(shard, attempt, kept, refused, done, failed, Counter(labels))
+
+
+def write_rows(
+    work: ShardWork, rows: list[dict], runtime: str, *, look_for_interactive: bool = False, batched_with: int = 1
+) -> tuple[bool | None, bool]:
+    """Write a batch of the shard's rows and its progress. Returns (stop, interactive_waiting): stop is
+    None when this attempt no longer owns the shard (then nothing was written)."""
+    work.done += len(rows)
+    work.failed += sum(row["error_code"] is not None for row in rows)
+    work.labels.update(row["label"] for row in rows if row["label"] is not None)
+    shard, attempt = work.shard, work.attempt
+    with sessions()() as session:
+        # Ownership first: its row lock keeps a takeover out until these rows are committed.
+        stop = shards.report_shard(
+            session,
+            shard=shard,
+            attempt=attempt,
+            done=work.done,
+            failed=work.failed,
+            labels=dict(work.labels),
+            runtime=runtime,
+        )
+        if stop is None:
+            session.rollback()
+            log.warning("shard %s attempt %s was taken over: stopping without writing", shard.id, attempt)
+            return None, False
+        crud.add_predictions(session, job_id=shard.job_id, rows=rows)
+        if batched_with > 1:
+            crud.add_event(session, job_id=shard.job_id, kind="batched", data={"jobs": batched_with})
+        interactive_waiting = look_for_interactive and crud.interactive_jobs_waiting(session)
+        session.commit()
+    return stop, interactive_waiting
+
+
+def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float, pause=None) -> bool:
+    """Classify the shard's files that have no result yet; returns True when told to stop. Between
+    batches, ``pause`` serves interactive jobs waiting meanwhile. Past ``deadline`` (the soft time
+    limit) it raises, and the retry resumes after the rows written."""
+    work = shard_work(shard, attempt, scope)
     predictor = cached_predictor(str(model.id), model.artifact_path)
-    results = predictor.predict_files([p for p in todo if p not in escaping])
-    for batch in _batches(rows, results, predictor.batch_size):
-        done += len(batch)
-        failed += sum(row["error_code"] is not None for row in batch)
-        labels.update(row["label"] for row in batch if row["label"] is not None)
-        with sessions()() as session:
-            # Ownership first: its row lock keeps a takeover out until these rows are committed.
-            stop = shards.report_shard(
-                session,
-                shard=shard,
-                attempt=attempt,
-                done=done,
-                failed=failed,
-                labels=dict(labels),
-                runtime=predictor.runtime,
-            )
-            if stop is None:
-                session.rollback()
-                log.warning("shard %s attempt %s was taken over: stopping without writing", shard.id, attempt)
-                return True
-            crud.add_predictions(session, job_id=shard.job_id, rows=batch)
-            interactive_waiting = pause is not None and crud.interactive_jobs_waiting(session)
-            session.commit()
-        if stop:
+    for batch in _batches(work.first_rows, predictor.predict_files(work.todo), predictor.batch_size):
+        stop, interactive_waiting = write_rows(work, batch, predictor.runtime, look_for_interactive=pause is not None)
+        if stop is not False:
             return True
         if interactive_waiting:
             pause()
