@@ -5,7 +5,8 @@ One single-threaded worker process per core, the API under gunicorn. Measured in
 (a) POST /predict alone, one client, one request at a time: latency p50/p95 (the baseline);
 (b) the same client while a bulk job over a generated folder of --files images keeps every worker
     busy: latency p50/p95, how many answered 504, and the bulk job's images per second;
-(c) --clients concurrent clients POSTing to an idle fleet: requests per second and latency.
+(c) --clients concurrent clients POSTing to an idle fleet: requests per second and latency, with
+    dynamic batching (the default) and (d) without (GROCERY_INTERACTIVE_BATCH_SIZE=1), in the same run.
 
 Uses the PostgreSQL and Redis of DATABASE_URL's server and REDIS_URL (defaults: the local ones).
 
@@ -112,63 +113,77 @@ def main() -> None:
     print(json.dumps(figures))
 
 
+def start_workers(env: dict, count: int) -> list[subprocess.Popen]:
+    commands = [worker_command(f"bench{n}@%h", ["predict"]) for n in range(count)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return [subprocess.Popen(command, cwd=ROOT, env=env, **quiet) for command in commands]
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait()
+
+
 def measure(args, database_url: str, data_dir: str, big: Path, photos: list[bytes]) -> dict:
     env = service_env(database_url, data_dir, big.parent)
     register_model(database_url, Path(args.model))
-    port, processes = free_port(), []
+    port = free_port()
+    api, workers = start_api(env, port, workers=2), start_workers(env, args.workers)
     try:
-        processes.append(start_api(env, port, workers=2))
-        for n in range(args.workers):
-            command = worker_command(f"bench{n}@%h", ["predict"])
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
         time.sleep(10)  # workers start and load the model
         latencies(port, photos[: 4 * args.workers])  # each worker has served once
         alone, _ = latencies(port, photos[: args.requests])
         print(f"(a) POST /predict alone, one client: {quantiles(alone)}", flush=True)
-
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        started = time.perf_counter()
-        status, bulk = request(conn, "POST", "/jobs", {"type": "predict", "input": {"folder": str(big)}})
-        assert status == 202, bulk
-
-        def bulk_running() -> bool:
-            return request(conn, "GET", f"/jobs/{bulk['id']}")[1]["status"] in ("queued", "running")
-
-        time.sleep(3)  # its shards hold every worker
-        beside, timeouts = latencies(port, photos[: args.requests] * 10, until=bulk_running)
-        while bulk_running():
-            time.sleep(0.5)
-        bulk = request(conn, "GET", f"/jobs/{bulk['id']}")[1]
-        rate = bulk["result"]["total"] / (time.perf_counter() - started)
+        beside, timeouts, rate, total = beside_bulk(port, big, photos[: args.requests])
         print(
-            f"(b) POST /predict beside a {bulk['result']['total']}-file bulk job: {quantiles(beside)}, "
+            f"(b) POST /predict beside a {total}-file bulk job: {quantiles(beside)}, "
             f"{timeouts} of {len(beside)} answered 504; the bulk job {rate:.1f} img/s",
             flush=True,
         )
-        throughput, many = concurrent(port, photos[: args.requests * 2], args.clients)
-        print(f"(c) {args.clients} concurrent clients: {throughput:.1f} requests/s, {quantiles(many)}", flush=True)
+        batched, many = concurrent(port, photos[: args.requests * 2], args.clients)
+        print(
+            f"(c) {args.clients} concurrent clients, batched: {batched:.1f} requests/s, {quantiles(many)}", flush=True
+        )
+        stop(workers)
+        # The same fleet without dynamic batching: each interactive job its own model call.
+        workers = start_workers({**env, "GROCERY_INTERACTIVE_BATCH_SIZE": "1"}, args.workers)
+        time.sleep(10)
+        latencies(port, photos[: 4 * args.workers])
+        single, few = concurrent(port, photos[: args.requests * 2], args.clients)
+        print(f"(d) the same, one job a call:  {single:.1f} req/s, {quantiles(few)}", flush=True)
     finally:
-        for process in processes:
-            process.terminate()
-            process.wait()
-    ms = 1000
+        stop([api, *workers])
     return {
         "model": str(Path(args.model).resolve()),
-        "alone": {
-            "p50_ms": round(statistics.median(alone) * ms),
-            "p95_ms": round(statistics.quantiles(alone, n=20)[18] * ms),
+        "alone": milliseconds(alone),
+        "beside_bulk": {**milliseconds(beside), "requests": len(beside), "timeouts_504": timeouts, "bulk_img_s": rate},
+        "concurrent": {
+            "clients": args.clients,
+            "batched": {"requests_per_s": round(batched, 1), **milliseconds(many)},
+            "one_job_a_call": {"requests_per_s": round(single, 1), **milliseconds(few)},
         },
-        "beside_bulk": {
-            "p50_ms": round(statistics.median(beside) * ms),
-            "p95_ms": round(statistics.quantiles(beside, n=20)[18] * ms),
-            "requests": len(beside),
-            "timeouts_504": timeouts,
-            "bulk_images_per_s": round(rate, 1),
-        },
-        "concurrent": {"clients": args.clients, "requests_per_s": round(throughput, 1)},
     }
+
+
+def beside_bulk(port: int, big: Path, photos: list[bytes]) -> tuple[list[float], int, float, int]:
+    """One client's POST /predict calls while a bulk job over ``big`` holds every worker."""
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    started = time.perf_counter()
+    status, bulk = request(conn, "POST", "/jobs", {"type": "predict", "input": {"folder": str(big)}})
+    assert status == 202, bulk
+
+    def bulk_running() -> bool:
+        return request(conn, "GET", f"/jobs/{bulk['id']}")[1]["status"] in ("queued", "running")
+
+    time.sleep(3)  # its shards hold every worker
+    seconds, timeouts = latencies(port, photos * 10, until=bulk_running)
+    while bulk_running():
+        time.sleep(0.5)
+    bulk = request(conn, "GET", f"/jobs/{bulk['id']}")[1]
+    total = bulk["result"]["total"]
+    return seconds, timeouts, round(total / (time.perf_counter() - started), 1), total
 
 
 if __name__ == "__main__":
