@@ -84,7 +84,7 @@ def quantiles(seconds: list[float]) -> str:
 def milliseconds(seconds: list[float]) -> dict:
     return {
         "p50_ms": round(statistics.median(seconds) * 1000),
-        "p95_ms": round(statistics.quantiles(seconds, n=20)[18] * 1000),
+        "p95_ms": round(statistics.quantiles(seconds, n=20, method="inclusive")[18] * 1000),
     }
 
 
