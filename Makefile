@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_prediction.py --data-dir $(DATA_DIR) --model runs/bench/mobilenet_scratch
 	$(BIN)/python benchmarks/bench_prediction.py --data-dir $(DATA_DIR) --model runs/bench/default
 	$(BIN)/python benchmarks/bench_bulk.py --data-dir $(DATA_DIR)
+	$(BIN)/python benchmarks/bench_interactive.py --data-dir $(DATA_DIR) --model runs/bench/default
 	$(BIN)/python benchmarks/bench_load.py --data-dir $(DATA_DIR) --seconds 90
 	$(BIN)/python benchmarks/bench_ui.py --data-dir $(DATA_DIR)
 
