@@ -2,8 +2,8 @@
 
 from flask import Flask
 
-from api.deps import Resources
 from api.errors import register_error_handlers
+from api.resources import Resources
 from service.confinement import configuration_problems
 from service.contract import make_celery
 from service.db import make_engine, make_session_factory

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, g, redirect, request
 
-from api import deps
 from api.errors import APIError
+from api.resources import resources
 from service import tokens
 
 PUBLIC = {"health.healthz", "health.readyz", "openapi.openapi_json", "openapi.docs", "openapi.docs_asset"}
@@ -45,7 +45,7 @@ def at_the_door():
     """Before any view runs, and so before any body is read: the Host, the token, the origin of a
     change, and the body's size from its header."""
     g.token = None
-    settings = deps.resources().settings
+    settings = resources().settings
     if request.endpoint not in ANY_HOST:
         check_host(settings.allowed_hosts)
     if request.method not in SAFE_METHODS:
@@ -96,7 +96,7 @@ def is_public() -> bool:
 
 
 def _is_ui() -> bool:
-    on = deps.resources().settings.ui
+    on = resources().settings.ui
     return on and (request.path == UI_PREFIX.rstrip("/") or request.path.startswith(UI_PREFIX))
 
 
@@ -114,7 +114,7 @@ def authenticate() -> None:
             "send an API token: Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    with deps.resources().sessions() as session:
+    with resources().sessions() as session:
         token = tokens.find_token(session, secret=secret)
     if token is None:
         raise APIError(
@@ -165,7 +165,7 @@ def token_roots() -> list[str] | None:
 
 def quotas() -> tuple[int, int]:
     """(jobs, files) this request's owner may have queued or running: its token's own, else the service's."""
-    settings, token = deps.resources().settings, g.get("token")
+    settings, token = resources().settings, g.get("token")
     jobs = token.max_active_jobs if token is not None and token.max_active_jobs else settings.token_max_active_jobs
     files = token.max_active_files if token is not None and token.max_active_files else settings.token_max_active_files
     return jobs, files

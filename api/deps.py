@@ -1,33 +1,15 @@
-"""What routes share: the app's resources, request parsing, the job a request may see, the quota."""
+"""What routes share: request parsing, the job a request may see, the quota (their resources: api/resources.py)."""
 
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 
-from celery import Celery
-from flask import current_app, request
-from sqlalchemy.orm import Session, sessionmaker
+from flask import request
+from sqlalchemy.orm import Session
 
 from api import auth
 from api.errors import APIError
 from service import crud
-from service.settings import Settings
 from service.tables import Job
-
-
-@dataclass
-class Resources:
-    """What the app holds for its routes, built once by create_app."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    celery: Celery
-    # What is wrong with the settings, found at start: /readyz is not ready while any is listed.
-    problems: list[str] = field(default_factory=list)
-
-
-def resources() -> Resources:
-    return current_app.extensions["grocery"]
 
 
 def json_body() -> object:

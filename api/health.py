@@ -5,7 +5,7 @@ from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, jsonify
 
 from api.auth import presented_secret
-from api.deps import resources
+from api.resources import resources
 from service import tokens
 from service.db import alembic_config
 

@@ -10,8 +10,9 @@ from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
 
 from api import auth, uploads
-from api.deps import check_quota, existing_job, int_arg, iso, json_body, resources
+from api.deps import check_quota, existing_job, int_arg, iso, json_body
 from api.errors import APIError
+from api.resources import resources
 from api.schemas import JobRequest, PredictJobRequest
 from service import confinement, contract, crud, lifecycle, shards
 from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job

@@ -7,8 +7,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import select
 
-from api.deps import iso, resources
+from api.deps import iso
 from api.errors import APIError
+from api.resources import resources
 from service import ops
 from service.broker import queue_depths
 from service.contract import QUEUES

@@ -4,8 +4,9 @@ import uuid
 
 from flask import Blueprint, jsonify
 
-from api.deps import iso, json_body, resources
+from api.deps import iso, json_body
 from api.errors import APIError
+from api.resources import resources
 from api.schemas import AliasRequest
 from service import crud, lifecycle
 from service.tables import Model

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
 
-from api.deps import existing_job, int_arg, iso, resources
+from api.deps import existing_job, int_arg, iso
 from api.errors import APIError
+from api.resources import resources
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
 from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 from service import crud, tokens

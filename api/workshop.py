@@ -14,8 +14,9 @@ from flask import Blueprint, jsonify, request, send_file, url_for
 from werkzeug.utils import secure_filename
 
 from api import auth
-from api.deps import check_quota, resources
+from api.deps import check_quota
 from api.errors import APIError
+from api.resources import resources
 from service import contract, crud
 from service.broker import await_job_end
 from service.lifecycle import PREDICT_SOURCE

@@ -6,7 +6,7 @@ from dash import Dash, Input, Output, dcc, html, set_props
 from flask import current_app, request
 
 from api.auth import TOKEN_COOKIE
-from api.deps import resources
+from api.resources import resources
 from api.ui import job_page, jobs, registry, workshop
 from api.ui.components import message
 

@@ -7,7 +7,7 @@ callbacks, which send the token as a Bearer header (api/auth.py: a cookie never 
 from flask import Blueprint, make_response, redirect, request
 
 from api.auth import TOKEN_COOKIE
-from api.deps import resources
+from api.resources import resources
 from service import tokens
 
 blueprint = Blueprint("ui_signin", __name__)
