@@ -8,12 +8,20 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str, *, pool_size: int = 5, idle_transaction_seconds: float | None = None) -> Engine:
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 5,
+    idle_transaction_seconds: float | None = None,
+    application_name: str | None = None,
+) -> Engine:
     # pre_ping: a worker idle through a database restart gets a fresh connection, not an error.
-    connect_args = {}
+    connect_args = {"application_name": application_name} if application_name else {}
     if idle_transaction_seconds:
-        # A process frozen mid-transaction (SIGSTOP, a stalled VM) loses its session and its row
-        # locks after this long, so the work it held can be taken over.
+        # A process frozen between statements of a transaction (SIGSTOP, a stalled VM) loses its
+        # session and its row locks after this long, so the work it held can be taken over. Frozen
+        # inside a pipeline (psycopg's executemany) PostgreSQL does not count it idle: the
+        # reconciler ends such sessions by their application_name (service.recovery.fence_lost_workers).
         timeout_ms = int(idle_transaction_seconds * 1000)
         connect_args["options"] = f"-c idle_in_transaction_session_timeout={timeout_ms}"
     return create_engine(database_url, pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args)

@@ -4,12 +4,12 @@ only told again."""
 
 import uuid
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from service.crud import finish_job, requeue_job
 from service.shards import fail_remaining, finish_shard, requeue_shard
-from service.tables import LIVE_STATUSES, Job, JobShard
+from service.tables import LIVE_STATUSES, Job, JobShard, Worker
 
 # Held by the worker that reconciles, for its transaction: one reconciler at a time.
 RECONCILE_LOCK = 0x67726F63  # "groc"
@@ -21,6 +21,33 @@ def take_reconcile_turn(session: Session) -> bool:
 
 def _older_than(column, seconds: float):
     return column < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def worker_session_name(hostname: str, pid: int) -> str:
+    """The application_name of a worker process's database sessions (PostgreSQL keeps 63 bytes)."""
+    return f"grocery-worker {pid}@{hostname}"[:63]
+
+
+def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str | None = None) -> int:
+    """End the database sessions of workers silent past the lease; returns how many were ended.
+
+    A worker frozen while its transaction holds a shard's row lock would keep that shard from its
+    takeover (the reconciler skips locked rows) for as long as the session lives, and PostgreSQL's
+    idle-in-transaction timeout does not fire in the middle of a pipeline. Ended, the session drops
+    its locks, and the worker's late writes fail instead of landing (a lost worker is fenced off).
+    ``exclude`` is the caller's own session name: a reconciler never ends itself."""
+    lost = select(Worker.hostname, Worker.pid).where(
+        Worker.status != "offline", _older_than(Worker.heartbeat_at, lease_seconds)
+    )
+    names = [worker_session_name(hostname, pid) for hostname, pid in session.execute(lost)]
+    names = [name for name in names if name != exclude]
+    if not names:
+        return 0
+    ended = text(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = ANY(:names) AND pid <> pg_backend_pid()"
+    )
+    return session.scalar(ended, {"names": names})
 
 
 def _lost_or_stalled(table, lease_seconds: float, stall_seconds: float):

@@ -2,14 +2,17 @@
 that ends exactly once however its shards finish."""
 
 import threading
+import time
+from datetime import timedelta
 
 import factories
+import psycopg
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, func, update
 
-from service import crud, shards
+from service import crud, ops, recovery, shards
 from service.db import make_session_factory
-from service.tables import JobShard
+from service.tables import JobShard, Worker
 
 
 @pytest.fixture
@@ -137,3 +140,44 @@ def test_a_cancelled_job_drops_its_queued_shards(sessions):
         assert shards.drop_shard_of_stopped_job(session, shard_id=ids[1]) == job_id
         assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) == "cancelled"
         session.commit()
+
+
+def test_a_worker_frozen_inside_a_pipeline_is_fenced_so_its_shard_can_be_taken_back(sessions, database_url):
+    """Frozen mid-pipeline (psycopg's executemany), a worker's session is not idle to PostgreSQL, so
+    the idle-in-transaction timeout never ends it and its row lock hides the shard from the takeover.
+    The reconciler ends the sessions of a worker silent past the lease, by their application_name."""
+    with sessions() as session:
+        _, (shard_id,) = running_job(session, [["/a/1.jpg"]])
+        shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
+        presence = dict(device="cpu", queues=["shards"], status="online", job_id=None, shard_id=shard_id)
+        ops.report_worker(session, name="w1@h", hostname="h", pid=4242, **presence)
+        session.commit()
+    frozen = psycopg.connect(
+        database_url.replace("+psycopg", ""),
+        application_name=recovery.worker_session_name("h", 4242),
+        options="-c idle_in_transaction_session_timeout=300",
+    )
+    # The statement runs and locks the shard's row; no Sync follows, as when the process stops mid-pipeline.
+    frozen.pgconn.enter_pipeline_mode()
+    frozen.pgconn.send_query_params(b"UPDATE job_shards SET done = 0 WHERE id = $1", [str(shard_id).encode()])
+    frozen.pgconn.flush()
+    time.sleep(1)  # thrice the idle timeout: not applied inside a pipeline
+
+    def silent() -> list:
+        with sessions() as session:
+            return recovery.silent_shards(session, lease_seconds=0, stall_seconds=3600)
+
+    assert silent() == []  # locked by the frozen session: skipped
+    with sessions() as session:
+        session.execute(update(Worker).values(heartbeat_at=func.now() - timedelta(minutes=1)))
+        assert recovery.fence_lost_workers(session, lease_seconds=30, exclude=recovery.worker_session_name("h", 1))
+        assert (
+            recovery.fence_lost_workers(session, lease_seconds=30, exclude=recovery.worker_session_name("h", 4242)) == 0
+        )
+        session.commit()
+    deadline = time.monotonic() + 10
+    while not (taken := silent()):
+        assert time.monotonic() < deadline, "the fenced session still holds the shard's row"
+        time.sleep(0.1)
+    assert [shard.id for shard, _ in taken] == [shard_id]
+    frozen.close()

@@ -1,6 +1,8 @@
 """The reconciler: every worker runs one in a thread, and one at a time (a PostgreSQL advisory
 lock) it makes the queue agree with the database:
 
+- a worker silent past GROCERY_JOB_LEASE_SECONDS has its database sessions ended, so that row locks
+  it held frozen mid-write are released and its late writes fail;
 - a running job or shard whose worker has not reported for GROCERY_JOB_LEASE_SECONDS (its presence
   thread keeps the lease of the attempt it holds, so only a dead, frozen or cut-off worker loses it),
   or whose task made no progress for GROCERY_JOB_STALL_SECONDS, goes back on the queue (its next
@@ -22,7 +24,7 @@ from service.broker import queue_depths
 from service.contract import QUEUES, SHARD_TASK, Task, job_task, send
 from service.settings import Settings
 from worker.celery_app import app
-from worker.runtime import sessions
+from worker.runtime import session_name, sessions
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ def reconcile(settings: Settings) -> None:
     with sessions()() as session:
         if not recovery.take_reconcile_turn(session):
             return
+        fenced = recovery.fence_lost_workers(session, lease_seconds=settings.job_lease_seconds, exclude=session_name())
+        if fenced:
+            log.warning("ended %d database sessions of workers silent past the lease", fenced)
         for job, stalled in recovery.silent_jobs(session, **limits):
             code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_job(session, job=job, code=code, reason=reason, max_lost=settings.job_attempts)

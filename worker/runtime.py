@@ -23,6 +23,7 @@ from service import crud, ops, shards
 from service.broker import announce_job_end
 from service.contract import SHARD_TASK
 from service.db import make_engine, make_session_factory
+from service.recovery import worker_session_name
 from service.settings import Settings
 from service.tables import Job
 
@@ -41,11 +42,21 @@ def worker_settings() -> Settings:
     return Settings.from_env()
 
 
+def session_name() -> str:
+    """How this process's database sessions are named: by it a lost worker's are ended."""
+    return worker_session_name(socket.gethostname(), os.getpid())
+
+
 @functools.cache
 def sessions() -> sessionmaker[Session]:
     """One engine per worker process, made on first use (after the fork)."""
     lease = worker_settings().job_lease_seconds
-    engine = make_engine(worker_settings().database_url, pool_size=2, idle_transaction_seconds=lease)
+    engine = make_engine(
+        worker_settings().database_url,
+        pool_size=2,
+        idle_transaction_seconds=lease,
+        application_name=session_name(),
+    )
     return make_session_factory(engine)
 
 
