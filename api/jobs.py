@@ -14,6 +14,7 @@ from api.deps import check_quota, existing_job, int_arg, iso, json_body
 from api.errors import APIError
 from api.resources import resources
 from api.schemas import JobRequest, PredictJobRequest
+from grocery import storage
 from service import confinement, contract, crud, lifecycle, shards
 from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
 
@@ -205,6 +206,8 @@ def _checked_params(spec) -> dict:
                     "input.folder", f"{source['folder']!r} is not a directory", "path_not_found"
                 )
             source["folder"] = str(folder)
+        elif "url" in source:
+            source["url"] = checked_prefix(scope.real_path(storage.as_prefix(source["url"]), "input.url"))
         else:
             limit = settings.max_job_files
             if len(source["paths"]) > limit:
@@ -215,6 +218,18 @@ def _checked_params(spec) -> dict:
     options = spec.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
     check_shard_size(options.get("shard_size"), files=len(source["paths"]) if "paths" in source else None)
     return {"model": spec.model, "input": source, **options}
+
+
+def checked_prefix(url: str) -> str:
+    """An object prefix that holds something: a typo in a bucket or prefix is a 400, not an empty job."""
+    try:
+        found = storage.has_objects(url)
+    except storage.StorageError as e:
+        status = 503 if e.code == "storage_unavailable" else 400
+        raise APIError(status, e.code, f"input.url: {e}", {"field": "input.url"}) from None
+    if not found:
+        raise confinement.PathRefused("input.url", f"{url!r} holds no objects", "path_not_found")
+    return url
 
 
 def check_shard_size(shard_size: int | None, *, files: int | None) -> None:

@@ -34,18 +34,21 @@ TrainParams = create_model(
 
 class PredictInput(Strict):
     folder: str | None = Field(None, description="a folder inside the allowed input roots")
-    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = Field(
-        None, description="a manifest: files inside the allowed input roots"
+    url: Annotated[str, Field(pattern=r"^s3://", max_length=2048)] | None = Field(
+        None, description="an object prefix inside the allowed input roots, e.g. s3://bucket/photos/"
     )
-    recursive: bool = Field(True, description="folder: include subfolders")
+    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = Field(
+        None, description="a manifest: files or object URLs (s3://...) inside the allowed input roots"
+    )
+    recursive: bool = Field(True, description="folder or url: include subfolders (keys below further '/')")
     pattern: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
-        None, description="folder: a glob on file names, e.g. '*.jpg' (default: the image extensions)"
+        None, description="folder or url: a glob on file names, e.g. '*.jpg' (default: the image extensions)"
     )
 
     @model_validator(mode="after")
     def exactly_one_source(self):
-        if (self.folder is None) == (self.paths is None):
-            raise ValueError("give exactly one of 'folder' or 'paths'")
+        if sum(source is not None for source in (self.folder, self.url, self.paths)) != 1:
+            raise ValueError("give exactly one of 'folder', 'url' or 'paths'")
         return self
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from grocery import storage
+
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # the workers' too_large limit
 
 
@@ -12,12 +14,19 @@ class ThumbnailError(Exception):
     pass
 
 
-def thumbnail_jpeg(path: Path, size: int) -> bytes:
-    """The image at ``path`` fitted in ``size`` x ``size``, upright (EXIF), as JPEG bytes."""
-    if not path.is_file():  # a FIFO put in its place would block the open below for ever
+def thumbnail_jpeg(path: Path | str, size: int) -> bytes:
+    """The image at ``path`` (or an object's URL) fitted in ``size`` x ``size``, upright (EXIF), as JPEG bytes."""
+    if storage.is_url(path):
+        try:
+            source = io.BytesIO(storage.read_bytes(str(path)))
+        except storage.StorageError as e:
+            raise ThumbnailError(str(e)) from None
+    elif not path.is_file():  # a FIFO put in its place would block the open below for ever
         raise ThumbnailError("it is no longer a regular file")
+    else:
+        source = path
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise ThumbnailError(f"{image.width}x{image.height} is too large to preview")
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, far less work

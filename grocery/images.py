@@ -14,10 +14,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
+from grocery import storage
+
 # Pillow's own default (about 89 megapixels); configurable per call.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
-ERROR_CODES = ("not_found", "unreadable", "empty_file", "not_an_image", "truncated", "corrupt", "too_large")
+ERROR_CODES = (
+    "not_found",
+    "unreadable",
+    "access_denied",  # an object the store's credentials may not read
+    "storage_unavailable",  # the object store did not answer
+    "empty_file",
+    "not_an_image",
+    "truncated",
+    "corrupt",
+    "too_large",
+)
 
 
 class ImageError(Exception):
@@ -33,8 +45,11 @@ class ImageError(Exception):
 
 
 def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, or an object's (an s3:// URL)."""
     try:
-        data = Path(path).read_bytes()
+        data = storage.read_bytes(str(path)) if storage.is_url(path) else Path(path).read_bytes()
+    except storage.StorageError as e:
+        raise ImageError(e.code, str(e)) from None
     except FileNotFoundError:
         raise ImageError("not_found", f"{path}: no such file") from None
     except OSError as e:
@@ -42,6 +57,23 @@ def read_bytes(path: str | Path) -> bytes:
     if not data:
         raise ImageError("empty_file", f"{path}: file is empty (0 bytes)")
     return data
+
+
+def read_many(paths: list[str]) -> list[bytes | ImageError]:
+    """Each file's bytes or its ImageError, in order; objects are fetched concurrently (their
+    latency, not the bytes, is what a bucket costs)."""
+
+    def read(path: str) -> bytes | ImageError:
+        try:
+            return read_bytes(path)
+        except ImageError as e:
+            return e
+
+    urls = [p for p in paths if storage.is_url(p)]
+    if not urls:
+        return [read(p) for p in paths]
+    with storage.fetcher(len(urls)) as pool:
+        return list(pool.map(read, paths))
 
 
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> torch.Tensor:

@@ -13,15 +13,25 @@ from pathlib import Path
 
 import torch
 
-from grocery import images, runtimes
+from grocery import images, runtimes, storage
 from grocery.artifact import Artifact, read_artifact
-from grocery.listing import chunked, walk_files
+from grocery.listing import chunked, name_matcher, walk_files
 from grocery.results import Prediction
 
 
-def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[Path]:
-    """Files as given, and image files found in folders (in walk_files' repeatable order)."""
-    for path in map(Path, paths):
+def iter_image_files(paths: Iterable[str | Path], recursive: bool = True) -> Iterator[str | Path]:
+    """Files as given, and image files found in folders (in walk_files' repeatable order) and under
+    object prefixes (an s3:// URL ending in '/', in key order)."""
+    for given in paths:
+        if storage.is_url(given):
+            is_prefix = str(given).endswith("/")
+            yield from (
+                storage.list_objects(str(given), recursive=recursive, matches=name_matcher(None))
+                if is_prefix
+                else [str(given)]
+            )
+            continue
+        path = Path(given)
         if path.is_dir():
             yield from map(Path, walk_files(path, recursive=recursive))
         else:
@@ -76,38 +86,39 @@ class Predictor:
         return self._rows([name], image[None])[0]
 
     def predict_files(self, paths: Iterable[str | Path]) -> Iterator[Prediction]:
-        """One Prediction per path, in input order, streaming: memory stays bounded by a few batches."""
+        """One Prediction per path (a file, or an object's s3:// URL), in input order, streaming:
+        memory stays bounded by a few batches."""
         with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
             pending = deque()
-            for chunk in chunked(map(Path, paths), self.batch_size):
+            for chunk in chunked(map(str, paths), self.batch_size):
                 pending.append(pool.submit(self._decode_chunk, chunk))
                 if len(pending) > self.decode_threads:
                     yield from self._finish(*pending.popleft().result())
             while pending:
                 yield from self._finish(*pending.popleft().result())
 
-    def _decode_chunk(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
-        if self.decode_on_gpu:
-            return self._decode_chunk_on_gpu(paths)
-        size = self.pre.input_size
-        batch = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-        errors, ok = {}, []
-        for i, path in enumerate(paths):
-            try:
-                batch[len(ok)] = images.load_resized(path, size, max_pixels=self.max_pixels)
-                ok.append(i)
-            except images.ImageError as e:
-                errors[i] = e.as_dict()
-        return [str(p) for p in paths], batch[: len(ok)], errors
-
-    def _decode_chunk_on_gpu(self, paths: list[Path]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
+    def _decode_chunk(self, paths: list[str]) -> tuple[list[str], torch.Tensor, dict[int, dict]]:
         blobs, errors = {}, {}
-        for i, path in enumerate(paths):
+        for i, data in enumerate(images.read_many(paths)):
+            if isinstance(data, images.ImageError):
+                errors[i] = data.as_dict()
+            else:
+                blobs[i] = data
+        if self.decode_on_gpu:
+            return paths, self._decode_on_gpu(paths, blobs, errors), errors
+        size = self.pre.input_size
+        batch = torch.empty((len(blobs), 3, size, size), dtype=torch.uint8)
+        good = 0
+        for i, data in blobs.items():
             try:
-                blobs[i] = images.read_bytes(path)
+                batch[good] = images.resize(images.decode(data, max_pixels=self.max_pixels, name=paths[i]), size)
+                good += 1
             except images.ImageError as e:
                 errors[i] = e.as_dict()
-        names = [str(paths[i]) for i in blobs]
+        return paths, batch[:good], errors
+
+    def _decode_on_gpu(self, paths: list[str], blobs: dict[int, bytes], errors: dict[int, dict]) -> torch.Tensor:
+        names = [paths[i] for i in blobs]
         decoded = images.decode_resized_on_gpu(
             list(blobs.values()), self.pre.input_size, names=names, max_pixels=self.max_pixels
         )
@@ -118,8 +129,7 @@ class Predictor:
             else:
                 good.append(result)
         size = self.pre.input_size
-        batch = torch.stack(good) if good else torch.empty((0, 3, size, size), dtype=torch.uint8, device="cuda")
-        return [str(p) for p in paths], batch, errors
+        return torch.stack(good) if good else torch.empty((0, 3, size, size), dtype=torch.uint8, device="cuda")
 
     def _finish(self, names: list[str], batch: torch.Tensor, errors: dict[int, dict]) -> list[Prediction]:
         good_names = [n for i, n in enumerate(names) if i not in errors]

@@ -6,7 +6,9 @@ The rules, in one place:
   ``--roots`` narrows them to its own folders (each inside a service root);
 - the upload storage (GROCERY_UPLOAD_DIR) is never a root: each job may read its own upload folder
   (GROCERY_UPLOAD_DIR/<job id>) and nothing else under it, whatever the roots say;
-- every check is on the real path (symlinks and '..' resolved).
+- every check is on the real path (symlinks and '..' resolved);
+- a root may be an object prefix (s3://bucket/prefix/): it admits the URLs under it, which may hold
+  no '.', '..' or empty segments (storage.ObjectURL.parse).
 """
 
 import os
@@ -15,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from grocery import storage
 from grocery.config import WEIGHTS_NAMES
 from service.settings import Settings
 
@@ -32,12 +35,26 @@ class PathRefused(ValueError):
         self.field, self.code = field, code
 
 
-def _inside(real: Path, folders: Iterable[Path]) -> bool:
-    return any(real.is_relative_to(folder) for folder in folders)
+Root = Path | str  # a real folder, or an object prefix's URL ending in '/'
+
+
+def _inside(location: Root, roots: Iterable[Root]) -> bool:
+    if isinstance(location, str):
+        return any(isinstance(root, str) and storage.within(location, root) for root in roots)
+    return any(isinstance(root, Path) and location.is_relative_to(root) for root in roots)
 
 
 def real(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
+
+
+def real_root(root: str | Path) -> Root:
+    """A folder's real path; an object prefix as a URL ending in '/'."""
+    return storage.as_prefix(str(root)) if storage.is_url(root) else real(root)
+
+
+def _under_uploads(root: Root, uploads: Path) -> bool:
+    return isinstance(root, Path) and root.is_relative_to(uploads)
 
 
 def upload_folder(settings: Settings, job_id: uuid.UUID | str) -> Path:
@@ -49,15 +66,15 @@ def service_roots(settings: Settings) -> tuple[Path, ...]:
     """GROCERY_INPUT_ROOTS, less any that lie inside the upload storage (a misconfiguration: logged
     at start, see configuration_problems)."""
     uploads = real(settings.upload_dir)
-    return tuple(r for r in map(real, settings.input_roots) if not r.is_relative_to(uploads))
+    return tuple(r for r in map(real_root, settings.input_roots) if not _under_uploads(r, uploads))
 
 
-def roots_for(settings: Settings, token_roots: Iterable[str] | None) -> tuple[Path, ...]:
+def roots_for(settings: Settings, token_roots: Iterable[str] | None) -> tuple[Root, ...]:
     """The roots of a token: its own (those still inside the service's), or the service's."""
     service = service_roots(settings)
     if not token_roots:
         return service
-    return tuple(r for r in map(real, token_roots) if _inside(r, service))
+    return tuple(r for r in map(real_root, token_roots) if _inside(r, service))
 
 
 def checked_token_roots(values: Iterable[str], settings: Settings) -> list[str]:
@@ -65,13 +82,16 @@ def checked_token_roots(values: Iterable[str], settings: Settings) -> list[str]:
     service, uploads = service_roots(settings), real(settings.upload_dir)
     checked = []
     for value in values:
-        root = real(value)
-        if root.is_relative_to(uploads) or not _inside(root, service):
+        try:
+            root = real_root(value)
+        except ValueError as e:
+            raise ValueError(f"root {value!r}: {e}") from None
+        if _under_uploads(root, uploads) or not _inside(root, service):
             raise ValueError(
                 f"root {value!r} is not inside the service's input roots "
                 f"(GROCERY_INPUT_ROOTS: {':'.join(map(str, service))})"
             )
-        if not root.is_dir():
+        if isinstance(root, Path) and not root.is_dir():
             raise ValueError(f"root {value!r} is not a directory")
         checked.append(str(root))
     if not checked:
@@ -83,15 +103,17 @@ def checked_token_roots(values: Iterable[str], settings: Settings) -> list[str]:
 class ReadScope:
     """The folders one job (or one request) may read, and the upload storage it may not."""
 
-    roots: tuple[Path, ...]
+    roots: tuple[Root, ...]
     uploads: Path
     own_upload: Path | None = None  # the job's own upload folder, the one place under uploads it may read
     named: str = "GROCERY_INPUT_ROOTS"  # where the roots come from, for messages
 
-    def real_path(self, path: str | Path, field: str) -> Path:
-        """The real path, if this scope may read it; else PathRefused."""
+    def real_path(self, path: str | Path, field: str) -> Root:
+        """The real path (an object's URL as given), if this scope may read it; else PathRefused."""
         if "\x00" in str(path):
             raise PathRefused(field, "a path cannot hold a NUL character")
+        if storage.is_url(path):
+            return self._url(str(path), field)
         resolved = real(path)
         if self.own_upload is not None and resolved.is_relative_to(self.own_upload):
             return resolved
@@ -99,6 +121,16 @@ class ReadScope:
             shown = ":".join(map(str, self.roots)) or "none"
             raise PathRefused(field, f"{str(path)!r} is outside the allowed input roots ({self.named}: {shown})")
         return resolved
+
+    def _url(self, url: str, field: str) -> str:
+        try:
+            storage.ObjectURL.parse(url)
+        except ValueError as e:
+            raise PathRefused(field, str(e), "invalid_url") from None
+        if not _inside(url, self.roots):
+            shown = ":".join(map(str, self.roots)) or "none"
+            raise PathRefused(field, f"{url!r} is outside the allowed input roots ({self.named}: {shown})")
+        return url
 
     def allows(self, path: str | Path) -> bool:
         try:
@@ -119,6 +151,9 @@ def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: dict, toke
     inside its token's roots), a manifest job its token's roots; every job its own upload folder."""
     own = upload_folder(settings, job_id)
     uploads = real(settings.upload_dir)
+    if "url" in source:
+        prefix = storage.as_prefix(source["url"])
+        return ReadScope((prefix,) if _inside(prefix, roots_for(settings, token_roots)) else (), uploads, own)
     if "folder" in source:
         folder = real(source["folder"])
         allowed = folder.is_relative_to(own) or (
@@ -136,6 +171,10 @@ def training_files(params: dict, settings: Settings, token_roots) -> dict:
     scope = request_scope(settings, token_roots)
     default_data = real(settings.data_dir)
     checked = dict(params)
+    for name in ("data_dir", "weights"):
+        if storage.is_url(params.get(name) or ""):
+            message = "training reads its files from the worker's disk; object URLs are prediction inputs"
+            raise PathRefused(f"params.{name}", message, "unsupported_url")
     if "data_dir" in params:
         data_dir = scope.real_path(params["data_dir"], "params.data_dir")
         if not data_dir.is_dir():
@@ -204,8 +243,8 @@ def configuration_problems(settings: Settings) -> list[str]:
     the log; /readyz is not ready while there is one."""
     problems = []
     uploads = real(settings.upload_dir)
-    for root in map(real, settings.input_roots):
-        if root.is_relative_to(uploads):
+    for root in map(real_root, settings.input_roots):
+        if _under_uploads(root, uploads):
             problems.append(
                 f"GROCERY_INPUT_ROOTS: {root} lies inside GROCERY_UPLOAD_DIR ({uploads}); uploads are readable "
                 "only by the job they were uploaded for, so this root grants nothing: remove it"

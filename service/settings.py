@@ -4,6 +4,7 @@ Each field names its environment variable once (``setting(...)``); ``Settings.fr
 inverse ``Settings.to_env`` are both derived from those declarations, so they cannot drift apart."""
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,9 +49,9 @@ def _switch(name: str, value: str) -> bool:
     return _one_of("on", "off")(name, value) == "on"
 
 
-def _paths(name: str, value: str) -> tuple[Path, ...]:
-    """Colon-separated, each resolved."""
-    return tuple(Path(p).resolve() for p in value.split(":") if p)
+def _paths(name: str, value: str) -> tuple[Path | str, ...]:
+    """Colon-separated folders, each resolved, and object prefixes (s3://bucket/prefix/, kept as given)."""
+    return tuple(p if p.startswith("s3://") else Path(p).resolve() for p in re.split(r":(?!//)", value) if p)
 
 
 def _hosts(name: str, value: str) -> tuple[str, ...]:
@@ -102,7 +103,7 @@ class Settings:
     export_dir: Path = setting("GROCERY_EXPORT_DIR", Path("var/exports"))
     # From the environment, default the data folder alone. The upload storage is never a root: each job
     # reads its own uploads (service/confinement.py).
-    input_roots: tuple[Path, ...] = setting(
+    input_roots: tuple[Path | str, ...] = setting(
         "GROCERY_INPUT_ROOTS", (), PATHS, unset=lambda earlier: (earlier["data_dir"],)
     )
     # API tokens: "required" (every route but health and the API document needs a Bearer token) or

@@ -3,6 +3,7 @@
 import collections
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,6 +113,62 @@ def shared_dataset() -> Path:
     if not (SHARED_DATASET / "classes.csv").is_file():
         pytest.skip(f"the Grocery Store Dataset is not at {SHARED_DATASET}")
     return SHARED_DATASET
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API server on loopback (moto's server mode, its own process), and the standard AWS
+    variables that point boto3 at it, set for this process and the workers it starts."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "the S3 server did not start"
+            time.sleep(0.1)
+    variables = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "grocery-test",
+        "AWS_SECRET_ACCESS_KEY": "grocery-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    yield endpoint
+    for name, value in saved.items():
+        os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def new_bucket() -> str:
+    """A new, empty bucket on the test S3 server (s3_endpoint): its name."""
+    import uuid
+
+    from grocery import storage
+
+    name = f"grocery-{uuid.uuid4().hex[:12]}"
+    storage.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    return new_bucket()
 
 
 @pytest.fixture(scope="session")

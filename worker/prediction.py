@@ -139,11 +139,15 @@ def shard_chunks(files: Iterator[str], size: int | None, default: int) -> Iterat
 
 
 def input_files(job, settings: Settings) -> Iterator[str]:
-    from grocery.listing import walk_files
+    from grocery import storage
+    from grocery.listing import name_matcher, walk_files
 
     source = job.params["input"]
     if "paths" in source:
         return iter(source["paths"])
+    if "url" in source:
+        matches = name_matcher(source.get("pattern"))
+        return storage.list_objects(source["url"], recursive=source.get("recursive", True), matches=matches)
     folder, uploads = Path(source["folder"]), confinement.real(settings.upload_dir)
     files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
     if folder.is_relative_to(uploads):

@@ -80,8 +80,8 @@ def described(params: dict) -> str:
         return ", ".join(f"{name} {value}" for name, value in params.items()) or "the default recipe"
     if "upload" in source:
         return f"{source['upload']['files']} uploaded file(s)"
-    if "folder" in source:
-        return source["folder"]
+    if "folder" in source or "url" in source:
+        return source.get("folder") or source["url"]
     return f"{source.get('paths_count', len(source['paths']))} listed file(s)"
 
 
