@@ -207,7 +207,7 @@ def _checked_params(spec) -> dict:
                 )
             source["folder"] = str(folder)
         elif "url" in source:
-            source["url"] = checked_prefix(scope.real_path(storage.as_prefix(source["url"]), "input.url"))
+            source["url"] = checked_prefix(scope.real_prefix(source["url"], "input.url"))
         else:
             limit = settings.max_job_files
             if len(source["paths"]) > limit:

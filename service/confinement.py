@@ -122,6 +122,14 @@ class ReadScope:
             raise PathRefused(field, f"{str(path)!r} is outside the allowed input roots ({self.named}: {shown})")
         return resolved
 
+    def real_prefix(self, url: str, field: str) -> str:
+        """An object prefix (s3://bucket/photos, as s3://bucket/photos/), if this scope may read under it."""
+        try:
+            prefix = storage.as_prefix(url)
+        except ValueError as e:
+            raise PathRefused(field, str(e), "invalid_url") from None
+        return self._url(prefix, field)
+
     def _url(self, url: str, field: str) -> str:
         try:
             storage.ObjectURL.parse(url)
