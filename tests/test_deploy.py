@@ -1,6 +1,7 @@
 """The deployment files: the compose file validates, and says what a deployment needs."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -20,7 +21,7 @@ def test_compose_file_validates():
             pytest.fail("docker-compose is not installed (apt-get install docker-compose)")
         pytest.skip("docker-compose is not installed")
     env = {**os.environ, "POSTGRES_PASSWORD": "validation-only"}
-    for profiles in ([], ["--profile", "gpu"], ["--profile", "cpu", "--profile", "flower"]):
+    for profiles in ([], ["--profile", "gpu"], ["--profile", "cpu", "--profile", "flower"], ["--profile", "minio"]):
         result = subprocess.run(
             [binary, "-f", str(COMPOSE), *profiles, "config", "-q"], env=env, capture_output=True, text=True
         )
@@ -53,10 +54,26 @@ def test_flower_needs_a_password_and_is_not_published():
     assert "--basic-auth=" in script and 'test -n "$$FLOWER_BASIC_AUTH" || {' in script and "exit 1" in script
 
 
+def default_of(value: str) -> str:
+    """What ``${NAME:-default}`` in the compose file is when NAME is unset."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match.group(1) if match else value
+
+
 def test_uploads_are_no_input_root_of_the_deployment():
     environment = yaml.safe_load(COMPOSE.read_text())["x-app"]["environment"]
-    assert "/srv/uploads" not in environment["GROCERY_INPUT_ROOTS"].split(":")
-    assert environment["GROCERY_UPLOAD_DIR"] == "/srv/uploads"
+    assert "/srv/uploads" not in default_of(environment["GROCERY_INPUT_ROOTS"]).split(":")
+    assert default_of(environment["GROCERY_UPLOAD_DIR"]) == "/srv/uploads"
+
+
+def test_minio_is_a_profile_wired_through_the_standard_aws_variables():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services, environment = compose["services"], compose["x-app"]["environment"]
+    assert services["minio"]["profiles"] == services["minio-bucket"]["profiles"] == ["minio"]
+    assert all(str(port).startswith("127.0.0.1:") for port in services["minio"]["ports"])
+    assert 'test -n "$$MINIO_ROOT_PASSWORD" || {' in " ".join(services["minio"]["command"])
+    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == environment["AWS_ACCESS_KEY_ID"]
+    assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"} <= set(environment)
 
 
 def test_images_are_multi_stage_and_run_as_a_user():
