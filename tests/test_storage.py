@@ -4,6 +4,7 @@ refuse."""
 
 import dataclasses
 import json
+import os
 
 import factories
 import pytest
@@ -90,6 +91,20 @@ def test_a_manifest_of_object_urls_reports_a_missing_object_as_its_row(worker, c
     assert rows[paths[1]]["error"]["code"] == "not_found" and "no such object" in rows[paths[1]]["error"]["message"]
 
 
+def test_credentials_reach_no_job_event_result_or_log(worker, client, photos_bucket):
+    job_id = client.post("/jobs", json={"type": "predict", "input": {"url": f"s3://{photos_bucket}/team/Milk/"}})
+    job = wait_for(client, job_id.get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded", job
+    seen = [
+        json.dumps(job),
+        json.dumps(client.get(f"/jobs/{job['id']}/events").get_json()),
+        client.get(f"/jobs/{job['id']}/results?format=jsonl").get_data(as_text=True),
+        "".join(worker.log_tail),
+    ]
+    secrets = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    assert not [secret for secret in secrets for text in seen if secret in text]
+
+
 @pytest.mark.parametrize(
     ("source", "status", "code"),
     [
@@ -122,3 +137,12 @@ def test_roots_keep_object_prefixes_apart_from_folders(settings, photos_bucket, 
     scope = confinement.request_scope(dataclasses.replace(settings, input_roots=roots), None)
     assert scope.allows(f"s3://{photos_bucket}/other/a.jpg") and not scope.allows(f"s3://{photos_bucket}/others/a.jpg")
     assert not scope.allows(f"s3://{photos_bucket}/team/./a.jpg")
+
+
+def test_a_token_may_narrow_to_a_prefix_inside_the_roots(settings, photos_bucket):
+    team = f"s3://{photos_bucket}/team/"
+    assert confinement.checked_token_roots([team + "Apple"], settings) == [team + "Apple/"]
+    with pytest.raises(ValueError, match="not inside the service's input roots"):
+        confinement.checked_token_roots([f"s3://{photos_bucket}/private/"], settings)
+    scope = confinement.request_scope(settings, [team + "Apple/"])
+    assert scope.allows(team + "Apple/a.jpg") and not scope.allows(team + "Milk/a.jpg")
