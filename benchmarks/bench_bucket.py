@@ -18,6 +18,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def main() -> None:
     parser.add_argument("--split", default="train", help="the photos to classify: DATA_DIR/<split>/")
     parser.add_argument("--model", help="an artifact a service training job wrote (default: train one now)")
     parser.add_argument("--train-epochs", type=int, help="shorten the default recipe's schedule (default: in full)")
+    parser.add_argument(
+        "--model-dir",
+        help="where the service writes the model it trains, kept afterwards (default: a temporary folder, removed)",
+    )
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
     parser.add_argument("--rounds", type=int, default=2, help="bucket and folder jobs, alternating")
     parser.add_argument("--endpoint", help="a real S3 API (AWS_ENDPOINT_URL; credentials from the AWS chain)")
@@ -108,7 +113,7 @@ def main() -> None:
 
 def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="grocery-bucket-"))
-    env = service_env(database_url, str(data_dir), work)
+    env = service_env(database_url, str(data_dir), work, Path(args.model_dir) if args.model_dir else None)
     env["GROCERY_INPUT_ROOTS"] += f":{prefix}"
     if args.model:
         register_model(database_url, Path(args.model))
@@ -139,6 +144,7 @@ def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str) 
         for process in processes:
             process.terminate()
             process.wait()
+        shutil.rmtree(work, ignore_errors=True)
     bucket, local = statistics.median(rates["bucket"]), statistics.median(rates["folder"])
     print(f"median: bucket {bucket:.1f} img/s, folder {local:.1f} img/s: the bucket at {bucket / local:.2f}x")
     return {

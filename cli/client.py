@@ -101,12 +101,13 @@ def submit(client: Client, args) -> int:
     if args.kind == "train":
         params = {p.name: getattr(args, p.name) for p in SERVICE_PARAMS if getattr(args, p.name) is not None}
         job = client.call("POST", "/jobs", {"type": "train", "params": params})
-    elif args.folder:
-        job = client.call("POST", "/jobs", {"type": "predict", "model": args.model, "input": {"folder": args.folder}})
+    elif args.folder or args.url:
+        source = {"folder": args.folder} if args.folder else {"url": args.url}
+        job = client.call("POST", "/jobs", {"type": "predict", "model": args.model, "input": source})
     elif args.files:
         job = client.upload("/jobs", {"model": args.model}, [Path(f) for f in args.files])
     else:
-        raise APIError("give --folder (on the server's storage) or files to upload")
+        raise APIError("give --folder (on the server's storage), --url (a bucket prefix) or files to upload")
     print(job["id"])
     return watch(client, job["id"]) if args.watch else 0
 
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = submitting.add_parser("predict", help="classify a folder on the server, or upload files (or a .zip)")
     predict.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
     predict.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
+    predict.add_argument("--url", help="an object prefix the server may read, s3://bucket/prefix/")
     predict.add_argument("files", nargs="*", help="image files or one .zip to upload")
     for command in (train, predict):
         command.add_argument("--watch", action="store_true", help="follow it to the end; exit code says how it ended")

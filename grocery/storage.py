@@ -130,8 +130,6 @@ def list_objects(prefix: str, *, recursive: bool = True, matches=None) -> Iterat
                 if item["Key"].endswith("/") or (matches is not None and not matches(name)):
                     continue  # a "folder" marker object, or a name the job did not ask for
                 yield str(ObjectURL(parsed.bucket, item["Key"]))
-    except StorageError:
-        raise
     except Exception as e:
         raise _error(e, prefix) from None
 

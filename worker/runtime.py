@@ -312,6 +312,10 @@ class JobError(Exception):
 def error_code(error: Exception) -> str:
     if isinstance(error, JobError):
         return error.code
+    from grocery.storage import StorageError
+
+    if isinstance(error, StorageError):
+        return error.code  # the object store's reason: not_found, access_denied, storage_unavailable
     from grocery.artifact import ArtifactError
     from grocery.index import DatasetError
     from grocery.networks import WeightsError

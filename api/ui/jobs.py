@@ -108,8 +108,8 @@ def predict_form() -> html.Details:
             html.Summary("New prediction job"),
             field("Model", dcc.Dropdown(id="predict-model", placeholder="latest"), "a model, or an alias"),
             field(
-                "Folder on the server",
-                dcc.Input(id="predict-folder", type="text", placeholder="/data/photos"),
+                "Folder on the server, or bucket prefix",
+                dcc.Input(id="predict-folder", type="text", placeholder="/data/photos or s3://bucket/photos/"),
                 "classified with its subfolders",
             ),
             field(
@@ -259,10 +259,11 @@ def register(ui: Dash, calls) -> None:
             field = "archive" if len(files) == 1 and files[0][0].lower().endswith(".zip") else "files"
             reply = calls.post_files("/jobs", files, field, key=key, model=model)
         elif (folder or "").strip():
-            request = {"type": "predict", "model": model, "input": {"folder": folder.strip()}}
-            reply = calls.post_json("/jobs", request, key=key)
+            location = folder.strip()
+            source = {"url": location} if location.startswith("s3://") else {"folder": location}
+            reply = calls.post_json("/jobs", {"type": "predict", "model": model, "input": source}, key=key)
         else:
-            return message("Give a folder on the server, or choose images to upload."), no_update
+            return message("Give a folder on the server or a bucket prefix, or choose images to upload."), no_update
         return submitted(reply, key)
 
     @ui.callback(
