@@ -217,7 +217,24 @@ def _checked_params(spec) -> dict:
         raise APIError(400, e.code, str(e), {"field": e.field}) from None
     options = spec.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
     check_shard_size(options.get("shard_size"), files=len(source["paths"]) if "paths" in source else None)
+    if spec.output is not None:
+        options["output"] = {"url": checked_output_url(spec.output.url)}
     return {"model": spec.model, "input": source, **options}
+
+
+def checked_output_url(url: str) -> str:
+    """An object to write a job's Parquet file to: s3://bucket/key, the key ending in .parquet."""
+    try:
+        parsed = storage.ObjectURL.parse(url)
+    except ValueError as e:
+        parsed, problem = None, str(e)
+    else:
+        problem = None if parsed.key.endswith(".parquet") else f"{url!r} does not name an object ending in .parquet"
+    if problem:
+        raise APIError(
+            400, "invalid_parameter", f"output.url: {problem} (give s3://bucket/key.parquet)", {"field": "output.url"}
+        )
+    return str(parsed)
 
 
 def checked_prefix(url: str) -> str:
@@ -271,7 +288,7 @@ def get_job(job_id: str):
             payload["summary"] = shards.job_summary(session, job=job)
         elif job.type == "predict" and job.result and "labels" in job.result:
             # An ended job's summary was taken when it ended: no need to count again at every poll.
-            payload["summary"] = {k: v for k, v in job.result.items() if k != "results"}
+            payload["summary"] = {k: v for k, v in job.result.items() if k not in ("results", "output")}
         return jsonify(payload)
 
 

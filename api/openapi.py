@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify, send_file
 from pydantic.json_schema import models_json_schema
 
 from api.errors import APIError
+from api.results import FILE_TYPES
 from api.schemas import AliasRequest, PredictJobRequest, TrainJobRequest
 from api.uploads import UploadForm
 
@@ -96,7 +97,8 @@ def document() -> dict:
         },
         "/jobs/{id}/results": {
             "get": _op(
-                "Per-file prediction results: JSON pages, or the whole set streamed with format=csv|jsonl",
+                "Per-file prediction results: JSON pages, the whole set streamed with format=csv|jsonl, "
+                "or as a Parquet file with format=parquet",
                 {"200": JOB},
                 params=[
                     *job_id,
@@ -114,7 +116,7 @@ def document() -> dict:
             "get": _op(
                 "A finished job's whole result set as a file (Content-Length, Range: a download resumes), "
                 "X-Row-Count header",
-                {"200": {"description": "the results", "content": {"text/csv": {}, "application/x-ndjson": {}}}},
+                {"200": {"description": "the results", "content": {t: {} for t in FILE_TYPES.values()}}},
                 params=[*job_id, ("format", "query", "string")],
             )
         },

@@ -1,9 +1,8 @@
-"""A prediction job's results: JSON pages, whole-set CSV and JSONL streams, and its shards."""
+"""A prediction job's results: JSON pages, whole-set CSV and JSONL streams, Parquet files, and its shards."""
 
 import csv
 import io
 import json
-import uuid
 from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context
@@ -12,14 +11,17 @@ from api.deps import existing_job, int_arg, iso
 from api.errors import APIError
 from api.resources import resources
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
+from grocery import parquet
 from grocery.results import RESULT_COLUMNS, Prediction, csv_values
-from service import crud, tokens
+from service import crud, exports, tokens
 from service.confinement import PathRefused, job_scope
 from service.contract import ROW_COUNT_HEADER
 from service.tables import FINISHED_STATUSES, JobShard, PredictionRow
 
 blueprint = Blueprint("results", __name__)
-FORMATS = ("json", "csv", "jsonl")
+FORMATS = ("json", "csv", "jsonl", "parquet")
+# The formats of a whole set as a file, and what each is sent as.
+FILE_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "parquet": parquet.MEDIA_TYPE}
 
 
 def result_json(row: PredictionRow) -> dict:
@@ -34,6 +36,8 @@ def job_results(job_id: str):
     filters = result_filters()
     with resources().sessions() as session:
         job = existing_job(session, job_id)
+        if output == "parquet":
+            return parquet_download(session, job, filters)
         if output != "json":
             return export(job.id, output, filters)
         limit = int_arg("limit", default=100, low=1, high=1000)
@@ -105,19 +109,25 @@ def results_file(job_id: str):
     """A finished job's whole result set as a file: Content-Length, and Range for a download that
     resumes where it was cut (curl -C -). Written once, on the first request, then served as it is."""
     output = request.args.get("format", "csv")
-    if output not in ("csv", "jsonl"):
-        raise APIError(400, "invalid_parameter", "format must be csv or jsonl")
+    if output not in FILE_TYPES:
+        raise APIError(400, "invalid_parameter", f"format must be one of {list(FILE_TYPES)}")
     with resources().sessions() as session:
         job = existing_job(session, job_id)
         if job.status not in FINISHED_STATUSES:
             raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: stream its results instead")
-        path = resources().settings.export_dir / str(job.id) / f"results.{output}"
-        if not path.is_file():
-            write_export_file(session, job.id, output, path)
-        count = crud.count_predictions(session, job_id=job.id)
+        return finished_results_file(session, job, output)
+
+
+def finished_results_file(session, job, output: str) -> Response:
+    settings = resources().settings
+    path = exports.export_path(settings, job_id=job.id, output=output)
+    if not path.is_file():
+        with exports.written_atomically(settings, path, job_id=job.id) as partial:
+            write_export_file(session, job.id, output, partial)
+    count = crud.count_predictions(session, job_id=job.id)
     response = send_file(
         path,
-        mimetype="text/csv" if output == "csv" else "application/x-ndjson",
+        mimetype=FILE_TYPES[output],
         as_attachment=True,
         download_name=f"{job.id}-results.{output}",
         conditional=True,  # Range requests, If-Range and ETags
@@ -126,18 +136,34 @@ def results_file(job_id: str):
     return response
 
 
-def write_export_file(session, job_id, output: str, path: Path) -> None:
-    """The whole set, written to a private name first: a concurrent first request writes its own."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    encode = _csv_lines if output == "csv" else _jsonl_lines
+def parquet_download(session, job, filters: dict) -> Response:
+    """Parquet has its footer at the end, so it is never streamed: a finished job's whole set is its
+    results file (written once, Range as above); a filtered set, or a running job's rows so far, go
+    to a file of their own that is gone once sent."""
+    if job.status in FINISHED_STATUSES and not filters:
+        return finished_results_file(session, job, "parquet")
+    path = exports.private_path(resources().settings, job_id=job.id, purpose="download", output="parquet")
     try:
-        with partial.open("w", encoding="utf-8", newline="") as f:
-            for text in encode(crud.stream_predictions(session, job_id=job_id)):
-                f.write(text)
-        partial.replace(path)
+        count = exports.write_parquet(session, job_id=job.id, path=path, **filters)
+        # send_file opens the file before it returns: the open file outlives its name.
+        response = send_file(
+            path, mimetype=parquet.MEDIA_TYPE, as_attachment=True, download_name=f"{job.id}-results.parquet"
+        )
     finally:
-        partial.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+    response.headers[ROW_COUNT_HEADER] = str(count)
+    return response
+
+
+def write_export_file(session, job_id, output: str, path: Path) -> None:
+    """The whole set in ``output`` format at ``path``."""
+    if output == "parquet":
+        exports.write_parquet(session, job_id=job_id, path=path)
+        return
+    encode = _csv_lines if output == "csv" else _jsonl_lines
+    with path.open("w", encoding="utf-8", newline="") as f:
+        for text in encode(crud.stream_predictions(session, job_id=job_id)):
+            f.write(text)
 
 
 def _jsonl_lines(rows):

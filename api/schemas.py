@@ -52,6 +52,13 @@ class PredictInput(Strict):
         return self
 
 
+class PredictOutput(Strict):
+    # Its form (s3://bucket/key.parquet) is checked by the API, which answers 400 naming the field.
+    url: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
+        description="an object to write the results to as Parquet when the job ends, e.g. s3://bucket/run.parquet"
+    )
+
+
 class TrainJobRequest(Strict):
     type: Literal["train"]
     params: TrainParams = TrainParams()
@@ -61,6 +68,7 @@ class PredictJobRequest(Strict):
     type: Literal["predict"]
     model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
     input: PredictInput
+    output: PredictOutput | None = Field(None, description="where the job also writes its results when it ends")
     shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
         None, description="files per shard task (default GROCERY_SHARD_SIZE)"
     )

@@ -88,6 +88,8 @@ def _error(e: Exception, url: str) -> StorageError:
     """A StorageError that names the object and the reason, never the credentials."""
     from botocore.exceptions import ClientError, NoCredentialsError
 
+    if not isinstance(e, ClientError) and isinstance(e.__context__, ClientError):
+        e = e.__context__  # boto3's upload_file wraps the service's answer in S3UploadFailedError
     if isinstance(e, NoCredentialsError):
         return StorageError("storage_unavailable", f"{url}: no credentials for the object store")
     if isinstance(e, ClientError):

@@ -369,6 +369,19 @@ def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Ite
         session.expunge(prediction)  # the identity map would otherwise keep every row
 
 
+def prediction_pages(
+    session: Session, *, job_id: uuid.UUID, page_size: int, **filters
+) -> Iterator[list[PredictionRow]]:
+    """Every matching result a page at a time, each page its own keyset query (ids above the last
+    page's): no cursor stays open while the caller works on a page. Memory holds one page."""
+    after_id = None
+    while page := list_predictions(session, job_id=job_id, limit=page_size, after_id=after_id, **filters):
+        yield page
+        after_id = page[-1].id
+        for prediction in page:
+            session.expunge(prediction)  # the identity map would otherwise keep every row
+
+
 def list_shards(session: Session, *, job_id: uuid.UUID, limit: int, after_number: int = -1) -> list[JobShard]:
     query = select(JobShard).where(JobShard.job_id == job_id, JobShard.number > after_number)
     return list(session.scalars(query.order_by(JobShard.number).limit(limit)))

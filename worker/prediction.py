@@ -19,7 +19,7 @@ from pathlib import Path
 from celery.signals import worker_ready
 
 from grocery.results import Prediction
-from service import confinement, crud, shards, tokens
+from service import confinement, crud, exports, shards, tokens
 from service.confinement import ReadScope, job_scope
 from service.contract import JOB_TASKS, SHARD_TASK, send, serving_model
 from service.settings import Settings
@@ -260,7 +260,38 @@ def end_job_if_done(job_id: uuid.UUID) -> None:
         session.commit()
     if status is not None:
         log.info("prediction job %s %s", job_id, status)
+        if "output" in job.params and status in ("succeeded", "failed"):
+            deliver_output(job_id, job.params["output"]["url"], failed=status == "failed")
         announce_end(job_id, status)
+
+
+def deliver_output(job_id: uuid.UUID, url: str, *, failed: bool) -> None:
+    """Write the ended job's results as Parquet and upload them to the object its request named
+    (a failed job's too, when it has rows). Its status stays as it ended: a failed upload is
+    recorded in result["output"]["error"] and an event, never a lost job."""
+    from grocery import storage
+
+    path = exports.private_path(worker_settings(), job_id=job_id, purpose="output", output="parquet")
+    try:
+        with sessions()() as session:
+            rows = exports.write_parquet(session, job_id=job_id, path=path)
+        if failed and rows == 0:
+            return  # nothing was classified (no images): no object to write
+        output = {"url": url, "bytes": storage.upload_file(path, url), "rows": rows}
+    except Exception as e:  # StorageError names the object and the reason, never the credentials
+        log.warning("prediction job %s: its results were not written to %s: %s", job_id, url, e)
+        known = isinstance(e, storage.StorageError)
+        error = (
+            {"code": e.code, "message": str(e)}
+            if known
+            else {"code": "output_failed", "message": f"{type(e).__name__}: {e}"}
+        )
+        output = {"url": url, "error": error}
+    finally:
+        path.unlink(missing_ok=True)
+    with sessions()() as session:
+        exports.record_output(session, job_id=job_id, output=output)
+        session.commit()
 
 
 def read_scope(session, job, settings: Settings) -> ReadScope:

@@ -1,0 +1,60 @@
+"""A prediction job's results as files: the export dir's files (GET /jobs/<id>/results/file and
+?format=parquet), the Parquet file read from PostgreSQL a page at a time, and the record of the
+object a job wrote its results to (its request's output.url)."""
+
+import contextlib
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import func, literal, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from grocery import parquet
+from service.crud import add_event, prediction_pages
+from service.settings import Settings
+from service.tables import Job
+
+
+def export_path(settings: Settings, *, job_id: uuid.UUID, output: str) -> Path:
+    """Where a finished job's whole set is kept in ``output`` format (removed with the job)."""
+    return settings.export_dir / str(job_id) / f"results.{output}"
+
+
+def private_path(settings: Settings, *, job_id: uuid.UUID, purpose: str, output: str) -> Path:
+    """A file of the job's export folder that nobody else writes (a one-off download, an upload's
+    copy, a file being written); the folder is made, and removed with the job."""
+    folder = settings.export_dir / str(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f".{purpose}-{uuid.uuid4().hex}.{output}"
+
+
+@contextlib.contextmanager
+def written_atomically(settings: Settings, path: Path, *, job_id: uuid.UUID) -> Iterator[Path]:
+    """A private name to write ``path`` under, renamed to it when the block succeeds: a concurrent
+    first request writes its own copy, and nobody ever reads half a file."""
+    partial = private_path(settings, job_id=job_id, purpose="partial", output=path.suffix.lstrip("."))
+    try:
+        yield partial
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_parquet(
+    session: Session, *, job_id: uuid.UUID, path: Path, row_group_size: int = parquet.ROW_GROUP_SIZE, **filters
+) -> int:
+    """The job's (filtered) results as Parquet at ``path``, read a row group's worth at a time;
+    returns the rows written."""
+    pages = prediction_pages(session, job_id=job_id, page_size=row_group_size, **filters)
+    return parquet.write_results(itertools.chain.from_iterable(pages), path, row_group_size=row_group_size)
+
+
+def record_output(session: Session, *, job_id: uuid.UUID, output: dict) -> None:
+    """Keep what became of the job's output object in result["output"] ({url, bytes, rows}, or
+    {url, error}) and as an event; the job's status stays as it ended."""
+    merged = func.coalesce(Job.result, literal({}, JSONB)).op("||")(literal({"output": output}, JSONB))
+    session.execute(update(Job).where(Job.id == job_id).values(result=merged))
+    add_event(session, job_id=job_id, kind="output", data=output)
