@@ -1,6 +1,6 @@
 """A prediction job's results as files: the export dir's files (GET /jobs/<id>/results/file and
-?format=parquet), the Parquet file read from PostgreSQL a page at a time, and the record of the
-object a job wrote its results to (its request's output.url)."""
+?format=parquet), and the Parquet file read from PostgreSQL a page at a time (also what a job's
+output.url receives)."""
 
 import contextlib
 import itertools
@@ -8,14 +8,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import func, literal, update
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from grocery import parquet
-from service.crud import add_event, prediction_pages
+from service.crud import prediction_pages
 from service.settings import Settings
-from service.tables import Job
 
 
 def export_path(settings: Settings, *, job_id: uuid.UUID, output: str) -> Path:
@@ -50,11 +47,3 @@ def write_parquet(
     returns the rows written."""
     pages = prediction_pages(session, job_id=job_id, page_size=row_group_size, **filters)
     return parquet.write_results(itertools.chain.from_iterable(pages), path, row_group_size=row_group_size)
-
-
-def record_output(session: Session, *, job_id: uuid.UUID, output: dict) -> None:
-    """Keep what became of the job's output object in result["output"] ({url, bytes, rows}, or
-    {url, error}) and as an event; the job's status stays as it ended."""
-    merged = func.coalesce(Job.result, literal({}, JSONB)).op("||")(literal({"output": output}, JSONB))
-    session.execute(update(Job).where(Job.id == job_id).values(result=merged))
-    add_event(session, job_id=job_id, kind="output", data=output)

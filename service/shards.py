@@ -8,6 +8,7 @@ listing or a shard, ends it, under the job row's lock so that exactly one of the
 
 import uuid
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from sqlalchemy import Integer, case, cast, func, or_, select, true, update
 from sqlalchemy.dialects.postgresql import insert
@@ -232,8 +233,18 @@ def tally_shard(session: Session, *, shard: JobShard) -> tuple[int, int, dict[st
     return done, failed, labels
 
 
-def complete_job(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) -> str | None:
-    """End the job when its listing is done and no shard is left; returns the status it ended with."""
+class Ending(NamedTuple):
+    """How a job whose work is all done would end: its status, error and summary."""
+
+    status: str
+    code: str | None
+    message: str | None
+    summary: dict
+
+
+def ending(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) -> Ending | None:
+    """How the job ends now that its listing is done and no shard is left (its row locked until the
+    transaction ends); None while work is left, or once it has ended."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
     if job is None or job.status != "running" or job.shards_total is None:
         return None
@@ -241,36 +252,52 @@ def complete_job(session: Session, *, job_id: uuid.UUID, max_failed_fraction: fl
     if session.scalar(still_open):
         return None
     summary = job_summary(session, job=job)
-    status, code, message = "succeeded", None, None
     if job.cancel_requested:
-        status = "cancelled"
-    elif summary["total"] == 0:
-        status, code, message = "failed", "no_images", "the job's input holds no image files"
-    elif summary["failed"] > max_failed_fraction * summary["total"]:
-        status, code = "failed", "too_many_failures"
+        return Ending("cancelled", None, None, summary)
+    if summary["total"] == 0:
+        return Ending("failed", "no_images", "the job's input holds no image files", summary)
+    if summary["failed"] > max_failed_fraction * summary["total"]:
         message = (
             f"{summary['failed']} of {summary['total']} files failed ({summary['failed'] / summary['total']:.1%}), "
             f"above the limit of {max_failed_fraction:.0%} (max_failed_fraction)"
         )
+        return Ending("failed", "too_many_failures", message, summary)
+    return Ending("succeeded", None, None, summary)
+
+
+def needs_output(job: Job, status: str) -> bool:
+    """A job that asked for an output object writes it before it ends, unless it was cancelled."""
+    return "output" in job.params and status != "cancelled"
+
+
+def complete_job(
+    session: Session, *, job_id: uuid.UUID, max_failed_fraction: float, output: dict | None = None
+) -> str | None:
+    """End the job when its listing is done and no shard is left; returns the status it ended with.
+    A job with an output object ends only with ``output`` (what became of the object) in hand, so
+    that its end says where its results are: the caller writes the object first."""
+    ended = ending(session, job_id=job_id, max_failed_fraction=max_failed_fraction)
+    job = session.get(Job, job_id)
+    if ended is None or (output is None and needs_output(job, ended.status)):
+        return None
+    result = {**ended.summary, "results": f"/jobs/{job_id}/results", **({"output": output} if output else {})}
     session.execute(
         update(Job)
         .where(Job.id == job_id)
         .values(
-            status=status,
-            result={**summary, "results": f"/jobs/{job_id}/results"},
-            progress_done=summary["done"],
-            error_code=code,
-            error_message=message,
+            status=ended.status,
+            result=result,
+            progress_done=ended.summary["done"],
+            error_code=ended.code,
+            error_message=ended.message,
             finished_at=func.now(),
         )
     )
-    add_event(
-        session,
-        job_id=job_id,
-        kind="state",
-        data={"status": status, **({"error": {"code": code, "message": message}} if code else {})},
-    )
-    return status
+    if output:
+        add_event(session, job_id=job_id, kind="output", data=output)
+    error = {"error": {"code": ended.code, "message": ended.message}} if ended.code else {}
+    add_event(session, job_id=job_id, kind="state", data={"status": ended.status, **error})
+    return ended.status
 
 
 def job_summary(session: Session, *, job: Job) -> dict:

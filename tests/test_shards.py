@@ -142,6 +142,24 @@ def test_a_cancelled_job_drops_its_queued_shards(sessions):
         session.commit()
 
 
+def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions):
+    """So that a client who sees the job ended finds its results object in place."""
+    with sessions() as session:
+        job_id, (shard_id,) = running_job(session, [["/a/1.jpg"]])
+        job = crud.get_job(session, job_id=job_id)
+        job.params = {"output": {"url": "s3://b/r.parquet"}}
+        shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
+        crud.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg")])
+        shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
+        assert shards.ending(session, job_id=job_id, max_failed_fraction=0.1).status == "succeeded"
+        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) is None  # no object yet
+        output = {"url": "s3://b/r.parquet", "bytes": 1234, "rows": 1}
+        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1, output=output) == "succeeded"
+        assert crud.get_job(session, job_id=job_id).result["output"] == output
+        assert shards.ending(session, job_id=job_id, max_failed_fraction=0.1) is None  # ended once
+        session.commit()
+
+
 def test_a_worker_frozen_inside_a_pipeline_is_fenced_so_its_shard_can_be_taken_back(sessions, database_url):
     """Frozen mid-pipeline (psycopg's executemany), a worker's session is not idle to PostgreSQL, so
     the idle-in-transaction timeout never ends it and its row lock hides the shard from the takeover.

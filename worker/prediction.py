@@ -253,45 +253,42 @@ def retry_or_fail(shard: JobShard, attempt: int, error: Exception) -> tuple[str,
 
 
 def end_job_if_done(job_id: uuid.UUID) -> None:
+    """End the job if its work is all done. One that asked for an output object has it written
+    first, so that a client who sees the job ended finds the object in place (two workers finishing
+    the last shards at once may both write it: the same rows, the same file)."""
     with sessions()() as session:
         job = crud.get_job(session, job_id=job_id)
         limit = job.params.get("max_failed_fraction", worker_settings().max_failed_fraction)
-        status = shards.complete_job(session, job_id=job_id, max_failed_fraction=limit)
+        ended = shards.ending(session, job_id=job_id, max_failed_fraction=limit)
+    output = None
+    if ended is not None and shards.needs_output(job, ended.status):
+        output = deliver_output(job_id, job.params["output"]["url"])
+    with sessions()() as session:
+        status = shards.complete_job(session, job_id=job_id, max_failed_fraction=limit, output=output)
         session.commit()
     if status is not None:
         log.info("prediction job %s %s", job_id, status)
-        if "output" in job.params and status in ("succeeded", "failed"):
-            deliver_output(job_id, job.params["output"]["url"], failed=status == "failed")
         announce_end(job_id, status)
 
 
-def deliver_output(job_id: uuid.UUID, url: str, *, failed: bool) -> None:
-    """Write the ended job's results as Parquet and upload them to the object its request named
-    (a failed job's too, when it has rows). Its status stays as it ended: a failed upload is
-    recorded in result["output"]["error"] and an event, never a lost job."""
+def deliver_output(job_id: uuid.UUID, url: str) -> dict:
+    """Write the job's results as Parquet and upload them to the object its request named; returns
+    what became of it ({url, bytes, rows}, or {url, error}): a failed upload is recorded with the
+    job, never a lost job."""
     from grocery import storage
 
     path = exports.private_path(worker_settings(), job_id=job_id, purpose="output", output="parquet")
     try:
         with sessions()() as session:
             rows = exports.write_parquet(session, job_id=job_id, path=path)
-        if failed and rows == 0:
-            return  # nothing was classified (no images): no object to write
-        output = {"url": url, "bytes": storage.upload_file(path, url), "rows": rows}
+        return {"url": url, "bytes": storage.upload_file(path, url), "rows": rows}
     except Exception as e:  # StorageError names the object and the reason, never the credentials
         log.warning("prediction job %s: its results were not written to %s: %s", job_id, url, e)
-        known = isinstance(e, storage.StorageError)
-        error = (
-            {"code": e.code, "message": str(e)}
-            if known
-            else {"code": "output_failed", "message": f"{type(e).__name__}: {e}"}
-        )
-        output = {"url": url, "error": error}
+        if isinstance(e, storage.StorageError):
+            return {"url": url, "error": {"code": e.code, "message": str(e)}}
+        return {"url": url, "error": {"code": "output_failed", "message": f"{type(e).__name__}: {e}"}}
     finally:
         path.unlink(missing_ok=True)
-    with sessions()() as session:
-        exports.record_output(session, job_id=job_id, output=output)
-        session.commit()
 
 
 def read_scope(session, job, settings: Settings) -> ReadScope:
