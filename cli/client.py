@@ -113,16 +113,39 @@ def submit(client: Client, args) -> int:
 
 
 def results(client: Client, args) -> int:
-    """Stream the export to stdout and check it arrived whole: the API says its row count up front."""
+    """Stream the export to stdout (Parquet: to --output) and check it arrived whole: the API says its
+    row count up front."""
+    if args.format == "parquet" and not args.output:
+        raise APIError("--format parquet needs --output FILE (a Parquet file is not a stream)")
     with client.open("GET", f"/jobs/{args.job_id}/results?format={args.format}", timeout=300) as response:
         expected = response.headers.get(ROW_COUNT_HEADER)
         try:
-            received = copy_counting_rows(response, args.format, sys.stdout)
+            if args.format == "parquet":
+                received = parquet_rows(response, Path(args.output))
+            elif args.output:
+                with open(args.output, "w", encoding="utf-8", newline="") as out:
+                    received = copy_counting_rows(response, args.format, out)
+            else:
+                received = copy_counting_rows(response, args.format, sys.stdout)
         except (http.client.IncompleteRead, OSError) as e:
             raise APIError(f"the download was cut short ({e}); run it again") from None
     if expected is not None and received != int(expected):
         raise APIError(f"the download was cut short: {received} of {expected} rows arrived; run it again")
     return 0
+
+
+def parquet_rows(response, path: Path) -> int:
+    """Save the body at ``path``; returns the rows its footer says it holds (a cut file has no footer)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    with path.open("wb") as out:
+        shutil.copyfileobj(response, out)
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # pyarrow.ArrowInvalid: no footer, the download was cut
+        raise OSError(f"{path} is not a whole Parquet file: {e}") from None
 
 
 def copy_counting_rows(response, fmt: str, out) -> int:
@@ -197,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancelling = jobs.add_parser("cancel", help="cancel a queued or running job")
     cancelling.add_argument("job_id")
     cancelling.set_defaults(run=cancel)
-    fetching = jobs.add_parser("results", help="a prediction job's results, whole, to stdout")
+    fetching = jobs.add_parser("results", help="a prediction job's results, whole, to stdout or a file")
     fetching.add_argument("job_id")
-    fetching.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+    fetching.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="jsonl")
+    fetching.add_argument("--output", help="a file to write (needed for parquet; default: stdout)")
     fetching.set_defaults(run=results)
     registry = groups.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
     registry.add_parser("list", help="models, newest first").set_defaults(run=models)

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import factories
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, clean_store, stack_settings, start_worker, stop_worker
 from werkzeug.serving import make_server
@@ -58,6 +59,11 @@ def test_predict_a_folder_and_uploads_then_results(service_url, tiny_dataset, tm
     exported = grocery(service_url, "jobs", "results", job_id, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert exported.returncode == 0 and len(rows) == 16 and all(r["label"] for r in rows)
+    saved = grocery(service_url, "jobs", "results", job_id, "--format", "parquet", "--output", str(tmp_path / "r.pq"))
+    assert saved.returncode == 0, saved.stderr
+    assert [r["path"] for r in pq.read_table(tmp_path / "r.pq").to_pylist()] == [r["path"] for r in rows]
+    refused = grocery(service_url, "jobs", "results", job_id, "--format", "parquet")
+    assert refused.returncode != 0 and "--output" in refused.stderr
 
     images = sorted(folder.rglob("*.jpg"))[:2]
     uploaded = grocery(service_url, "jobs", "submit", "predict", *map(str, images), "--watch")
