@@ -27,6 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 from bench_bulk import run_job, train_through_the_service
 from harness import free_port, register_model, request, scratch_database, service_env, start_api
 
@@ -101,7 +102,7 @@ def main() -> None:
         objects, seconds = upload(folder, prefix)
         print(f"uploaded {objects} photos to {prefix} ({args.endpoint}) in {seconds:.1f} s", flush=True)
         with scratch_database() as database_url:
-            figures = measure(args, database_url, data_dir, folder, prefix)
+            figures = measure(args, database_url, data_dir, folder, prefix, server)
         figures["endpoint"] = "moto server on loopback, same cores" if server is not None else args.endpoint
         storage.delete_prefix(prefix)
     finally:
@@ -111,7 +112,15 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str) -> dict:
+def cpu_seconds(process: subprocess.Popen | None) -> float:
+    """CPU time the S3 server has used so far: on loopback it takes its share of the workers' cores."""
+    if process is None:
+        return 0.0
+    times = psutil.Process(process.pid).cpu_times()
+    return times.user + times.system
+
+
+def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str, server) -> dict:
     work = Path(tempfile.mkdtemp(prefix="grocery-bucket-"))
     env = service_env(database_url, str(data_dir), work, Path(args.model_dir) if args.model_dir else None)
     env["GROCERY_INPUT_ROOTS"] += f":{prefix}"
@@ -134,12 +143,20 @@ def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str) 
         run_job(conn, {"paths": some})  # each worker loads the model, choosing its runtime
         model = request(conn, "GET", f"/models/{model_id}")[1]
         print(f"model {model_id}: {model['arch']}, runtimes {model['serving'].get('runtimes', {})}", flush=True)
-        rates = {"bucket": [], "folder": []}
+        rates, server_cpu = {"bucket": [], "folder": []}, []
         for round_ in range(args.rounds):
             for kind, source in (("bucket", {"url": prefix}), ("folder", {"folder": str(folder)})):
+                before = cpu_seconds(server)
                 rate, job = run_job(conn, source)
                 rates[kind].append(rate)
-                print(f"round {round_ + 1}: {kind:6s} {job['result']['total']} photos {rate:7.1f} img/s", flush=True)
+                used = cpu_seconds(server) - before
+                if kind == "bucket":
+                    server_cpu.append(used)
+                elapsed = job["result"]["total"] / rate
+                note = f", the S3 server used {used:.1f} CPU-s of {elapsed:.1f} s" if kind == "bucket" else ""
+                print(
+                    f"round {round_ + 1}: {kind:6s} {job['result']['total']} photos {rate:7.1f} img/s{note}", flush=True
+                )
     finally:
         for process in processes:
             process.terminate()
@@ -153,6 +170,7 @@ def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str) 
         "bucket_img_per_s": [round(r, 1) for r in rates["bucket"]],
         "folder_img_per_s": [round(r, 1) for r in rates["folder"]],
         "bucket_vs_folder": round(bucket / local, 2),
+        "s3_server_cpu_seconds_per_bucket_job": [round(c, 1) for c in server_cpu],
     }
 
 
