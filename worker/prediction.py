@@ -19,7 +19,8 @@ from pathlib import Path
 from celery.signals import worker_ready
 
 from grocery.results import Prediction
-from service import confinement, crud, exports, shards, tokens
+from grocery.storage import StorageError
+from service import artifacts, confinement, crud, exports, shards, tokens
 from service.confinement import ReadScope, job_scope
 from service.contract import JOB_TASKS, SHARD_TASK, send, serving_model
 from service.settings import Settings
@@ -470,6 +471,19 @@ def preload_serving_model(sender=None, **_) -> None:
         log.warning("could not preload the serving model", exc_info=True)
 
 
+def local_artifact(settings: Settings, model_id: str, artifact_path: str) -> Path:
+    """The model's artifact folder here: for one in a bucket, this machine's copy (what serving reads),
+    downloaded once; the runtime choice is kept in that copy, per machine as it is measured."""
+    from grocery.artifact import ArtifactError, serving_file
+
+    try:
+        return artifacts.local_folder(settings, model_id=model_id, artifact_path=artifact_path, matches=serving_file)
+    except StorageError as e:
+        if e.code != "not_found":
+            raise
+        raise ArtifactError(f"{artifact_path} is not a model artifact ({e})") from None
+
+
 @functools.lru_cache(maxsize=2)
 def cached_predictor(model_id: str, artifact_path: str):
     """Each worker process loads a model once and keeps it, by model id, for the next shards. Its
@@ -478,7 +492,8 @@ def cached_predictor(model_id: str, artifact_path: str):
 
     settings = worker_settings()
     threads = settings.worker_threads or len(os.sched_getaffinity(0))
-    predictor = Predictor.from_path(artifact_path, threads=threads, decode_threads=threads, runtime=settings.runtime)
+    folder = local_artifact(settings, model_id, artifact_path)
+    predictor = Predictor.from_path(folder, threads=threads, decode_threads=threads, runtime=settings.runtime)
     if predictor.choice is not None:
         with sessions()() as session:
             crud.record_runtime_choice(
