@@ -21,10 +21,10 @@ PREDICT_SOURCE = "predict"
 log = logging.getLogger(__name__)
 
 
-def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path]:
-    """A job's own files: its uploads and its result files. A training job's model artifact is the
-    registry's (the model outlives the job) and goes with DELETE /models/<id>."""
-    return [settings.upload_dir / str(job_id), settings.export_dir / str(job_id)]
+def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path | str]:
+    """A job's own files: its uploads (a folder or a prefix) and its result files. A training job's
+    model artifact is the registry's (the model outlives the job) and goes with DELETE /models/<id>."""
+    return [storage.join(settings.upload_dir, str(job_id)), settings.export_dir / str(job_id)]
 
 
 def delete_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> None:

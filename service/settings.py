@@ -107,7 +107,8 @@ class Settings:
     # worker copies a model from once, into artifact_cache, by model id.
     model_dir: Path | str = setting("GROCERY_MODEL_DIR", Path("var/models"), LOCATION)
     artifact_cache: Path = setting("GROCERY_ARTIFACT_CACHE", Path("var/artifact-cache"))
-    upload_dir: Path = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"))
+    # Uploaded files, GROCERY_UPLOAD_DIR/<job id>/: a folder every worker sees, or an object prefix.
+    upload_dir: Path | str = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"), LOCATION)
     # Finished jobs' results as files (GET /jobs/<id>/results/file), written on first request.
     export_dir: Path = setting("GROCERY_EXPORT_DIR", Path("var/exports"))
     # From the environment, default the data folder alone. The upload storage is never a root: each job

@@ -1,7 +1,9 @@
-"""Model storage in a bucket (GROCERY_MODEL_DIR=s3://...): real PostgreSQL, Redis and worker processes,
-and a real S3 server (moto's, on loopback). Each worker has its own artifact cache, as on its own machine."""
+"""Model and upload storage in a bucket (GROCERY_MODEL_DIR and GROCERY_UPLOAD_DIR s3://...): real
+PostgreSQL, Redis and worker processes, and a real S3 server (moto's, on loopback). Each worker has its
+own artifact cache, as on a machine of its own."""
 
 import dataclasses
+import io
 import time
 
 import factories
@@ -17,10 +19,17 @@ TRAIN = {"arch": "efficientnet_lite0", "weights": "imagenet", "freeze": 9, "batc
 
 @pytest.fixture(scope="module")
 def settings(database_url, redis_url, tiny_dataset, tmp_path_factory, s3_endpoint):
-    store = tmp_path_factory.mktemp("buckets")
-    model_dir = f"s3://{new_bucket()}/models/"
+    store, bucket = tmp_path_factory.mktemp("buckets"), new_bucket()
     return stack_settings(
-        database_url, redis_url, tiny_dataset, store, model_dir=model_dir, artifact_cache=store / "api-cache"
+        database_url,
+        redis_url,
+        tiny_dataset,
+        store,
+        model_dir=f"s3://{bucket}/models/",
+        upload_dir=f"s3://{bucket}/uploads/",
+        artifact_cache=store / "api-cache",
+        # The whole bucket is a root: still, a job reads only its own uploads.
+        input_roots=(tiny_dataset, f"s3://{bucket}/"),
     )
 
 
@@ -83,20 +92,23 @@ def test_training_keeps_its_checkpoints_and_model_in_the_bucket_and_resumes_on_a
     assert "checkpoint.pt" in names_under(f"{settings.model_dir}{job_id}/attempt-1")  # not the model's
 
 
-def test_a_worker_with_an_empty_cache_serves_a_model_kept_only_in_the_bucket(
-    stack, client, settings, tiny_dataset, tiny_model
-):
+@pytest.fixture(scope="module")
+def serving(stack, settings, tiny_model):
+    """The tiny model, kept only in the bucket and the latest, and a prediction worker with an empty cache."""
     artifact = f"{settings.model_dir}seeded/attempt-1"
     storage.upload_tree(tiny_model, artifact)
     with factories.store_session(settings.database_url) as session:
-        model_id = factories.model(session, artifact=artifact).id  # the latest: what POST /jobs serves
+        model_id = factories.model(session, artifact=artifact).id
     server = on_machine(settings, "c")
     worker = start_worker("bucket-c@%h", ["predict"], server)
-    try:
-        request = {"type": "predict", "model": str(model_id), "input": {"folder": str(tiny_dataset / "val")}}
-        job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED)
-    finally:
-        stop_worker(worker)
+    yield server, model_id
+    stop_worker(worker)
+
+
+def test_a_worker_with_an_empty_cache_serves_a_model_kept_only_in_the_bucket(serving, client, tiny_dataset):
+    server, model_id = serving
+    request = {"type": "predict", "model": str(model_id), "input": {"folder": str(tiny_dataset / "val")}}
+    job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED)
 
     assert job["status"] == "succeeded" and job["result"]["total"] == 16 and job["result"]["failed"] == 0, job
     rows = client.get(f"/jobs/{job['id']}/results?limit=16").get_json()["results"]
@@ -106,3 +118,36 @@ def test_a_worker_with_an_empty_cache_serves_a_model_kept_only_in_the_bucket(
     assert not (copy / "checkpoint.pt").exists()  # serving needs no checkpoint
     assert (copy / CHOICES_NAME).is_file()  # the runtime measured on this machine, kept with its copy
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no partial copy left behind
+
+
+def test_uploads_are_kept_in_the_bucket_and_read_by_their_own_job_alone(serving, client, settings, tiny_dataset):
+    photos = sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]
+    files = [(io.BytesIO(p.read_bytes()), "same-name.jpg") for p in photos]
+    submitted = client.post("/jobs", data={"files": files}, content_type="multipart/form-data")
+    assert submitted.status_code == 202, submitted.get_json()
+    job = wait_for(client, submitted.get_json()["id"], FINISHED, timeout=120)
+    assert job["status"] == "succeeded" and job["result"]["total"] == 3 and job["result"]["failed"] == 0, job
+    stored = f"{settings.upload_dir}{job['id']}/input/"
+    assert job["params"]["input"]["url"] == stored
+    assert names_under(stored) == {"same-name.jpg", "same-name-1.jpg", "same-name-2.jpg"}
+
+    # Another job may not read them, by prefix, by object or by listing a prefix above them.
+    for source in ({"url": stored}, {"paths": [f"{stored}same-name.jpg"]}):
+        refused = client.post("/jobs", json={"type": "predict", "input": source})
+        assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "path_not_allowed", source
+    above = client.post("/jobs", json={"type": "predict", "input": {"url": f"{settings.upload_dir}"}})
+    assert above.status_code == 400, above.get_json()
+    bucket_root = settings.input_roots[-1]
+    storage.write_bytes(f"{bucket_root}shelf/photo.jpg", photos[0].read_bytes())
+    wide = {"type": "predict", "input": {"url": bucket_root, "pattern": "*.jpg"}}
+    listed = wait_for(client, client.post("/jobs", json=wide).get_json()["id"], FINISHED, timeout=120)
+    rows = client.get(f"/jobs/{listed['id']}/results?limit=100").get_json()["results"]
+    assert [r["path"] for r in rows] == [f"{bucket_root}shelf/photo.jpg"]  # no upload, not even as a refused row
+
+    answer = client.post("/predict", data={"file": (io.BytesIO(photos[0].read_bytes()), "one.jpg")})
+    assert answer.status_code == 200 and answer.get_json()["prediction"] in {"Apple", "Pear", "Milk"}, answer.get_json()
+    one = answer.get_json()["job_id"]
+    assert names_under(f"{settings.upload_dir}{one}") == {"one.jpg"}
+
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204
+    assert names_under(stored) == set()

@@ -146,17 +146,15 @@ def input_files(job, settings: Settings) -> Iterator[str]:
     source = job.params["input"]
     if "paths" in source:
         return iter(source["paths"])
+    hidden = confinement.others_uploads(settings, job_id=job.id)
     if "url" in source:
         matches = name_matcher(source.get("pattern"))
-        return storage.list_objects(source["url"], recursive=source.get("recursive", True), matches=matches)
-    folder, uploads = Path(source["folder"]), confinement.real(settings.upload_dir)
-    files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
-    if folder.is_relative_to(uploads):
-        # Its own uploads, or (a row no API would write) another job's: then nothing, not even names.
-        return files if folder.is_relative_to(confinement.upload_folder(settings, job.id)) else iter(())
-    # A root may hold the upload storage: other jobs' uploads are not listed (not even as refused rows).
+        listed = storage.list_objects(source["url"], recursive=source.get("recursive", True), matches=matches)
+        return (url for url in listed if not hidden(url))
     # The walk enters no symlinked folder, so a path's folders are as real as the job's folder.
-    return (p for p in files if not Path(p).is_relative_to(uploads))
+    folder = Path(source["folder"])
+    files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
+    return (path for path in files if not hidden(Path(path)))
 
 
 def send_shard(shard_id: int, countdown: float | None = None) -> None:
