@@ -100,17 +100,17 @@ def submit_upload(key: str | None):
             return replay(existing, body_hash)
         model_id = _resolve_model_id(session, form.model)
         job_id = uuid.uuid4()
-        folder = settings.upload_dir / str(job_id) / "input"
+        job_uploads = storage.join(settings.upload_dir, str(job_id))
         try:
-            stored = uploads.store_upload(
+            source = uploads.keep_upload(
                 request.files,
-                folder,
+                job_uploads,
                 max_files=min(settings.max_upload_files, settings.max_job_files),
                 max_bytes=settings.max_job_bytes,
             )
             options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
-            check_shard_size(options.get("shard_size"), files=stored["files"])
-            params = {"model": form.model, "input": {"folder": str(folder), "upload": stored}, **options}
+            check_shard_size(options.get("shard_size"), files=source["upload"]["files"])
+            params = {"model": form.model, "input": source, **options}
             job, created = record_job(
                 session,
                 job_type="predict",
@@ -122,10 +122,10 @@ def submit_upload(key: str | None):
                 priority=form.priority,
             )
         except BaseException:
-            uploads.discard(folder.parent)
+            lifecycle.remove_files([job_uploads])
             raise
         if not created:
-            uploads.discard(folder.parent)
+            lifecycle.remove_files([job_uploads])
             return replay(job, body_hash)
         return accepted(job)
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from api.deps import iso
 from api.errors import APIError
 from api.resources import resources
+from grocery import storage
 from service import ops
 from service.broker import queue_depths
 from service.contract import QUEUES
@@ -164,7 +165,8 @@ def growth_metrics(session):
         ("models", settings.model_dir),
         ("exports", settings.export_dir),
     ):
-        stored.add_metric([store], ops.folder_bytes(folder))
+        if not storage.is_url(folder):  # a bucket is metered by its provider, not listed at each scrape
+            stored.add_metric([store], ops.folder_bytes(folder))
     yield stored
     yield GaugeMetricFamily(
         "grocery_result_rows", "Rows of the results table (PostgreSQL's estimate)", value=ops.result_rows(session)

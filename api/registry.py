@@ -61,9 +61,9 @@ def delete_model(model_id: str):
         reason = lifecycle.model_in_use(session, model_id=model.id)
         if reason is not None:
             raise APIError(409, "model_in_use", f"model {model_id} is in use: {reason}")
-        folder = lifecycle.delete_model(session, model=model, settings=resources().settings)
+        files = lifecycle.delete_model(session, model=model, settings=resources().settings)
         session.commit()
-    lifecycle.remove_files([folder] if folder else [])
+    lifecycle.remove_files(files)
     return "", 204
 
 

@@ -1,9 +1,10 @@
 """Prediction jobs on uploaded images: multipart image files, or one zip archive, stored under
-the job's own folder on shared storage (GROCERY_UPLOAD_DIR/<job id>/input) for the workers."""
+the job's own folder on shared storage (GROCERY_UPLOAD_DIR/<job id>/input), or its prefix in a bucket,
+for the workers."""
 
 import hashlib
-import shutil
 import struct
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
@@ -14,6 +15,7 @@ from werkzeug.utils import secure_filename
 
 from api.errors import APIError
 from api.schemas import Priority
+from grocery import storage
 
 # Not photos: macOS resource forks and Finder metadata that zip tools add.
 IGNORED_PARTS = ("__MACOSX",)
@@ -54,6 +56,27 @@ def upload_digest(form: MultiDict, files: MultiDict) -> str:
         digest.update(f"{field}:{upload.filename}:{upload.stream.tell()}\n".encode())
         upload.stream.seek(0)
     return digest.hexdigest()
+
+
+def keep_upload(files: MultiDict, job_uploads: Path | str, *, max_files: int, max_bytes: int) -> dict:
+    """Store the upload in ``job_uploads``/input and return the job's input. For uploads kept in a
+    bucket the files are checked and stored in a local staging folder first (the same rules and
+    limits), then sent as objects: the input is then their prefix."""
+    target = storage.join(job_uploads, "input")
+    if not storage.is_url(target):
+        return {"folder": str(target), "upload": store_upload(files, target, max_files=max_files, max_bytes=max_bytes)}
+    with tempfile.TemporaryDirectory(prefix="grocery-upload-") as staging:
+        stored = store_upload(files, Path(staging) / "input", max_files=max_files, max_bytes=max_bytes)
+        try:
+            storage.upload_tree(Path(staging) / "input", target)
+        except storage.StorageError as e:
+            raise storage_error(e) from None
+    return {"url": storage.as_prefix(target), "upload": stored}
+
+
+def storage_error(e: storage.StorageError) -> APIError:
+    """The service's own upload storage failing: not the request's fault."""
+    return APIError(503 if e.code == "storage_unavailable" else 500, e.code, f"the upload storage: {e}")
 
 
 def store_upload(files: MultiDict, folder: Path, *, max_files: int, max_bytes: int) -> dict:
@@ -215,7 +238,3 @@ def _extract_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, folder: P
 
 def _too_large(limit: int) -> str:
     return f"the archive expands beyond {limit} bytes a job (GROCERY_MAX_JOB_BYTES)"
-
-
-def discard(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

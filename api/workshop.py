@@ -17,6 +17,8 @@ from api import auth
 from api.deps import check_quota
 from api.errors import APIError
 from api.resources import resources
+from api.uploads import storage_error
+from grocery import storage
 from service import contract, crud
 from service.broker import await_job_end
 from service.lifecycle import PREDICT_SOURCE
@@ -142,10 +144,15 @@ def predict():
         model = serving_model(session)
         check_quota(session, files=1)
         job_id = uuid.uuid4()
-        folder = settings.upload_dir / str(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / (secure_filename(upload.filename) or "upload")
-        upload.save(path)
+        path = storage.join(settings.upload_dir, str(job_id), secure_filename(upload.filename) or "upload")
+        if storage.is_url(path):
+            try:
+                storage.write_bytes(path, upload.read())
+            except storage.StorageError as e:
+                raise storage_error(e) from None
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            upload.save(path)
         job = contract.submit(
             session,
             resources().celery,

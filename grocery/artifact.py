@@ -25,6 +25,8 @@ WEIGHTS_NAME = "model.safetensors"
 METADATA_NAME = "metadata.json"
 ONNX_NAMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 CHECK_IMAGES_NAME = "check_images.safetensors"
+# Training's epoch checkpoint, kept in the artifact's folder: read by a resumed run, never by serving.
+CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
@@ -114,6 +116,11 @@ def read_artifact(directory: str | Path) -> Artifact:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{meta_path}: unsupported format_version {metadata.get('format_version')!r}")
     return Artifact(directory, metadata)
+
+
+def serving_file(name: str) -> bool:
+    """Whether serving reads a file of an artifact's folder (what a copy for serving needs)."""
+    return name != CHECKPOINT_NAME
 
 
 def update_metadata(directory: str | Path, **entries) -> dict:

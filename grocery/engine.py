@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from grocery import index
-from grocery.artifact import save_artifact
+from grocery.artifact import CHECKPOINT_NAME, save_artifact
 from grocery.config import TrainConfig
 from grocery.datasets import GroceryDataset
 from grocery.evaluation import ranked_metrics
@@ -36,7 +36,6 @@ from grocery.networks import (
 )
 from grocery.transforms import Preprocessing, normalize, train_augmentation
 
-CHECKPOINT_NAME = "checkpoint.pt"
 Callback = Callable[[dict], bool | None]
 
 

@@ -7,6 +7,8 @@ stores); nothing here stores or logs them. Torch-free, so the API can check and 
 
 import concurrent.futures
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,6 +62,16 @@ def as_prefix(url: str) -> str:
     parsed = ObjectURL.parse(url)
     key = parsed.key if not parsed.key or parsed.key.endswith("/") else parsed.key + "/"
     return str(ObjectURL(parsed.bucket, key))
+
+
+def join(location: str | Path, *names: str) -> str | Path:
+    """``names`` under a folder (a Path) or under an object prefix (a URL, no trailing '/')."""
+    if not is_url(location):
+        return Path(location).joinpath(*names)
+    url = ObjectURL.parse(as_prefix(str(location)))
+    for name in names:
+        url = url.child(name)
+    return str(url)
 
 
 def within(url: str, prefix: str) -> bool:
@@ -183,17 +195,41 @@ def upload_tree(folder: str | Path, prefix: str) -> list[str]:
     return urls
 
 
-def download_tree(prefix: str, folder: str | Path) -> list[Path]:
-    """Every object under ``prefix`` to the same relative paths under ``folder``."""
+def download_tree(prefix: str, folder: str | Path, *, matches=None) -> list[Path]:
+    """Every object under ``prefix`` (whose name ``matches``, as list_objects tests it) to the same
+    relative paths under ``folder``."""
     root = ObjectURL.parse(as_prefix(prefix))
     paths = []
-    for url in list_objects(prefix):
+    for url in list_objects(prefix, matches=matches):
         relative = ObjectURL.parse(url).key[len(root.key) :]
         target = Path(folder) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         download_file(url, target)
         paths.append(target)
     return paths
+
+
+def cached_tree(prefix: str, folder: str | Path, *, matches=None) -> Path:
+    """``folder``, a local copy of the objects under ``prefix`` (as download_tree takes them), downloaded
+    the first time only. The copy is downloaded beside it and renamed into place, so that no process
+    reads a half-written one; of two processes downloading at once, the first rename wins and the other
+    drops its copy. Nothing under the prefix: a StorageError ("not_found"), and nothing is kept."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        if not download_tree(prefix, partial, matches=matches):
+            raise StorageError("not_found", f"{prefix}: no objects")
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # not another process's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def delete_prefix(prefix: str) -> int:

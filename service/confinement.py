@@ -4,8 +4,8 @@ at submit and at every preview, the workers again before they open a file.
 The rules, in one place:
 - the service's roots are GROCERY_INPUT_ROOTS (default: the data directory); a token created with
   ``--roots`` narrows them to its own folders (each inside a service root);
-- the upload storage (GROCERY_UPLOAD_DIR) is never a root: each job may read its own upload folder
-  (GROCERY_UPLOAD_DIR/<job id>) and nothing else under it, whatever the roots say;
+- the upload storage (GROCERY_UPLOAD_DIR, a folder or an object prefix) is never a root: each job may
+  read its own upload folder (GROCERY_UPLOAD_DIR/<job id>) and nothing else under it, whatever the roots say;
 - every check is on the real path (symlinks and '..' resolved);
 - a root may be an object prefix (s3://bucket/prefix/): it admits the URLs under it, which may hold
   no '.', '..' or empty segments (storage.ObjectURL.parse).
@@ -13,7 +13,7 @@ The rules, in one place:
 
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,19 +53,35 @@ def real_root(root: str | Path) -> Root:
     return storage.as_prefix(str(root)) if storage.is_url(root) else real(root)
 
 
-def _under_uploads(root: Root, uploads: Path) -> bool:
-    return isinstance(root, Path) and root.is_relative_to(uploads)
+def _under_uploads(location: Root, uploads: Root) -> bool:
+    return _inside(location, (uploads,))
 
 
-def upload_folder(settings: Settings, job_id: uuid.UUID | str) -> Path:
-    """Where a job's uploaded files are stored: readable by that job alone."""
-    return real(settings.upload_dir) / str(job_id)
+def upload_storage(settings: Settings) -> Root:
+    """GROCERY_UPLOAD_DIR: its real folder, or its prefix ending in '/'."""
+    return real_root(settings.upload_dir)
 
 
-def service_roots(settings: Settings) -> tuple[Path, ...]:
+def upload_folder(settings: Settings, job_id: uuid.UUID | str) -> Root:
+    """Where a job's uploaded files are stored, readable by that job alone: a folder, or a prefix ending in '/'."""
+    uploads = upload_storage(settings)
+    return (
+        storage.as_prefix(str(storage.join(uploads, str(job_id)))) if storage.is_url(uploads) else uploads / str(job_id)
+    )
+
+
+def others_uploads(settings: Settings, *, job_id: uuid.UUID | str) -> Callable[[Root], bool]:
+    """For a job's listing: whether a listed file (a real path or a URL) is another job's upload. A root
+    may hold the upload storage; those are never listed, not even as refused rows, and a job's input
+    inside another job's uploads (a row no API would write) lists nothing."""
+    uploads, own = upload_storage(settings), upload_folder(settings, job_id)
+    return lambda location: _under_uploads(location, uploads) and not _inside(location, (own,))
+
+
+def service_roots(settings: Settings) -> tuple[Root, ...]:
     """GROCERY_INPUT_ROOTS, less any that lie inside the upload storage (a misconfiguration: logged
     at start, see configuration_problems)."""
-    uploads = real(settings.upload_dir)
+    uploads = upload_storage(settings)
     return tuple(r for r in map(real_root, settings.input_roots) if not _under_uploads(r, uploads))
 
 
@@ -79,7 +95,7 @@ def roots_for(settings: Settings, token_roots: Iterable[str] | None) -> tuple[Ro
 
 def checked_token_roots(values: Iterable[str], settings: Settings) -> list[str]:
     """`grocery tokens create --roots`: real folders, each inside a service root and outside the uploads."""
-    service, uploads = service_roots(settings), real(settings.upload_dir)
+    service, uploads = service_roots(settings), upload_storage(settings)
     checked = []
     for value in values:
         try:
@@ -104,8 +120,8 @@ class ReadScope:
     """The folders one job (or one request) may read, and the upload storage it may not."""
 
     roots: tuple[Root, ...]
-    uploads: Path
-    own_upload: Path | None = None  # the job's own upload folder, the one place under uploads it may read
+    uploads: Root
+    own_upload: Root | None = None  # the job's own upload folder, the one place under uploads it may read
     named: str = "GROCERY_INPUT_ROOTS"  # where the roots come from, for messages
 
     def real_path(self, path: str | Path, field: str) -> Root:
@@ -115,9 +131,9 @@ class ReadScope:
         if storage.is_url(path):
             return self._url(str(path), field)
         resolved = real(path)
-        if self.own_upload is not None and resolved.is_relative_to(self.own_upload):
+        if self._own_upload(resolved):
             return resolved
-        if resolved.is_relative_to(self.uploads) or not _inside(resolved, self.roots):
+        if _under_uploads(resolved, self.uploads) or not _inside(resolved, self.roots):
             shown = ":".join(map(str, self.roots)) or "none"
             raise PathRefused(field, f"{str(path)!r} is outside the allowed input roots ({self.named}: {shown})")
         return resolved
@@ -135,10 +151,15 @@ class ReadScope:
             storage.ObjectURL.parse(url)
         except ValueError as e:
             raise PathRefused(field, str(e), "invalid_url") from None
-        if not _inside(url, self.roots):
+        if self._own_upload(url):
+            return url
+        if _under_uploads(url, self.uploads) or not _inside(url, self.roots):
             shown = ":".join(map(str, self.roots)) or "none"
             raise PathRefused(field, f"{url!r} is outside the allowed input roots ({self.named}: {shown})")
         return url
+
+    def _own_upload(self, location: Root) -> bool:
+        return self.own_upload is not None and _inside(location, (self.own_upload,))
 
     def allows(self, path: str | Path) -> bool:
         try:
@@ -151,23 +172,19 @@ class ReadScope:
 def request_scope(settings: Settings, token_roots: Iterable[str] | None) -> ReadScope:
     """What a new folder or manifest job of this token may name."""
     named = "this token's roots" if token_roots else "GROCERY_INPUT_ROOTS"
-    return ReadScope(roots_for(settings, token_roots), real(settings.upload_dir), named=named)
+    return ReadScope(roots_for(settings, token_roots), upload_storage(settings), named=named)
 
 
 def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: dict, token_roots) -> ReadScope:
     """What a prediction job's workers and previews may read: a folder job its folder (if still
     inside its token's roots), a manifest job its token's roots; every job its own upload folder."""
-    own = upload_folder(settings, job_id)
-    uploads = real(settings.upload_dir)
-    if "url" in source:
-        prefix = storage.as_prefix(source["url"])
-        return ReadScope((prefix,) if _inside(prefix, roots_for(settings, token_roots)) else (), uploads, own)
-    if "folder" in source:
-        folder = real(source["folder"])
-        allowed = folder.is_relative_to(own) or (
-            not folder.is_relative_to(uploads) and _inside(folder, roots_for(settings, token_roots))
+    own, uploads = upload_folder(settings, job_id), upload_storage(settings)
+    if "url" in source or "folder" in source:
+        start = storage.as_prefix(source["url"]) if "url" in source else real(source["folder"])
+        allowed = _inside(start, (own,)) or (
+            not _under_uploads(start, uploads) and _inside(start, roots_for(settings, token_roots))
         )
-        return ReadScope((folder,) if allowed else (), uploads, own)
+        return ReadScope((start,) if allowed else (), uploads, own)
     return ReadScope(roots_for(settings, token_roots), uploads, own)
 
 
@@ -250,13 +267,15 @@ def configuration_problems(settings: Settings) -> list[str]:
     """What the service can tell is wrong with its settings before any request: each a sentence for
     the log; /readyz is not ready while there is one."""
     problems = []
-    uploads = real(settings.upload_dir)
+    uploads = upload_storage(settings)
     for root in map(real_root, settings.input_roots):
         if _under_uploads(root, uploads):
             problems.append(
                 f"GROCERY_INPUT_ROOTS: {root} lies inside GROCERY_UPLOAD_DIR ({uploads}); uploads are readable "
                 "only by the job they were uploaded for, so this root grants nothing: remove it"
             )
+    if storage.is_url(uploads):
+        return problems  # a bucket's permissions show at the first upload (503 storage_unavailable, 403 ...)
     try:
         uploads.mkdir(parents=True, exist_ok=True)
         if not os.access(uploads, os.W_OK | os.X_OK):

@@ -2,6 +2,7 @@
 finished jobs past their retention. Rows go in the caller's transaction, files once it has committed
 (a rolled-back delete leaves its files), so what is deleted is gone from disk and database alike."""
 
+import logging
 import shutil
 import uuid
 from pathlib import Path
@@ -9,17 +10,21 @@ from pathlib import Path
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from grocery import storage
+from service.artifacts import cache_folder
 from service.settings import Settings
 from service.tables import FINISHED_STATUSES, LIVE_STATUSES, Job, Model, ModelAlias
 
 # The workshop's POST /predict marks its one-file jobs so they may be kept for less time.
 PREDICT_SOURCE = "predict"
 
+log = logging.getLogger(__name__)
 
-def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path]:
-    """A job's own files: its uploads and its result files. A training job's model artifact is the
-    registry's (the model outlives the job) and goes with DELETE /models/<id>."""
-    return [settings.upload_dir / str(job_id), settings.export_dir / str(job_id)]
+
+def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path | str]:
+    """A job's own files: its uploads (a folder or a prefix) and its result files. A training job's
+    model artifact is the registry's (the model outlives the job) and goes with DELETE /models/<id>."""
+    return [storage.join(settings.upload_dir, str(job_id)), settings.export_dir / str(job_id)]
 
 
 def delete_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> None:
@@ -29,9 +34,17 @@ def delete_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> None:
         session.execute(delete(Job).where(Job.id.in_(job_ids)))
 
 
-def remove_files(paths: list[Path]) -> None:
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
+def remove_files(locations: list[Path | str]) -> None:
+    """Folders and object prefixes. Like a folder that cannot be removed, a bucket that does not answer
+    leaves its objects (logged): the rows are gone already, and the request or sweep carries on."""
+    for location in locations:
+        if not storage.is_url(location):
+            shutil.rmtree(location, ignore_errors=True)
+            continue
+        try:
+            storage.delete_prefix(str(location))
+        except storage.StorageError as e:
+            log.warning("could not delete %s: %s", location, e)
 
 
 def expired_jobs(
@@ -61,11 +74,21 @@ def model_in_use(session: Session, *, model_id: uuid.UUID) -> str | None:
     return None
 
 
-def delete_model(session: Session, *, model: Model, settings: Settings) -> Path | None:
-    """The model's row; finished jobs that used it keep its id in their params. Returns the folder to
-    remove: its artifact's, when that lies in the service's model storage (never a folder elsewhere)."""
+def delete_model(session: Session, *, model: Model, settings: Settings) -> list[Path | str]:
+    """The model's row; finished jobs that used it keep its id in their params. Returns the files to
+    remove: its artifact's folder or prefix, when that lies in the service's model storage (never one
+    elsewhere), and this machine's copy of it (other machines' copies are never read again: by model id)."""
     session.execute(update(Job).where(Job.model_id == model.id).values(model_id=None))
     session.execute(delete(Model).where(Model.id == model.id))
-    artifact = Path(model.artifact_path).resolve()
-    storage = settings.model_dir.resolve()
-    return artifact if artifact.is_relative_to(storage) and artifact != storage else None
+    return [*_in_model_storage(model.artifact_path, settings.model_dir), cache_folder(settings, model_id=model.id)]
+
+
+def _in_model_storage(artifact_path: str, model_dir: Path | str) -> list[Path | str]:
+    """The artifact's folder or prefix when it lies inside the model storage (and is not all of it)."""
+    if storage.is_url(artifact_path) or storage.is_url(model_dir):
+        if not (storage.is_url(artifact_path) and storage.is_url(model_dir)):
+            return []  # kept in one kind of storage, the storage of the other kind: not the service's
+        prefix, root = storage.as_prefix(artifact_path), storage.as_prefix(str(model_dir))
+        return [prefix] if prefix.startswith(root) and prefix != root else []
+    artifact, folder = Path(artifact_path).resolve(), Path(model_dir).resolve()
+    return [artifact] if artifact.is_relative_to(folder) and artifact != folder else []

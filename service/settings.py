@@ -49,9 +49,14 @@ def _switch(name: str, value: str) -> bool:
     return _one_of("on", "off")(name, value) == "on"
 
 
+def _location(name: str, value: str) -> Path | str:
+    """A folder, resolved, or an object prefix (s3://bucket/prefix/, kept as given)."""
+    return value if value.startswith("s3://") else Path(value).resolve()
+
+
 def _paths(name: str, value: str) -> tuple[Path | str, ...]:
-    """Colon-separated folders, each resolved, and object prefixes (s3://bucket/prefix/, kept as given)."""
-    return tuple(p if p.startswith("s3://") else Path(p).resolve() for p in re.split(r":(?!//)", value) if p)
+    """Colon-separated folders and object prefixes, each read as _location reads one."""
+    return tuple(_location(name, p) for p in re.split(r":(?!//)", value) if p)
 
 
 def _hosts(name: str, value: str) -> tuple[str, ...]:
@@ -77,6 +82,7 @@ PATH = Codec(lambda name, value: Path(value).resolve(), str)
 SWITCH = Codec(_switch, lambda on: "on" if on else "off")
 CODECS_BY_TYPE = {str: TEXT, int: INTEGER, float: NUMBER, Path: PATH, bool: SWITCH}
 AUTH = Codec(_one_of("required", "off"), str)
+LOCATION = Codec(_location, str)
 PATHS = Codec(_paths, lambda paths: ":".join(map(str, paths)))
 HOSTS = Codec(_hosts, ",".join)
 DURATION = Codec(_duration, lambda seconds: "" if seconds is None else f"{seconds}s")
@@ -97,8 +103,12 @@ class Settings:
     database_url: str = setting("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/grocery")
     redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0")
     data_dir: Path = setting("GROCERY_DATA_DIR", Path(DEFAULT_DATA_DIR))
-    model_dir: Path = setting("GROCERY_MODEL_DIR", Path("var/models"))
-    upload_dir: Path = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"))
+    # Model artifacts: a folder every worker sees, or an object prefix (s3://bucket/models/) that each
+    # worker copies a model from once, into artifact_cache, by model id.
+    model_dir: Path | str = setting("GROCERY_MODEL_DIR", Path("var/models"), LOCATION)
+    artifact_cache: Path = setting("GROCERY_ARTIFACT_CACHE", Path("var/artifact-cache"))
+    # Uploaded files, GROCERY_UPLOAD_DIR/<job id>/: a folder every worker sees, or an object prefix.
+    upload_dir: Path | str = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"), LOCATION)
     # Finished jobs' results as files (GET /jobs/<id>/results/file), written on first request.
     export_dir: Path = setting("GROCERY_EXPORT_DIR", Path("var/exports"))
     # From the environment, default the data folder alone. The upload storage is never a root: each job

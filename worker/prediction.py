@@ -19,7 +19,8 @@ from pathlib import Path
 from celery.signals import worker_ready
 
 from grocery.results import Prediction
-from service import confinement, crud, exports, shards, tokens
+from grocery.storage import StorageError
+from service import artifacts, confinement, crud, exports, shards, tokens
 from service.confinement import ReadScope, job_scope
 from service.contract import JOB_TASKS, SHARD_TASK, send, serving_model
 from service.settings import Settings
@@ -145,17 +146,15 @@ def input_files(job, settings: Settings) -> Iterator[str]:
     source = job.params["input"]
     if "paths" in source:
         return iter(source["paths"])
+    hidden = confinement.others_uploads(settings, job_id=job.id)
     if "url" in source:
         matches = name_matcher(source.get("pattern"))
-        return storage.list_objects(source["url"], recursive=source.get("recursive", True), matches=matches)
-    folder, uploads = Path(source["folder"]), confinement.real(settings.upload_dir)
-    files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
-    if folder.is_relative_to(uploads):
-        # Its own uploads, or (a row no API would write) another job's: then nothing, not even names.
-        return files if folder.is_relative_to(confinement.upload_folder(settings, job.id)) else iter(())
-    # A root may hold the upload storage: other jobs' uploads are not listed (not even as refused rows).
+        listed = storage.list_objects(source["url"], recursive=source.get("recursive", True), matches=matches)
+        return (url for url in listed if not hidden(url))
     # The walk enters no symlinked folder, so a path's folders are as real as the job's folder.
-    return (p for p in files if not Path(p).is_relative_to(uploads))
+    folder = Path(source["folder"])
+    files = walk_files(folder, recursive=source.get("recursive", True), pattern=source.get("pattern"))
+    return (path for path in files if not hidden(Path(path)))
 
 
 def send_shard(shard_id: int, countdown: float | None = None) -> None:
@@ -470,6 +469,19 @@ def preload_serving_model(sender=None, **_) -> None:
         log.warning("could not preload the serving model", exc_info=True)
 
 
+def local_artifact(settings: Settings, model_id: str, artifact_path: str) -> Path:
+    """The model's artifact folder here: for one in a bucket, this machine's copy (what serving reads),
+    downloaded once; the runtime choice is kept in that copy, per machine as it is measured."""
+    from grocery.artifact import ArtifactError, serving_file
+
+    try:
+        return artifacts.local_folder(settings, model_id=model_id, artifact_path=artifact_path, matches=serving_file)
+    except StorageError as e:
+        if e.code != "not_found":
+            raise
+        raise ArtifactError(f"{artifact_path} is not a model artifact ({e})") from None
+
+
 @functools.lru_cache(maxsize=2)
 def cached_predictor(model_id: str, artifact_path: str):
     """Each worker process loads a model once and keeps it, by model id, for the next shards. Its
@@ -478,7 +490,8 @@ def cached_predictor(model_id: str, artifact_path: str):
 
     settings = worker_settings()
     threads = settings.worker_threads or len(os.sched_getaffinity(0))
-    predictor = Predictor.from_path(artifact_path, threads=threads, decode_threads=threads, runtime=settings.runtime)
+    folder = local_artifact(settings, model_id, artifact_path)
+    predictor = Predictor.from_path(folder, threads=threads, decode_threads=threads, runtime=settings.runtime)
     if predictor.choice is not None:
         with sessions()() as session:
             crud.record_runtime_choice(

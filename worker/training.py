@@ -1,10 +1,14 @@
 """Training jobs. Each task takes a job id; PostgreSQL says what to do and receives what was done."""
 
+import contextlib
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from service import tokens
+from grocery import storage
+from service import artifacts, tokens
 from service.confinement import PathRefused, training_files
 from service.contract import JOB_TASKS, send
 from worker.celery_app import app
@@ -15,22 +19,26 @@ log = logging.getLogger(__name__)
 
 @app.task(name=JOB_TASKS["train"].name, bind=True)
 def run_train_job(self, job_id: str) -> None:
-    from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
-    from grocery.export import prepare_for_serving
-
     started = start(self, job_id)
     if started is None:
         return
     reporter, job = started
+    files = AttemptFiles.of(worker_settings(), job_id=job_id, attempt=reporter.attempt)
+    try:
+        train(self, reporter, job, files)
+    finally:
+        files.clean_up()
+
+
+def train(task, reporter, job, files: "AttemptFiles") -> None:
+    from grocery.engine import TrainConfig, fit
+    from grocery.export import prepare_for_serving
+
     settings, params = worker_settings(), dict(job.params)
-    # Each attempt writes its own folder, so a frozen worker that wakes up after losing the job
-    # cannot overwrite the files of the attempt that took over.
-    output = Path(settings.model_dir) / job_id / f"attempt-{reporter.attempt}"
-    checkpoint = output / CHECKPOINT_NAME
     stop = StopReasons(settings.train_soft_time_limit)
 
     def on_hard_limit():
-        message = limit_message("hard", settings.train_time_limit, checkpoint)
+        message = limit_message("hard", settings.train_time_limit, files.checkpoint)
         reporter.finish("failed", error_code="time_limit", error_message=message)
 
     try:
@@ -49,49 +57,125 @@ def run_train_job(self, job_id: str) -> None:
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
                 last_confusion.update(event["confusion"])
+                files.keep_checkpoint()
                 cancelled = reporter.beat(done=event["epoch"], event=("epoch", event))
             else:
                 cancelled = reporter.beat()
             return cancelled or stop.check()
 
         # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts.
-        resume = latest_checkpoint(output.parent)
+        resume = files.latest_checkpoint()
         with hard_time_limit(settings.train_time_limit, on_hard_limit):
-            result = fit(config, output, resume=resume, callback=on_progress)
+            result = fit(config, files.output, resume=resume, callback=on_progress)
             if result.status == "completed":
                 # Exported and checked before it is registered; a failed export is recorded, not raised.
                 reporter.beat(force=True)
-                serving = prepare_for_serving(output, data_dir=config.data_dir)
+                serving = prepare_for_serving(files.output, data_dir=config.data_dir)
+                files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
-        log.exception("train job %s failed", job_id)
+        log.exception("train job %s failed", job.id)
         reporter.finish("failed", error_code=error_code(e), error_message=str(e))
         return
     if result.status == "stopped":
-        end_stopped(self, reporter, stop, result.epochs_done, checkpoint)
+        end_stopped(task, reporter, stop, result.epochs_done, files.checkpoint)
         return
     metadata = {
         "arch": config.arch,
         "label_level": config.label_level,
-        "artifact_path": str(output),
+        "artifact_path": str(files.destination),
         "metrics": result.metrics,
-        "class_names": _class_names(output),
+        "class_names": _class_names(files.output),
         "serving": serving,
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
     reporter.finish("succeeded", result=result_json, model=metadata)
 
 
+@dataclass(frozen=True)
+class AttemptFiles:
+    """Where a training attempt writes (``output``, a local folder) and where its files are kept
+    (``destination``: that same folder, or with the model storage in a bucket, its prefix there, to
+    which the checkpoint goes at each epoch, so that an attempt on another machine resumes from it,
+    and the artifact at the end)."""
+
+    output: Path
+    destination: Path | str
+
+    @classmethod
+    def of(cls, settings, *, job_id: str, attempt: int) -> "AttemptFiles":
+        destination = artifacts.attempt_location(settings, job_id=job_id, attempt=attempt)
+        if not storage.is_url(destination):
+            return cls(destination, destination)
+        return cls(artifacts.training_folder(settings, job_id=job_id, attempt=attempt), destination)
+
+    @property
+    def in_bucket(self) -> bool:
+        return storage.is_url(self.destination)
+
+    @property
+    def checkpoint(self) -> Path | str:
+        from grocery.engine import CHECKPOINT_NAME
+
+        return storage.join(self.destination, CHECKPOINT_NAME)
+
+    def keep_checkpoint(self) -> None:
+        """The epoch's checkpoint to the bucket. One that cannot go up costs a later attempt the epochs
+        since the last that did, not this attempt its run: logged, and training goes on."""
+        from grocery.engine import CHECKPOINT_NAME
+
+        if self.in_bucket:
+            try:
+                storage.upload_file(self.output / CHECKPOINT_NAME, str(self.checkpoint))
+            except storage.StorageError as e:
+                log.warning("could not keep the checkpoint in the bucket: %s", e)
+
+    def keep_artifact(self) -> None:
+        if self.in_bucket:
+            storage.upload_tree(self.output, str(self.destination))
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint of the job's attempts to resume from (a local file): in a folder, the newest;
+        in a bucket, the latest attempt's (attempts are numbered in the order they start), downloaded."""
+        from grocery.engine import CHECKPOINT_NAME
+
+        if not self.in_bucket:
+            checkpoints = sorted(
+                self.output.parent.glob(f"attempt-*/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime
+            )
+            return checkpoints[-1] if checkpoints else None
+        job_prefix = str(self.destination).rsplit("/", 1)[0]
+        urls = [
+            url
+            for url in storage.list_objects(job_prefix, matches=lambda name: name == CHECKPOINT_NAME)
+            if _attempt_of(url) is not None
+        ]
+        if not urls:
+            return None
+        local = self.output.with_name(f"{self.output.name}-resume") / CHECKPOINT_NAME
+        local.parent.mkdir(parents=True, exist_ok=True)
+        storage.download_file(max(urls, key=_attempt_of), local)
+        return local
+
+    def clean_up(self) -> None:
+        """The local files of an attempt whose files are in the bucket: kept there, or not to be kept."""
+        if self.in_bucket:
+            for folder in (self.output, self.output.with_name(f"{self.output.name}-resume")):
+                shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the job's folder, unless another attempt here still uses it
+                self.output.parent.rmdir()
+
+
+def _attempt_of(url: str) -> int | None:
+    """N, for an object of .../<job id>/attempt-N/<name>."""
+    folder = url.rsplit("/", 2)[-2]
+    number = folder.removeprefix("attempt-")
+    return int(number) if folder.startswith("attempt-") and number.isdigit() else None
+
+
 def owner_roots(job) -> list[str] | None:
     with sessions()() as session:
         owner = tokens.get_token(session, token_id=job.owner_token_id)
         return owner.roots if owner else None
-
-
-def latest_checkpoint(job_dir: Path) -> Path | None:
-    from grocery.engine import CHECKPOINT_NAME
-
-    checkpoints = sorted(job_dir.glob(f"attempt-*/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime)
-    return checkpoints[-1] if checkpoints else None
 
 
 class StopReasons:
@@ -108,11 +192,11 @@ class StopReasons:
         return self.reason is not None
 
 
-def limit_message(kind: str, seconds: float, checkpoint: Path) -> str:
+def limit_message(kind: str, seconds: float, checkpoint: Path | str) -> str:
     return f"stopped at the {kind} time limit of {seconds:.0f}s; the last epoch checkpoint is {checkpoint}"
 
 
-def end_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path) -> None:
+def end_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path | str) -> None:
     """A run that stopped early: handed back (shutdown), failed (time limit) or cancelled."""
     if stop.reason == "shutdown":
         if reporter.requeue("the worker shut down; the next attempt resumes from the last epoch checkpoint"):
