@@ -165,7 +165,11 @@ def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str, 
     bucket, local = statistics.median(rates["bucket"]), statistics.median(rates["folder"])
     print(f"median: bucket {bucket:.1f} img/s, folder {local:.1f} img/s: the bucket at {bucket / local:.2f}x")
     return {
-        "model": {"id": model_id, "given": bool(args.model), "trained_epochs": args.train_epochs or "default"},
+        "model": {
+            "id": model_id,
+            "given": bool(args.model),
+            "trained_epochs": None if args.model else args.train_epochs,
+        },
         "workers": args.workers,
         "bucket_img_per_s": [round(r, 1) for r in rates["bucket"]],
         "folder_img_per_s": [round(r, 1) for r in rates["folder"]],
