@@ -23,7 +23,7 @@ run: $(STAMP)
 	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m cli.stack
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

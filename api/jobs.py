@@ -93,6 +93,7 @@ def submit_upload(key: str | None):
     """A prediction job on uploaded images: the files are stored first, then the row, then the queue."""
     form = uploads.upload_form(request.form)
     check_shard_size(form.shard_size, files=None)  # before anything is stored
+    output_url = checked_output_url(form.output_url) if form.output_url is not None else None
     body_hash = uploads.upload_digest(request.form, request.files)
     settings = resources().settings
     with resources().sessions() as session:
@@ -110,6 +111,8 @@ def submit_upload(key: str | None):
             )
             options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
             check_shard_size(options.get("shard_size"), files=source["upload"]["files"])
+            if output_url is not None:
+                options["output"] = {"url": output_url}
             params = {"model": form.model, "input": source, **options}
             job, created = record_job(
                 session,

@@ -40,6 +40,7 @@ class UploadForm(BaseModel):
     shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
     max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
     priority: Priority = "normal"
+    output_url: Annotated[str, Field(max_length=2048)] | None = None  # as a JSON job's output.url
 
 
 def upload_form(form: MultiDict) -> UploadForm:

@@ -1,6 +1,7 @@
 """Results as Parquet: ?format=parquet, row groups, and a job's output.url written to a bucket by a
 real worker (a real S3 server, s3_endpoint), read back with pandas and compared with the JSON results."""
 
+import io
 import json
 import math
 from pathlib import Path
@@ -117,6 +118,28 @@ def test_a_bad_output_url_is_refused(stack, client, tiny_dataset, url):
     assert response.status_code == 400, response.get_json()
     error = response.get_json()["error"]
     assert error["details"] == {"field": "output.url"} and "s3://bucket/key.parquet" in error["message"]
+
+
+def test_an_upload_job_writes_its_results_to_a_bucket_too(worker, client, settings, tiny_dataset, tmp_path):
+    photos = sorted((tiny_dataset / "val").rglob("*.jpg"))[:2]
+    url = f"s3://{new_bucket()}/uploads/results.parquet"
+    files = [(io.BytesIO(p.read_bytes()), p.name) for p in photos]
+    submitted = client.post("/jobs", data={"files": files, "output_url": url}, content_type="multipart/form-data")
+    assert submitted.status_code == 202, submitted.get_json()
+    job = ended(client, submitted.get_json()["id"])
+    assert job["status"] == "succeeded" and job["result"]["output"]["rows"] == 2
+    storage.download_file(url, tmp_path / "u.parquet")
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in parquet_results(tmp_path / "u.parquet")) == sorted(
+        p.name for p in photos
+    )
+    # A bad one is refused before anything is stored.
+    stored = sorted(settings.upload_dir.rglob("*"))
+    bad = [(io.BytesIO(photos[0].read_bytes()), photos[0].name)]
+    refused = client.post(
+        "/jobs", data={"files": bad, "output_url": "s3://b/x.csv"}, content_type="multipart/form-data"
+    )
+    assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": "output.url"}
+    assert sorted(settings.upload_dir.rglob("*")) == stored
 
 
 def test_rows_are_written_in_row_groups(settings, tmp_path):
