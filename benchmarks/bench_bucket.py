@@ -29,10 +29,8 @@ from pathlib import Path
 
 import psutil
 from bench_bulk import run_job, train_through_the_service
-from harness import free_port, register_model, request, scratch_database, service_env, start_api
+from harness import free_port, register_model, request, scratch_database, service_env, start_api, start_workers
 
-from cli import ROOT
-from cli.worker import worker_command
 from grocery import storage
 
 
@@ -129,11 +127,7 @@ def measure(args, database_url: str, data_dir: Path, folder: Path, prefix: str, 
     port, processes = free_port(), []
     try:
         processes.append(start_api(env, port, workers=2))
-        for n in range(args.workers):
-            command = worker_command(f"bench{n}@%h", ["train", "predict"])
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+        processes += start_workers(env, args.workers, ["train", "predict"])
         conn = http.client.HTTPConnection("127.0.0.1", port)
         time.sleep(10)  # workers start
         model_id = request(conn, "GET", "/models/latest")[1]["id"] if args.model else None

@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -32,10 +31,8 @@ from pathlib import Path
 
 import psutil
 from bench_prediction import workshop_loop
-from harness import free_port, register_model, request, scratch_database, service_env, start_api
+from harness import free_port, register_model, request, scratch_database, service_env, start_api, start_workers
 
-from cli import ROOT
-from cli.worker import worker_command
 from grocery import index
 from grocery.predict import Predictor
 from service import crud
@@ -246,11 +243,7 @@ def system(args, database_url: str, data_dir: str, big: Path, paths) -> dict:
     port, processes = free_port(), []
     try:
         processes.append(start_api(env, port, workers=2))
-        for n in range(args.workers):
-            command = worker_command(f"bench{n}@%h", ["train", "predict"])
-            processes.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+        processes += start_workers(env, args.workers, ["train", "predict"])
         conn = http.client.HTTPConnection("127.0.0.1", port)
         time.sleep(10)  # workers start
         if args.model:

@@ -27,10 +27,8 @@ import uuid
 from pathlib import Path
 
 from bench_bulk import generated_folder
-from harness import free_port, register_model, request, scratch_database, service_env, start_api
+from harness import free_port, register_model, request, scratch_database, service_env, start_api, start_workers
 
-from cli import ROOT
-from cli.worker import worker_command
 from grocery import index
 
 
@@ -113,12 +111,6 @@ def main() -> None:
     print(json.dumps(figures))
 
 
-def start_workers(env: dict, count: int) -> list[subprocess.Popen]:
-    commands = [worker_command(f"bench{n}@%h", ["predict"]) for n in range(count)]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    return [subprocess.Popen(command, cwd=ROOT, env=env, **quiet) for command in commands]
-
-
 def stop(processes: list[subprocess.Popen]) -> None:
     for process in processes:
         process.terminate()
@@ -130,7 +122,7 @@ def measure(args, database_url: str, data_dir: str, big: Path, photos: list[byte
     env = service_env(database_url, data_dir, big.parent)
     register_model(database_url, Path(args.model))
     port = free_port()
-    api, workers = start_api(env, port, workers=2), start_workers(env, args.workers)
+    api, workers = start_api(env, port, workers=2), start_workers(env, args.workers, ["predict"])
     try:
         time.sleep(10)  # workers start and load the model
         latencies(port, photos[: 4 * args.workers])  # each worker has served once
@@ -148,7 +140,7 @@ def measure(args, database_url: str, data_dir: str, big: Path, photos: list[byte
         )
         stop(workers)
         # The same fleet without dynamic batching: each interactive job its own model call.
-        workers = start_workers({**env, "GROCERY_INTERACTIVE_BATCH_SIZE": "1"}, args.workers)
+        workers = start_workers({**env, "GROCERY_INTERACTIVE_BATCH_SIZE": "1"}, args.workers, ["predict"])
         time.sleep(10)
         latencies(port, photos[: 4 * args.workers])
         single, few = concurrent(port, photos[: args.requests * 2], args.clients)

@@ -89,6 +89,15 @@ def start_api(env: dict, port: int, workers: int) -> subprocess.Popen:
     raise TimeoutError("the API did not answer /healthz in 30 s")
 
 
+def start_workers(env: dict, count: int, job_types: list[str]) -> list[subprocess.Popen]:
+    """``count`` worker processes (bench0@host...) for ``job_types``, their output discarded."""
+    from cli.worker import worker_command
+
+    commands = [worker_command(f"bench{n}@%h", job_types) for n in range(count)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return [subprocess.Popen(command, cwd=ROOT, env=env, **quiet) for command in commands]
+
+
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     payload = json.dumps(body).encode() if body is not None else None
     conn.request(method, path, payload, {"Content-Type": "application/json"} if payload else {})
