@@ -130,13 +130,7 @@ class ReadScope:
             raise PathRefused(field, "a path cannot hold a NUL character")
         if storage.is_url(path):
             return self._url(str(path), field)
-        resolved = real(path)
-        if self._own_upload(resolved):
-            return resolved
-        if _under_uploads(resolved, self.uploads) or not _inside(resolved, self.roots):
-            shown = ":".join(map(str, self.roots)) or "none"
-            raise PathRefused(field, f"{str(path)!r} is outside the allowed input roots ({self.named}: {shown})")
-        return resolved
+        return self._checked(real(path), str(path), field)
 
     def real_prefix(self, url: str, field: str) -> str:
         """An object prefix (s3://bucket/photos, as s3://bucket/photos/), if this scope may read under it."""
@@ -151,15 +145,17 @@ class ReadScope:
             storage.ObjectURL.parse(url)
         except ValueError as e:
             raise PathRefused(field, str(e), "invalid_url") from None
-        if self._own_upload(url):
-            return url
-        if _under_uploads(url, self.uploads) or not _inside(url, self.roots):
-            shown = ":".join(map(str, self.roots)) or "none"
-            raise PathRefused(field, f"{url!r} is outside the allowed input roots ({self.named}: {shown})")
-        return url
+        return self._checked(url, url, field)
 
-    def _own_upload(self, location: Root) -> bool:
-        return self.own_upload is not None and _inside(location, (self.own_upload,))
+    def _checked(self, location: Root, given: str, field: str) -> Root:
+        """``location`` (a real path or a URL), if it is the job's own upload or inside a root and
+        outside the upload storage; else PathRefused naming ``given``, as the request spelled it."""
+        if self.own_upload is not None and _inside(location, (self.own_upload,)):
+            return location
+        if _under_uploads(location, self.uploads) or not _inside(location, self.roots):
+            shown = ":".join(map(str, self.roots)) or "none"
+            raise PathRefused(field, f"{given!r} is outside the allowed input roots ({self.named}: {shown})")
+        return location
 
     def allows(self, path: str | Path) -> bool:
         try:
