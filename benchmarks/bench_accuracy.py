@@ -7,7 +7,8 @@ the other folds, and is scored on its own; the mean and spread over folds estima
 photos. Each fold also reports top-1 with test-time flip (not what serving runs).
 
     python benchmarks/bench_accuracy.py --data-dir ../shared/grocery-store-dataset \\
-        --recipes default,fine_head --folds 5 [--only-folds 0,1]
+        --recipes default,old_default --folds 5 --fold-groups benchmarks/folds/near-duplicates-0.85.json \\
+        [--only-folds 0,1]
 
 Prints one line per fold (coarse top-1, fine top-1 where a fine head is trained, minutes,
 seconds an epoch) and per recipe the mean and standard deviation over the folds run; each
@@ -53,7 +54,9 @@ def write_near_duplicate_groups(data_dir: str, threshold: float, path: Path, thr
     """Group the pool's photos whose ImageNet features (EfficientNet-Lite0, pooled) are this similar.
 
     Random folds put shots of one pile in both training and held-out folds: the held-out
-    photo's twin was trained on, and the estimate soars far above the test split's.
+    photo's twin was trained on, and the estimate soars far above the test split's. The features
+    are bf16, whose rounding differs between CPUs, and one changed group reshuffles every later
+    class's deal: the file written here is what fixes the folds (benchmarks/folds/ keeps one).
     """
     samples = read_splits(data_dir, "train+val", "fine")
     images = decode_all([s.path for s in samples], 224, threads=threads)
@@ -143,13 +146,20 @@ def main() -> None:
     parser.add_argument(
         "--near-duplicates",
         type=float,
-        help="keep photos whose ImageNet features reach this cosine similarity in one fold (e.g. 0.8)",
+        help="keep photos whose ImageNet features reach this cosine similarity in one fold (e.g. 0.8); the groups"
+        " depend on this machine's arithmetic, so --fold-groups is how two machines score the same folds",
+    )
+    parser.add_argument(
+        "--fold-groups",
+        help="a JSON file of {photo path relative to the data dir: group}, e.g. the committed"
+        " benchmarks/folds/near-duplicates-0.85.json (written by --near-duplicates 0.85)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folds = [int(f) for f in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    args.fold_groups = None
+    if args.fold_groups is not None and args.near_duplicates is not None:
+        parser.error("--fold-groups and --near-duplicates both choose the groups: give one")
     if args.near_duplicates is not None:
         groups_file = Path(args.output) / f"groups-{args.near_duplicates}.json"
         if not groups_file.is_file():

@@ -2,12 +2,13 @@
 
 import collections
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from grocery.artifact import METADATA_NAME, load_artifact
-from grocery.engine import CHECKPOINT_NAME, fit, training_samples
+from grocery.engine import CHECKPOINT_NAME, fit, read_fold_groups, training_samples
 from grocery.folds import near_duplicate_groups, split_fold, stratified_folds
 from grocery.index import fine_to_coarse, read_splits
 from grocery.networks import FineToCoarse, create_model
@@ -60,6 +61,25 @@ def test_shared_dataset_folds_are_stratified_and_even(shared_dataset):
     for label, counts in per_class.items():
         spread = [counts[f] for f in range(5)]
         assert max(spread) - min(spread) <= 1, f"fine class {label} spread over folds as {spread}"
+
+
+def test_the_committed_near_duplicate_groups_fix_the_benchmarks_folds(shared_dataset):
+    # The groups come from bf16 features, which differ from one CPU to another: the benchmark reads them
+    # from this file so that every machine scores the same folds. It must name every photo of the pool.
+    pool = read_splits(shared_dataset, "train+val", "fine")
+    groups_file = Path(__file__).resolve().parents[1] / "benchmarks" / "folds" / "near-duplicates-0.85.json"
+    groups = read_fold_groups(str(groups_file), shared_dataset, pool)
+    fold_of = stratified_folds([s.label for s in pool], 5, seed=0, groups=groups)
+    assert stratified_folds([s.label for s in pool], 5, seed=0, groups=groups) == fold_of
+    folds_of_group, classes_of_group = collections.defaultdict(set), collections.defaultdict(set)
+    for sample, group, fold in zip(pool, groups, fold_of, strict=True):
+        folds_of_group[group].add(fold)
+        classes_of_group[group].add(sample.label)
+    assert all(len(folds) == 1 for folds in folds_of_group.values()), "a group split over two folds"
+    assert all(len(classes) == 1 for classes in classes_of_group.values()), "a group joins two classes"
+    sizes = collections.Counter(fold_of)
+    assert sorted(sizes) == [0, 1, 2, 3, 4]
+    assert min(sizes.values()) > 0.15 * len(pool) and max(sizes.values()) < 0.25 * len(pool), sizes
 
 
 def test_fold_arguments_are_checked():
