@@ -10,7 +10,7 @@ from sqlalchemy import case, func, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.contract import SHARD_TASK
+from service.contract import INTERACTIVE_TASK, JOB_TASKS, SHARD_TASK
 from service.tables import Job, JobShard, PredictionRow, Worker
 
 # A worker that has not reported for this long is not counted as live.
@@ -67,7 +67,10 @@ def list_workers(session: Session, *, include_offline: bool = False) -> list[Wor
 
 
 # The queue a job's first task waits on (service.contract.job_task), in SQL.
-JOB_QUEUE = case((Job.lane == "interactive", literal("interactive")), else_=Job.type)
+JOB_QUEUE = case(
+    (Job.lane == "interactive", literal(INTERACTIVE_TASK.queue)),
+    *((Job.type == job_type, literal(task.queue)) for job_type, task in JOB_TASKS.items()),
+)
 WAIT_WINDOW_SECONDS = 300
 
 
