@@ -100,8 +100,16 @@ def start_workers(env: dict, count: int, job_types: list[str]) -> list[subproces
 
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     payload = json.dumps(body).encode() if body is not None else None
-    conn.request(method, path, payload, {"Content-Type": "application/json"} if payload else {})
-    response = conn.getresponse()
+    headers = {"Content-Type": "application/json"} if payload else {}
+    try:
+        conn.request(method, path, payload, headers)
+        response = conn.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        # gunicorn closes a connection idle past its keepalive (75 s) while a baseline runs: the request
+        # never reached it, so it is sent again on a new connection.
+        conn.close()
+        conn.request(method, path, payload, headers)
+        response = conn.getresponse()
     return response.status, json.loads(response.read())
 
 
