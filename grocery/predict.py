@@ -66,7 +66,10 @@ class Predictor:
             runtimes.choose_cached(artifact, threads=self.threads, batch_size=batch_size) if runtime == "auto" else None
         )
         self.runtime = self.choice.runtime if self.choice else runtime
-        self._infer = runtimes.build_engine(artifact, self.runtime, threads=self.threads)
+        # Files are read and results written batch_size at a time; the engine infers at the size measured fastest.
+        self.inference_batch = self.choice.inference_batch if self.choice else batch_size
+        engine = runtimes.build_engine(artifact, self.runtime, threads=self.threads)
+        self._infer = runtimes.in_batches_of(engine, self.inference_batch)
         # A model on the GPU also decodes there (nvjpeg), so the CPU threads only read files.
         self.decode_on_gpu = self.runtime.startswith("torch") and runtimes.cuda_available()
 

@@ -191,6 +191,38 @@ def test_auto_measures_once_per_machine_and_keeps_the_choice_in_the_artifact(ser
     assert other_threads.choice.record["machine"] != record["machine"]  # a choice per machine and threads
 
 
+def test_the_chooser_times_each_variant_at_several_batch_sizes_and_serves_at_the_fastest(served_model, tiny_dataset):
+    artifact_dir, _ = served_model
+    choice = runtimes.choose(read_artifact(artifact_dir), threads=1, names=["onnx"], min_seconds=0.05)
+    for variant in choice.record["variants"].values():  # 16 check photos: batches of 4, 8 and all 16
+        by_batch = variant["images_per_s_by_batch"]
+        assert list(by_batch) == ["4", "8", "16"] and all(speed > 0 for speed in by_batch.values())
+        assert variant["images_per_s"] == max(by_batch.values()) == by_batch[str(variant["inference_batch"])]
+    assert choice.inference_batch == choice.record["variants"][choice.runtime]["inference_batch"]
+    assert runtimes.inference_batches(64) == [4, 8, 16, 64] and runtimes.inference_batches(8) == [4, 8]
+
+    predictor = Predictor.from_path(artifact_dir, threads=1)  # auto: serves at the measured batch size
+    assert predictor.inference_batch == predictor.choice.inference_batch
+    engine = runtimes.build_engine(predictor.artifact, "onnx", threads=1)
+    photos, _ = read_check_images(predictor.artifact)
+    sliced = runtimes.in_batches_of(engine, 3)(photos)  # 16 photos in slices of 3: the last holds one
+    assert sliced.shape == (16, 3) and torch.allclose(sliced, engine(photos), atol=1e-5)
+    rows = list(predictor.predict_files(sorted((tiny_dataset / "val").rglob("*.jpg"))))
+    reference = Predictor.from_path(artifact_dir, runtime=predictor.runtime, threads=1, batch_size=64)
+    expected = list(reference.predict_files(sorted((tiny_dataset / "val").rglob("*.jpg"))))
+    assert [r.class_id for r in rows] == [r.class_id for r in expected]
+
+
+def test_a_choice_recorded_before_batch_sizes_were_timed_is_measured_again(served_model):
+    artifact_dir, _ = served_model
+    old = {"runtime": "onnx", "machine": runtimes.machine_key(1), "variants": {"onnx": {"images_per_s": 1.0}}}
+    (artifact_dir / runtimes.CHOICES_NAME).write_text(json.dumps({runtimes.machine_key(1): old}))
+    predictor = Predictor.from_path(artifact_dir, threads=1)
+    assert "inference_batch" in predictor.choice.record and predictor.choice.record != old
+    stored = json.loads((artifact_dir / runtimes.CHOICES_NAME).read_text())
+    assert stored[runtimes.machine_key(1)] == predictor.choice.record
+
+
 def test_without_check_images_only_fp32_variants_serve(served_model):
     artifact_dir, _ = served_model
     (artifact_dir / CHECK_IMAGES_NAME).unlink()
