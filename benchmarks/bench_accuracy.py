@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from grocery.datasets import GroceryDataset, decode_all
 from grocery.engine import TrainConfig, evaluate, fit, training_samples
 from grocery.folds import near_duplicate_groups
-from grocery.index import read_classes, read_splits
-from grocery.networks import create_model, get_arch
+from grocery.index import fine_to_coarse, read_classes, read_splits
+from grocery.networks import FineToCoarse, create_model, get_arch
 from grocery.transforms import normalize
 
 # Named TrainConfig overrides; "default" is TrainConfig's defaults, the recipe `grocery train` runs.
@@ -40,6 +40,9 @@ RECIPES = {
     # bf16 autocast against fp32 on a short schedule: speed, and no loss of accuracy.
     "short_fp32": dict(precision="fp32", epochs=4),
     "short_bf16": dict(precision="bf16", epochs=4),
+    # Levers of issue 12, one at a time against the default.
+    "train_176": dict(train_input_size=176),
+    "decode_320": dict(train_decode_size=320),
     "mobilenet_scratch": dict(arch="mobilenet_v3_small", weights="none", freeze=0, epochs=12, learning_rate=3e-3),
 }
 
@@ -74,13 +77,21 @@ def write_near_duplicate_groups(data_dir: str, threshold: float, path: Path, thr
     return path
 
 
-def flip_top1(config: TrainConfig, model: torch.nn.Module) -> float:
-    """Top-1 of the trained model (the artifact's, coarse) on its held-out fold with test-time flip."""
-    _, held_out = training_samples(config, config.label_level)
-    loader = DataLoader(GroceryDataset.cached(held_out, config.input_size, threads=config.threads), batch_size=64)
-    pre = get_arch(config.arch).preprocessing(config.input_size)
-    num_classes = len(read_classes(config.data_dir, config.label_level))
-    return evaluate(model, loader, pre, num_classes, flip=True)["top1"]
+def held_out_scores(config: TrainConfig, model: torch.nn.Module, size: int) -> dict:
+    """The trained model (the artifact's) on its held-out fold at input ``size``: coarse top-1, with
+    test-time flip too (not what serving runs), and fine top-1 where coarse is read from a fine head."""
+    reads_fine = isinstance(model, FineToCoarse)
+    level = "fine" if reads_fine else config.label_level
+    _, held_out = training_samples(config, level)
+    loader = DataLoader(GroceryDataset.cached(held_out, size, threads=config.threads), batch_size=64)
+    network = model.fine if reads_fine else model
+    scoring = dict(
+        pre=get_arch(config.arch).preprocessing(size),
+        num_classes=len(read_classes(config.data_dir, level)),
+        fine_to_coarse=fine_to_coarse(config.data_dir) if reads_fine else None,
+    )
+    plain, flipped = evaluate(network, loader, **scoring), evaluate(network, loader, **scoring, flip=True)
+    return {"top1": plain["top1"], "flip_top1": flipped["top1"], "fine_top1": plain.get("fine_top1")}
 
 
 def run_fold(args, recipe: str, fold: int) -> dict:
@@ -108,7 +119,9 @@ def run_fold(args, recipe: str, fold: int) -> dict:
         "fold_groups": config.fold_groups,
         "top1": result.metrics["val_top1"],
         "fine_top1": result.metrics.get("val_fine_top1"),
-        "flip_top1": flip_top1(config, result.model),
+        "flip_top1": held_out_scores(config, result.model, config.input_size)["flip_top1"],
+        # The same model served at other sizes: what a larger or smaller input would buy (FixRes).
+        "by_size": {size: held_out_scores(config, result.model, size) for size in args.eval_sizes},
         "minutes": minutes,
         "epoch_seconds": statistics.mean(h["train_seconds"] for h in result.history),
     }
@@ -154,6 +167,12 @@ def main() -> None:
         help="a JSON file of {photo path relative to the data dir: group}, e.g. the committed"
         " benchmarks/folds/near-duplicates-0.85.json (written by --near-duplicates 0.85)",
     )
+    parser.add_argument(
+        "--eval-sizes",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[],
+        help="also score each fold's model at these input sizes, comma-separated (e.g. 192,256)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folds = [int(f) for f in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
@@ -181,6 +200,9 @@ def main() -> None:
                 f" in {row['minutes']:.1f} min ({row['epoch_seconds']:.0f} s an epoch)",
                 flush=True,
             )
+            for size, scores in row["by_size"].items():
+                fine = f", fine {scores['fine_top1']:.4f}" if scores["fine_top1"] is not None else ""
+                print(f"  at {size} px: {scores['top1']:.4f} (flip {scores['flip_top1']:.4f}){fine}", flush=True)
         summary = summarise(recipe, rows)
         summaries.append(summary)
         line = f"{recipe}: coarse top-1 {summary['top1']['mean']:.4f} +- {summary['top1']['std']:.4f}"

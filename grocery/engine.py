@@ -62,13 +62,14 @@ class TrainingSetup:
         self.fine_to_coarse = index.fine_to_coarse(config.data_dir) if self.head_level != config.label_level else None
         self.num_head_classes = len(index.read_classes(config.data_dir, self.head_level))
         train, val = training_samples(config, self.head_level)
-        augment = train_augmentation(self.pre)
+        augment = train_augmentation(config.train_input_size or config.input_size)
         threads = resolve_threads(config.threads)
+        decode_size = config.train_decode_size or config.input_size
         if config.decode_cache:
-            self.train_set = GroceryDataset.cached(train, config.input_size, augment, threads=threads)
+            self.train_set = GroceryDataset.cached(train, decode_size, augment, threads=threads)
             self.val_set = GroceryDataset.cached(val, config.input_size, threads=threads)
         else:
-            self.train_set = GroceryDataset(train, config.input_size, augment)
+            self.train_set = GroceryDataset(train, decode_size, augment)
             self.val_set = GroceryDataset(val, config.input_size)
         self.device = resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device)

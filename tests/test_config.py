@@ -18,6 +18,7 @@ OFFERED = {
     "val_limit",
     "data_dir",
     "input_size",
+    "train_input_size",
 }
 
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
-from grocery.engine import CHECKPOINT_NAME, TrainConfig, fit
+from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, fit
 
 
 def test_artifact_is_self_describing(tiny_model, tiny_dataset):
@@ -88,6 +88,19 @@ def test_same_seed_same_model(tiny_config, tmp_path):
 def test_fine_labels(tiny_config, tmp_path):
     fit(tiny_config(epochs=1, label_level="fine"), tmp_path)
     assert read_artifact(tmp_path).class_names == ["Red-Apple", "Pink-Apple", "Green-Pear", "Blue-Milk"]
+
+
+def test_training_crops_are_cut_and_sized_apart_from_the_served_input(tiny_config, tmp_path):
+    config = tiny_config(train_input_size=48, train_decode_size=96, epochs=1)
+    setup = TrainingSetup(config)
+    assert setup.train_set.cache.shape[2:] == (96, 96)  # what crops are cut from
+    assert setup.train_set[0][0].shape == (3, 48, 48)  # what the model trains on
+    assert setup.val_set[0][0].shape == (3, 64, 64)  # what it is validated on, as it will serve
+    fit(config, tmp_path)
+    artifact = read_artifact(tmp_path)
+    assert artifact.preprocessing.input_size == 64
+    assert artifact.metadata["training"]["train_input_size"] == 48
+    assert artifact.metadata["training"]["train_decode_size"] == 96
 
 
 def test_unknown_parameter_is_refused(tiny_dataset):
