@@ -35,14 +35,15 @@ from grocery.transforms import normalize
 # Every recipe is cross-validated on the pool of train + val (cv_config).
 RECIPES = {
     "default": {},
+    # The default until crops were cut from photos decoded larger than the input (train_decode_scale 1.43).
+    "crops_from_input_size": dict(train_decode_scale=1.0),
     # The recipe before issue 12 (12 epochs, frozen to block stage 5, a coarse head, no EMA), in bf16.
-    "old_default": dict(freeze=6, epochs=12, coarse_from_fine=False, layer_decay=1.0, ema_decay=0.0),
+    "old_default": dict(
+        freeze=6, epochs=12, coarse_from_fine=False, layer_decay=1.0, ema_decay=0.0, train_decode_scale=1.0
+    ),
     # bf16 autocast against fp32 on a short schedule: speed, and no loss of accuracy.
     "short_fp32": dict(precision="fp32", epochs=4),
     "short_bf16": dict(precision="bf16", epochs=4),
-    # Levers of issue 12, one at a time against the default.
-    "train_176": dict(train_input_size=176),
-    "decode_320": dict(train_decode_size=320),
     "mobilenet_scratch": dict(arch="mobilenet_v3_small", weights="none", freeze=0, epochs=12, learning_rate=3e-3),
 }
 

@@ -92,15 +92,11 @@ class TrainConfig:
     freeze: int = param(4, ge=0, le=20, help="backbone stages (stem first) kept frozen", service=True)
     seed: int = param(0, ge=0, le=2**32 - 1, service=True)
     input_size: int = param(224, ge=32, le=512, help="pixels of the square model input", service=True)
-    # Random crops smaller than what is served: objects in a crop look larger than in a whole photo, so
-    # training on them at a smaller size shows objects at the size serving sees them (FixRes), and costs less.
-    train_input_size: int | None = param(
-        None, ge=32, le=512, help="pixels of the training crops (default: input_size)", service=True
-    )
-    # Random crops are cut from photos decoded at this size: a crop of a quarter of a 224-px photo is
-    # 112 px blown up, of a 320-px one 160 px, closer to the detail serving sees in a whole photo.
-    train_decode_size: int | None = param(
-        None, ge=32, le=1024, help="pixels training photos are decoded to before cropping (default: input_size)"
+    # Random crops are cut from photos decoded larger than the input: a crop of a quarter of a photo
+    # decoded at 224 px is 112 px blown up to 224, of one decoded at 320 px 160 px, nearer the detail a
+    # whole photo has when served. Cross-validated: +1.9 and +1.2 points on two folds (README).
+    train_decode_scale: float = param(
+        1.43, ge=1, le=4, help="decode training photos at this multiple of input_size before cropping (1.43: 320 px)"
     )
     # Which photos train and validate. "train+val" pools index files. With folds > 1 the pool of
     # train_split is cut into class-stratified folds (fold_seed): the run trains on all but

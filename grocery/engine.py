@@ -62,9 +62,9 @@ class TrainingSetup:
         self.fine_to_coarse = index.fine_to_coarse(config.data_dir) if self.head_level != config.label_level else None
         self.num_head_classes = len(index.read_classes(config.data_dir, self.head_level))
         train, val = training_samples(config, self.head_level)
-        augment = train_augmentation(config.train_input_size or config.input_size)
+        augment = train_augmentation(config.input_size)
         threads = resolve_threads(config.threads)
-        decode_size = config.train_decode_size or config.input_size
+        decode_size = round(config.input_size * config.train_decode_scale)
         if config.decode_cache:
             self.train_set = GroceryDataset.cached(train, decode_size, augment, threads=threads)
             self.val_set = GroceryDataset.cached(val, config.input_size, threads=threads)

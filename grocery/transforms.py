@@ -44,15 +44,15 @@ def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     return (batch.to(torch.float32) - mean) / std
 
 
-def train_augmentation(crop_size: int) -> v2.Compose:
-    """Augmentation on uint8 images already resized to the input size, giving crops of ``crop_size``.
+def train_augmentation(input_size: int) -> v2.Compose:
+    """Augmentation on uint8 images already resized (to input_size or larger), giving input_size crops.
 
     Validation photos differ from training ones in framing and light more than
     in content, so crops and colour shifts are generous.
     """
     return v2.Compose(
         [
-            v2.RandomResizedCrop(crop_size, scale=(0.25, 1.0), antialias=True),
+            v2.RandomResizedCrop(input_size, scale=(0.25, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),  # no hue: it alone cost ~8 ms an image here
         ]

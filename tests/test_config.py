@@ -18,7 +18,6 @@ OFFERED = {
     "val_limit",
     "data_dir",
     "input_size",
-    "train_input_size",
 }
 
 

@@ -90,17 +90,16 @@ def test_fine_labels(tiny_config, tmp_path):
     assert read_artifact(tmp_path).class_names == ["Red-Apple", "Pink-Apple", "Green-Pear", "Blue-Milk"]
 
 
-def test_training_crops_are_cut_and_sized_apart_from_the_served_input(tiny_config, tmp_path):
-    config = tiny_config(train_input_size=48, train_decode_size=96, epochs=1)
+def test_training_crops_are_cut_from_photos_decoded_larger_than_the_input(tiny_config, tmp_path):
+    config = tiny_config(train_decode_scale=1.5, epochs=1)
     setup = TrainingSetup(config)
     assert setup.train_set.cache.shape[2:] == (96, 96)  # what crops are cut from
-    assert setup.train_set[0][0].shape == (3, 48, 48)  # what the model trains on
-    assert setup.val_set[0][0].shape == (3, 64, 64)  # what it is validated on, as it will serve
+    assert setup.train_set[0][0].shape == (3, 64, 64)  # what the model trains on
+    assert setup.val_set.cache.shape[2:] == (64, 64)  # what it is validated on, as it will serve
     fit(config, tmp_path)
     artifact = read_artifact(tmp_path)
     assert artifact.preprocessing.input_size == 64
-    assert artifact.metadata["training"]["train_input_size"] == 48
-    assert artifact.metadata["training"]["train_decode_size"] == 96
+    assert artifact.metadata["training"]["train_decode_scale"] == 1.5
 
 
 def test_unknown_parameter_is_refused(tiny_dataset):
