@@ -64,12 +64,11 @@ class TrainingSetup:
         train, val = training_samples(config, self.head_level)
         augment = train_augmentation(config.input_size)
         threads = resolve_threads(config.threads)
-        decode_size = round(config.input_size * config.train_decode_scale)
         if config.decode_cache:
-            self.train_set = GroceryDataset.cached(train, decode_size, augment, threads=threads)
+            self.train_set = GroceryDataset.cached(train, config.train_decode_size, augment, threads=threads)
             self.val_set = GroceryDataset.cached(val, config.input_size, threads=threads)
         else:
-            self.train_set = GroceryDataset(train, decode_size, augment)
+            self.train_set = GroceryDataset(train, config.train_decode_size, augment)
             self.val_set = GroceryDataset(val, config.input_size)
         self.device = resolve_device(config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device)
