@@ -424,7 +424,10 @@ def checkpoint_config(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    return torch.load(path, map_location="cpu", weights_only=True)["config"]
+    config = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    # Checkpoints from before train_decode_scale cropped from photos decoded at the input size.
+    config.setdefault("train_decode_scale", 1.0)
+    return config
 
 
 def _subset(samples: list, limit: int | None, seed: int) -> list:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
-from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, fit
+from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, checkpoint_config, fit
 
 
 def test_artifact_is_self_describing(tiny_model, tiny_dataset):
@@ -75,6 +75,17 @@ def test_resume_continues_where_it_stopped(tiny_config, tmp_path):
     whole_weights = load_file(str(tmp_path / "whole" / WEIGHTS_NAME))
     resumed_weights = load_file(str(tmp_path / "parted" / WEIGHTS_NAME))
     assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
+
+
+def test_resume_keeps_the_decode_size_a_checkpoint_was_trained_with(tiny_config, tmp_path):
+    """A checkpoint from before train_decode_scale cropped from input-size decodes, and resumes so."""
+    config = tiny_config(train_decode_scale=1.5)
+    fit(config, tmp_path, callback=lambda e: e["kind"] == "epoch" and e["epoch"] == 1)
+    assert checkpoint_config(tmp_path)["train_decode_scale"] == 1.5
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    del checkpoint["config"]["train_decode_scale"]
+    torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
+    assert checkpoint_config(tmp_path)["train_decode_scale"] == 1.0
 
 
 def test_same_seed_same_model(tiny_config, tmp_path):
