@@ -82,7 +82,9 @@ class TrainConfig:
         service_help="none | imagenet | a weights file inside the allowed roots",
     )
     label_level: str = param("coarse", choices=LABEL_LEVELS, service=True)
-    epochs: int = param(12, ge=1, le=1000, service=True)
+    # 16 epochs, not 12: ahead on each of five grouped folds (+0.6 points coarse, +1.3 fine on average,
+    # README), and still inside the 30-minute budget on 2 cores.
+    epochs: int = param(16, ge=1, le=1000, service=True)
     batch_size: int = param(32, ge=1, le=1024, service=True)
     learning_rate: float = param(1e-3, gt=0, lt=1, service=True)
     weight_decay: float = param(1e-5, cli=False)
