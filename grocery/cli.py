@@ -108,16 +108,11 @@ def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
-    from grocery.engine import TrainConfig, checkpoint_config, fit
+    from grocery.engine import fit, resumed_config
 
-    resume = None
-    if args.resume is not None:
-        resume = Path(args.resume or args.output)
-        settings = checkpoint_config(resume)
-    else:
-        settings = {}
+    resume = Path(args.resume or args.output) if args.resume is not None else None
     given = {name: getattr(args, name) for name in TRAIN_PARAMS if getattr(args, name, None) is not None}
-    config = TrainConfig.from_dict({**settings, **given})
+    config = resumed_config(resume, given)
     progress = TrainingProgress()
     result = fit(config, args.output, resume=resume, callback=progress)
     progress.close()

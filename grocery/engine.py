@@ -430,6 +430,14 @@ def checkpoint_config(path: str | Path) -> dict:
     return config
 
 
+def resumed_config(checkpoint: str | Path | None, given: dict) -> TrainConfig:
+    """The config of a run continuing from ``checkpoint`` (None: a fresh run): the settings the
+    checkpoint was trained with, ``given`` on top. A default changed between two attempts (an
+    upgrade) then cannot switch a run's schedule or augmentation partway."""
+    recorded = checkpoint_config(checkpoint) if checkpoint is not None else {}
+    return TrainConfig.from_dict({**recorded, **given})
+
+
 def _subset(samples: list, limit: int | None, seed: int) -> list:
     if limit is None or limit >= len(samples):
         return samples

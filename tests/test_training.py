@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
-from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, checkpoint_config, fit
+from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, checkpoint_config, fit, resumed_config
 
 
 def test_artifact_is_self_describing(tiny_model, tiny_dataset):
@@ -86,6 +86,19 @@ def test_resume_keeps_the_decode_size_a_checkpoint_was_trained_with(tiny_config,
     del checkpoint["config"]["train_decode_scale"]
     torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
     assert checkpoint_config(tmp_path)["train_decode_scale"] == 1.0
+
+
+def test_a_resumed_run_keeps_its_checkpoints_settings_over_the_defaults(tiny_config, tmp_path):
+    """A worker resumes a job whose params name only what the user gave: the rest comes from the
+    checkpoint, not from defaults that an upgrade between the attempts may have changed."""
+    config = tiny_config(epochs=3, train_decode_scale=1.5)
+    fit(config, tmp_path, callback=lambda e: e["kind"] == "epoch" and e["epoch"] == 1)
+    assert TrainConfig(data_dir="d").epochs != 3 and TrainConfig(data_dir="d").train_decode_scale != 1.5
+    resumed = resumed_config(tmp_path, {"data_dir": "/elsewhere"})
+    assert (resumed.epochs, resumed.train_decode_scale, resumed.arch) == (3, 1.5, "mobilenet_v3_small")
+    assert resumed.data_dir == "/elsewhere"  # this machine's copy of the dataset
+    assert resumed_config(tmp_path, {"epochs": 4}).epochs == 4  # what is given still wins
+    assert resumed_config(None, {"data_dir": "d"}) == TrainConfig(data_dir="d")
 
 
 def test_same_seed_same_model(tiny_config, tmp_path):

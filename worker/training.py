@@ -31,7 +31,7 @@ def run_train_job(self, job_id: str) -> None:
 
 
 def train(task, reporter, job, files: "AttemptFiles") -> None:
-    from grocery.engine import TrainConfig, fit
+    from grocery.engine import fit, resumed_config
     from grocery.export import prepare_for_serving
 
     settings, params = worker_settings(), dict(job.params)
@@ -49,7 +49,10 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
         reporter.finish("failed", error_code=e.code, error_message=str(e))
         return
     try:
-        config = TrainConfig.from_dict({"data_dir": str(settings.data_dir), **params})
+        # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts,
+        # with the settings it was trained with: the job's params name only what the user gave.
+        resume = files.latest_checkpoint()
+        config = resumed_config(resume, {"data_dir": str(settings.data_dir), **params})
         reporter.beat(done=0, total=config.epochs, force=True)
 
         last_confusion = {}
@@ -63,8 +66,6 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
                 cancelled = reporter.beat()
             return cancelled or stop.check()
 
-        # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts.
-        resume = files.latest_checkpoint()
         with hard_time_limit(settings.train_time_limit, on_hard_limit):
             result = fit(config, files.output, resume=resume, callback=on_progress)
             if result.status == "completed":
