@@ -59,7 +59,7 @@ def check_quota(session: Session, *, files: int) -> None:
             413, "too_many_files", f"{files} files: at most {files_limit} in flight (GROCERY_TOKEN_MAX_ACTIVE_FILES)"
         )
     owner = auth.owner_id()
-    crud.hold_owner(session, owner=owner)
+    crud.lock_owner(session, owner=owner)
     jobs, in_flight = crud.active_work(session, owner=owner)
     retry = {"Retry-After": str(QUOTA_RETRY_SECONDS)}
     if jobs + 1 > jobs_limit:

@@ -13,10 +13,13 @@ from api import auth, uploads
 from api.deps import check_quota, existing_job, int_arg, iso, json_body
 from api.errors import APIError
 from api.resources import resources
-from api.schemas import JobRequest, PredictJobRequest
+from api.schemas import JobRequest
 from grocery import storage
 from service import confinement, contract, crud, lifecycle, shards
-from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES, Job
+from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
+from service.specs import PredictInput, PredictJobRequest, PredictSpec, TrainJobRequest, TrainParams
+from service.states import FINISHED_STATUSES, Lane, Priority, Status
+from service.tables import Job
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
@@ -70,22 +73,24 @@ def submit_job():
     if request.mimetype == "multipart/form-data":
         return submit_upload(key)
     body = json_body()
-    spec = job_request.validate_python(body)
+    asked = job_request.validate_python(body)
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(existing, body_hash)
-        model_id = _resolve_model_id(session, spec.model) if isinstance(spec, PredictJobRequest) else None
-        priority = spec.priority if isinstance(spec, PredictJobRequest) else "normal"
-        job, created = record_job(
-            session,
-            job_type=spec.type,
-            params=_checked_params(spec),
+        model_id = _resolve_model_id(session, asked.model) if asked.model is not None else None
+        spec = checked_spec(asked)
+        new = NewJob(
+            kind=KINDS[asked.type],
+            params=spec.stored(),
+            owner_token_id=auth.owner_id(),
             model_id=model_id,
-            key=key,
-            body_hash=body_hash,
-            priority=priority,
+            idempotency_key=key,
+            request_hash=body_hash,
+            lane=lane_of(KINDS[asked.type], spec.files_named),
+            priority=asked.priority,
         )
+        job, created = record_job(session, new, files=spec.files_named)
         return accepted(job) if created else replay(job, body_hash)
 
 
@@ -109,21 +114,22 @@ def submit_upload(key: str | None):
                 max_files=min(settings.max_upload_files, settings.max_job_files),
                 max_bytes=settings.max_job_bytes,
             )
-            options = form.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
-            check_shard_size(options.get("shard_size"), files=source["upload"]["files"])
-            if output_url is not None:
-                options["output"] = {"url": output_url}
-            params = {"model": form.model, "input": source, **options}
-            job, created = record_job(
-                session,
-                job_type="predict",
-                params=params,
+            check_shard_size(form.shard_size, files=source["upload"]["files"])
+            output = {"url": output_url} if output_url is not None else None
+            options = form.model_dump(include={"model", "shard_size", "max_failed_fraction"})
+            spec = PredictSpec.model_validate({**options, "input": source, "output": output})
+            new = NewJob(
+                kind=PREDICT,
+                params=spec.stored(),
+                owner_token_id=auth.owner_id(),
                 model_id=model_id,
-                key=key,
-                body_hash=body_hash,
-                job_id=job_id,
+                id=job_id,
+                idempotency_key=key,
+                request_hash=body_hash,
+                lane=lane_of(PREDICT, spec.files_named),
                 priority=form.priority,
             )
+            job, created = record_job(session, new, files=spec.files_named)
         except BaseException:
             lifecycle.remove_files([job_uploads])
             raise
@@ -133,54 +139,26 @@ def submit_upload(key: str | None):
         return accepted(job)
 
 
-def record_job(
-    session,
-    *,
-    job_type: str,
-    params: dict,
-    model_id,
-    key: str | None,
-    body_hash: str,
-    job_id=None,
-    priority: str = "normal",
-) -> tuple[Job, bool]:
-    """Submit the job (quota, row, commit, queue). Returns (job, False) when a concurrent request with
-    the same Idempotency-Key committed first."""
-    files = _files_named(params)
-    check_priority(priority)
+def record_job(session, new: NewJob, *, files: int) -> tuple[Job, bool]:
+    """Submit the job (priority, quota, row, commit, queue). Returns (job, False) when a concurrent
+    request with the same Idempotency-Key committed first."""
+    check_priority(new.priority)
     check_quota(session, files=files)
-    job = contract.submit(
-        session,
-        resources().celery,
-        job_type=job_type,
-        params=params,
-        owner_token_id=auth.owner_id(),
-        model_id=model_id,
-        job_id=job_id,
-        idempotency_key=key,
-        request_hash=body_hash,
-        lane=lane_of(job_type, files),
-        priority=priority,
-    )
+    job = contract.submit(session, resources().celery, new)
     if job is None:
-        return crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id()), False
+        return crud.get_job_by_idempotency_key(session, key=new.idempotency_key, owner=new.owner_token_id), False
     return job, True
 
 
-def lane_of(job_type: str, files: int) -> str:
-    """Prediction jobs of a few files named up front (a manifest, uploads) are interactive work."""
+def lane_of(kind: JobKind, files: int) -> Lane:
+    """Sharded jobs of a few files named up front (a manifest, uploads) are interactive work."""
     small = 0 < files <= resources().settings.interactive_max_files
-    return "interactive" if job_type == "predict" and small else "bulk"
+    return Lane.INTERACTIVE if kind.shard is not None and small else Lane.BULK
 
 
-def check_priority(priority: str) -> None:
-    if priority == "high" and not auth.sees_every_job():
+def check_priority(priority: Priority) -> None:
+    if priority == Priority.HIGH and not auth.sees_every_job():
         raise APIError(403, "forbidden", "priority 'high' is for tokens with the 'ops' scope", {"field": "priority"})
-
-
-def _files_named(params: dict) -> int:
-    source = params.get("input", {})
-    return len(source["paths"]) if "paths" in source else source.get("upload", {}).get("files", 0)
 
 
 def accepted(job: Job):
@@ -194,35 +172,38 @@ def replay(existing: Job, body_hash: str):
     return jsonify(job_json(existing)), 200, {"Location": f"/jobs/{existing.id}"}
 
 
-def _checked_params(spec) -> dict:
-    """The job's params with every path resolved and confined to this token's roots."""
+def checked_spec(asked: TrainJobRequest | PredictJobRequest) -> TrainParams | PredictSpec:
+    """The job's spec with every path resolved and confined to this token's roots."""
     settings = resources().settings
     try:
-        if spec.type == "train":
-            return confinement.training_files(spec.params.model_dump(exclude_none=True), settings, auth.token_roots())
-        scope = confinement.request_scope(settings, auth.token_roots())
-        source = spec.input.model_dump(exclude_none=True)
-        if "folder" in source:
-            folder = scope.real_path(source["folder"], "input.folder")
-            if not folder.is_dir():
-                raise confinement.PathRefused(
-                    "input.folder", f"{source['folder']!r} is not a directory", "path_not_found"
-                )
-            source["folder"] = str(folder)
-        elif "url" in source:
-            source["url"] = checked_prefix(scope.real_prefix(source["url"], "input.url"))
-        else:
-            limit = settings.max_job_files
-            if len(source["paths"]) > limit:
-                raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
-            source["paths"] = [str(scope.real_path(p, "input.paths")) for p in source["paths"]]
+        if isinstance(asked, TrainJobRequest):
+            return confinement.training_files(asked.params, settings, auth.token_roots())
+        source = checked_source(asked.input, confinement.request_scope(settings, auth.token_roots()))
     except confinement.PathRefused as e:
         raise APIError(400, e.code, str(e), {"field": e.field}) from None
-    options = spec.model_dump(include={"shard_size", "max_failed_fraction"}, exclude_none=True)
-    check_shard_size(options.get("shard_size"), files=len(source["paths"]) if "paths" in source else None)
+    check_shard_size(asked.shard_size, files=len(source["paths"]) if "paths" in source else None)
+    spec = asked.spec(source)
     if spec.output is not None:
-        options["output"] = {"url": checked_output_url(spec.output.url)}
-    return {"model": spec.model, "input": source, **options}
+        spec.output.url = checked_output_url(spec.output.url)
+    return spec
+
+
+def checked_source(asked: PredictInput, scope: confinement.ReadScope) -> dict:
+    """A prediction job's input, confined: real paths, an object prefix that holds something."""
+    source = asked.model_dump(exclude_none=True)
+    if asked.folder is not None:
+        folder = scope.real_path(asked.folder, "input.folder")
+        if not folder.is_dir():
+            raise confinement.PathRefused("input.folder", f"{asked.folder!r} is not a directory", "path_not_found")
+        source["folder"] = str(folder)
+    elif asked.url is not None:
+        source["url"] = checked_prefix(scope.real_prefix(asked.url, "input.url"))
+    else:
+        limit = resources().settings.max_job_files
+        if len(asked.paths) > limit:
+            raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
+        source["paths"] = [str(scope.real_path(p, "input.paths")) for p in asked.paths]
+    return source
 
 
 def checked_output_url(url: str) -> str:
@@ -287,9 +268,9 @@ def get_job(job_id: str):
     with resources().sessions() as session:
         job = existing_job(session, job_id)
         payload = job_json(job)
-        if job.type == "predict" and job.status == "running":
+        if KINDS[job.type].shard is not None and job.status == Status.RUNNING:
             payload["summary"] = shards.job_summary(session, job=job)
-        elif job.type == "predict" and job.result and "labels" in job.result:
+        elif KINDS[job.type].shard is not None and job.result and "labels" in job.result:
             # An ended job's summary was taken when it ended: no need to count again at every poll.
             payload["summary"] = {k: v for k, v in job.result.items() if k not in ("results", "output")}
         return jsonify(payload)
@@ -300,8 +281,9 @@ def list_jobs():
     job_type, status = request.args.get("type"), request.args.get("status")
     if job_type and job_type not in JOB_TYPES:
         raise APIError(400, "invalid_parameter", f"type must be one of {list(JOB_TYPES)}")
-    if status and status not in JOB_STATUSES:
-        raise APIError(400, "invalid_parameter", f"status must be one of {list(JOB_STATUSES)}")
+    statuses = [str(s) for s in Status]
+    if status and status not in statuses:
+        raise APIError(400, "invalid_parameter", f"status must be one of {statuses}")
     limit = int_arg("limit", default=50, low=1, high=500)
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
     with resources().sessions() as session:
@@ -340,7 +322,7 @@ def cancel_job(job_id: str):
         session.refresh(job)
         if outcome is None:
             raise APIError(409, "job_finished", f"job {job_id} already ended {job.status}")
-        return jsonify(job_json(job)), 202 if outcome == "running" else 200
+        return jsonify(job_json(job)), 202 if outcome == Status.RUNNING else 200
 
 
 @blueprint.delete("/jobs/<job_id>")

@@ -13,8 +13,9 @@ from api.resources import resources
 from grocery import storage
 from service import ops
 from service.broker import queue_depths
-from service.contract import QUEUES
-from service.tables import JOB_STATUSES, JOB_TYPES, JobShard, Worker
+from service.kinds import JOB_TYPES, QUEUES
+from service.states import Status
+from service.tables import JobShard, Worker
 
 blueprint = Blueprint("ops", __name__)
 
@@ -93,7 +94,7 @@ def job_metrics(session):
     jobs = GaugeMetricFamily("grocery_jobs", "Jobs by type and status", labels=["type", "status"])
     counts = {(t, s): n for t, s, n in ops.job_counts(session)}
     for job_type in JOB_TYPES:
-        for status in JOB_STATUSES:
+        for status in Status:
             jobs.add_metric([job_type, status], counts.get((job_type, status), 0))
     yield jobs
     durations = HistogramMetricFamily(

@@ -16,7 +16,9 @@ from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 from service import crud, exports, tokens
 from service.confinement import PathRefused, job_scope
 from service.contract import ROW_COUNT_HEADER
-from service.tables import FINISHED_STATUSES, JobShard, PredictionRow
+from service.specs import PredictSpec
+from service.states import FINISHED_STATUSES
+from service.tables import JobShard, PredictionRow
 
 blueprint = Blueprint("results", __name__)
 FORMATS = ("json", "csv", "jsonl", "parquet")
@@ -203,7 +205,7 @@ def result_image(job_id: str):
         scope = job_scope(
             resources().settings,
             job_id=job.id,
-            source=job.params.get("input", {}),
+            source=PredictSpec.input_of(job.params),
             token_roots=owner.roots if owner else None,
         )
     if row is None:

@@ -14,8 +14,8 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.utils import secure_filename
 
 from api.errors import APIError
-from api.schemas import Priority
 from grocery import storage
+from service.specs import PriorityName
 
 # Not photos: macOS resource forks and Finder metadata that zip tools add.
 IGNORED_PARTS = ("__MACOSX",)
@@ -39,7 +39,7 @@ class UploadForm(BaseModel):
     model: str = "latest"
     shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = None
     max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
-    priority: Priority = "normal"
+    priority: PriorityName = "normal"
     output_url: Annotated[str, Field(max_length=2048)] | None = None  # as a JSON job's output.url
 
 

@@ -20,9 +20,10 @@ from api.resources import resources
 from api.uploads import storage_error
 from grocery import storage
 from service import contract, crud
-from service.broker import await_job_end
-from service.lifecycle import PREDICT_SOURCE
-from service.tables import FINISHED_STATUSES
+from service.broker import await_job_finished
+from service.kinds import PREDICT, NewJob
+from service.specs import PREDICT_SOURCE, PredictSpec, StoredInput
+from service.states import FINISHED_STATUSES, Lane
 
 blueprint = Blueprint("workshop", __name__)
 PREDICT_TIMEOUT_SECONDS = 30.0
@@ -153,16 +154,16 @@ def predict():
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             upload.save(path)
-        job = contract.submit(
-            session,
-            resources().celery,
-            job_type="predict",
-            params={"model": str(model.id), "input": {"paths": [str(path)]}, "source": PREDICT_SOURCE},
+        spec = PredictSpec(model=str(model.id), input=StoredInput(paths=[str(path)]), source=PREDICT_SOURCE)
+        new = NewJob(
+            kind=PREDICT,
+            params=spec.stored(),
             owner_token_id=auth.owner_id(),
             model_id=model.id,
-            job_id=job_id,
-            lane="interactive",
+            id=job_id,
+            lane=Lane.INTERACTIVE,
         )
+        job = contract.submit(session, resources().celery, new)
     return _await_prediction(job.id, model.id)
 
 
@@ -180,7 +181,7 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
         if left <= 0:
             break
         try:
-            await_job_end(resources().celery, job_id, timeout=max(0.01, min(left, RECHECK_SECONDS)))
+            await_job_finished(resources().celery, job_id, timeout=max(0.01, min(left, RECHECK_SECONDS)))
         except Exception:  # the broker is down: the worker may still end the job
             time.sleep(min(left, BROKER_DOWN_RECHECK_SECONDS))
     if job.status not in FINISHED_STATUSES:

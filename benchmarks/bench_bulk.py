@@ -37,6 +37,7 @@ from grocery import index
 from grocery.predict import Predictor
 from service import crud
 from service.db import make_engine, make_session_factory
+from service.kinds import PREDICT, NewJob
 
 
 def plain_onnx_pipeline(model: Path, paths: list[str], processes: int) -> float:
@@ -180,7 +181,7 @@ def write_rate(database_url: str, rows: int, batch: int) -> float:
     """Result rows per second through crud.add_predictions, in the workers' batch size."""
     sessions = make_session_factory(make_engine(database_url))
     with sessions() as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        job = crud.create_job(session, new=NewJob(kind=PREDICT, params={}, owner_token_id=None))
         session.commit()
         top5 = [{"label": f"Class{k}", "class_id": k, "confidence": 0.1} for k in range(5)]
         data = [

@@ -19,12 +19,13 @@ from harness import free_port, scratch_database, start_api
 
 from service import crud
 from service.db import make_engine, make_session_factory
+from service.kinds import PREDICT, NewJob
 
 
 def finished_job(database_url: str, rows: int) -> str:
     top5 = [{"label": f"Class{k}", "class_id": k, "confidence": 0.1} for k in range(5)]
     with make_session_factory(make_engine(database_url))() as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        job = crud.create_job(session, new=NewJob(kind=PREDICT, params={}, owner_token_id=None))
         for start in range(0, rows, 10_000):
             batch = [
                 {

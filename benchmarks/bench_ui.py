@@ -29,6 +29,7 @@ from PIL import Image, ImageOps
 from api.thumbnails import thumbnail_jpeg
 from service import crud
 from service.db import make_engine, make_session_factory
+from service.kinds import TRAIN, NewJob
 
 PREVIEW_PX = 160
 JSON = {"Content-Type": "application/json"}
@@ -100,7 +101,7 @@ def previews(data_dir: Path, scratch: Path, phones: int) -> None:
 def seed_jobs(database_url: str, count: int) -> None:
     with make_session_factory(make_engine(database_url))() as session:
         for i in range(count):
-            crud.create_job(session, job_type="train", params={"epochs": i + 1}, progress_unit="epochs")
+            crud.create_job(session, new=NewJob(kind=TRAIN, params={"epochs": i + 1}, owner_token_id=None))
         session.commit()
 
 

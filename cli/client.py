@@ -21,10 +21,11 @@ from pathlib import Path
 
 from grocery.config import SERVICE_PARAMS
 from service.contract import ROW_COUNT_HEADER
-from service.tables import FINISHED_STATUSES, JOB_TYPES
+from service.kinds import JOB_TYPES, KINDS, PREDICT, TRAIN
+from service.states import FINISHED_STATUSES, Status
 
 # How a watched job ended (each of FINISHED_STATUSES), as the exit code.
-EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
+EXIT = {Status.SUCCEEDED: 0, Status.FAILED: 1, Status.CANCELLED: 3}
 
 
 class APIError(Exception):
@@ -98,12 +99,12 @@ def watch(client: Client, job_id: str, poll: float = 1.0) -> int:
 
 
 def submit(client: Client, args) -> int:
-    if args.kind == "train":
+    if args.kind == TRAIN.name:
         params = {p.name: getattr(args, p.name) for p in SERVICE_PARAMS if getattr(args, p.name) is not None}
-        job = client.call("POST", "/jobs", {"type": "train", "params": params})
+        job = client.call("POST", "/jobs", {"type": TRAIN.name, "params": params})
     elif args.folder or args.url:
         source = {"folder": args.folder} if args.folder else {"url": args.url}
-        job = client.call("POST", "/jobs", {"type": "predict", "model": args.model, "input": source})
+        job = client.call("POST", "/jobs", {"type": PREDICT.name, "model": args.model, "input": source})
     elif args.files:
         job = client.upload("/jobs", {"model": args.model}, [Path(f) for f in args.files])
     else:
@@ -197,11 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True
     )
     submitting = jobs.add_parser("submit", help="submit a job").add_subparsers(dest="kind", required=True)
-    train = submitting.add_parser("train", help="a training job (unset options: the default recipe)")
+    train = submitting.add_parser(TRAIN.name, help=KINDS[TRAIN.name].help)
     # Every parameter the service offers; it checks bounds and choices, and says what it refused.
     for p in SERVICE_PARAMS:
         train.add_argument(p.flag, dest=p.name, type=p.kind, help=p.service_help or p.help)
-    predict = submitting.add_parser("predict", help="classify a folder on the server, or upload files (or a .zip)")
+    predict = submitting.add_parser(PREDICT.name, help=PREDICT.help)
     predict.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
     predict.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
     predict.add_argument("--url", help="an object prefix the server may read, s3://bucket/prefix/")

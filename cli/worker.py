@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from cli import ROOT
-from service.contract import JOB_TASKS, worker_queues
+from service.kinds import JOB_TYPES, worker_queues
 
 # Seconds before restarting a child that died, growing while it keeps dying.
 RESTART_DELAYS = (1, 2, 5, 10, 30)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", default="auto", help="GPU indices (0,1), 'all', 'cpu', or 'auto' (default)")
     parser.add_argument(
         "--queues",
-        default=",".join(JOB_TASKS),
+        default=",".join(JOB_TYPES),
         help="job types to take work of: train and/or predict (default: both; predict includes the interactive lane)",
     )
     parser.add_argument(
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    unknown = set(queues) - set(JOB_TASKS)
+    unknown = set(queues) - set(JOB_TYPES)
     if unknown or not queues:
         parser.error(f"--queues takes train and/or predict, not {sorted(unknown) or args.queues!r}")
     if args.processes < 1:

@@ -26,14 +26,14 @@ JOB_END_KEY = "grocery:job-ended:{job_id}"
 JOB_END_KEPT_SECONDS = 120
 
 
-def announce_job_end(app: Celery, job_id: uuid.UUID, status: str) -> None:
+def announce_job_finished(app: Celery, job_id: uuid.UUID, status: str) -> None:
     key = JOB_END_KEY.format(job_id=job_id)
     with app.connection_for_write() as connection:
         client = connection.default_channel.client
         client.pipeline().lpush(key, status).expire(key, JOB_END_KEPT_SECONDS).execute()
 
 
-def await_job_end(app: Celery, job_id: uuid.UUID, timeout: float) -> str | None:
+def await_job_finished(app: Celery, job_id: uuid.UUID, timeout: float) -> str | None:
     """The status the job ended with, once its worker says so; None if it did not within ``timeout``."""
     with app.connection_for_read() as connection:
         reply = connection.default_channel.client.blpop([JOB_END_KEY.format(job_id=job_id)], timeout=timeout)

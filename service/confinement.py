@@ -20,6 +20,7 @@ from pathlib import Path
 from grocery import storage
 from grocery.config import WEIGHTS_NAMES
 from service.settings import Settings
+from service.specs import StoredInput, TrainParams
 
 # Training jobs: the index files a run reads beside the class table (the API exposes no other split).
 TRAINING_INDEXES = ("train.txt", "val.txt")
@@ -171,12 +172,12 @@ def request_scope(settings: Settings, token_roots: Iterable[str] | None) -> Read
     return ReadScope(roots_for(settings, token_roots), upload_storage(settings), named=named)
 
 
-def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: dict, token_roots) -> ReadScope:
+def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: StoredInput | None, token_roots) -> ReadScope:
     """What a prediction job's workers and previews may read: a folder job its folder (if still
     inside its token's roots), a manifest job its token's roots; every job its own upload folder."""
     own, uploads = upload_folder(settings, job_id), upload_storage(settings)
-    if "url" in source or "folder" in source:
-        start = storage.as_prefix(source["url"]) if "url" in source else real(source["folder"])
+    if source is not None and (source.url is not None or source.folder is not None):
+        start = storage.as_prefix(source.url) if source.url is not None else real(source.folder)
         allowed = _inside(start, (own,)) or (
             not _under_uploads(start, uploads) and _inside(start, roots_for(settings, token_roots))
         )
@@ -184,26 +185,26 @@ def job_scope(settings: Settings, *, job_id: uuid.UUID | str, source: dict, toke
     return ReadScope(roots_for(settings, token_roots), uploads, own)
 
 
-def training_files(params: dict, settings: Settings, token_roots) -> dict:
+def training_files(spec: TrainParams, settings: Settings, token_roots) -> TrainParams:
     """A training job's file parameters, confined: ``data_dir`` and ``weights`` (a file) resolved
     inside the roots, and every line of the dataset's index files and class table inside them too.
-    Returns the params with real paths; raises PathRefused naming the field. The service's own
+    Returns the spec with real paths; raises PathRefused naming the field. The service's own
     dataset (GROCERY_DATA_DIR, used when no data_dir is given) is always allowed."""
     scope = request_scope(settings, token_roots)
     default_data = real(settings.data_dir)
-    checked = dict(params)
+    checked = {}
     for name in ("data_dir", "weights"):
-        if storage.is_url(params.get(name) or ""):
+        if storage.is_url(getattr(spec, name) or ""):
             message = "training reads its files from the worker's disk; object URLs are prediction inputs"
             raise PathRefused(f"params.{name}", message, "unsupported_url")
-    if "data_dir" in params:
-        data_dir = scope.real_path(params["data_dir"], "params.data_dir")
+    if spec.data_dir is not None:
+        data_dir = scope.real_path(spec.data_dir, "params.data_dir")
         if not data_dir.is_dir():
-            raise PathRefused("params.data_dir", f"{params['data_dir']!r} is not a directory", "path_not_found")
+            raise PathRefused("params.data_dir", f"{spec.data_dir!r} is not a directory", "path_not_found")
         checked["data_dir"] = str(data_dir)
     else:
         data_dir = default_data
-    weights = params.get("weights")
+    weights = spec.weights
     if weights is not None and weights not in WEIGHTS_NAMES:
         resolved = scope.real_path(weights, "params.weights")
         if not resolved.is_file():
@@ -216,7 +217,7 @@ def training_files(params: dict, settings: Settings, token_roots) -> dict:
             _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: {name}:{line_no}")
     for line_no, relative in _class_table_paths(data_dir / "classes.csv"):
         _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: classes.csv:{line_no}")
-    return checked
+    return spec.model_copy(update=checked)
 
 
 def _dataset_member(data_dir: Path, relative: str, scope: ReadScope, field: str) -> None:

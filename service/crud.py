@@ -8,38 +8,28 @@ from sqlalchemy import ARRAY, BigInteger, Select, Text, and_, case, func, litera
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, defer, with_expression
 
-from service.tables import FINISHED_STATUSES, LIVE_STATUSES, Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
+from service import attempts
+from service.kinds import NewJob
+from service.states import LIVE_STATUSES, Lane, Status
+from service.tables import Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
 
 
-def create_job(
-    session: Session,
-    *,
-    job_type: str,
-    params: dict,
-    progress_unit: str,
-    model_id: uuid.UUID | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    job_id: uuid.UUID | None = None,
-    owner_token_id: uuid.UUID | None = None,
-    lane: str = "bulk",
-    priority: str = "normal",
-) -> Job:
+def create_job(session: Session, *, new: NewJob) -> Job:
     job = Job(
-        id=job_id or uuid.uuid4(),
-        owner_token_id=owner_token_id,
-        type=job_type,
-        params=params,
-        progress_unit=progress_unit,
-        model_id=model_id,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-        lane=lane,
-        priority=priority,
+        id=new.id,
+        owner_token_id=new.owner_token_id,
+        type=new.kind.name,
+        params=new.params,
+        progress_unit=new.kind.progress_unit,
+        model_id=new.model_id,
+        idempotency_key=new.idempotency_key,
+        request_hash=new.request_hash,
+        lane=new.lane,
+        priority=new.priority,
     )
     session.add(job)
     session.flush()
-    add_event(session, job_id=job.id, kind="state", data={"status": "queued"})
+    add_event(session, job_id=job.id, kind="state", data={"status": Status.QUEUED})
     return job
 
 
@@ -53,7 +43,7 @@ def get_job_by_idempotency_key(session: Session, *, key: str, owner: uuid.UUID |
     return session.scalar(select(Job).where(Job.idempotency_key == key, same_owner))
 
 
-def hold_owner(session: Session, *, owner: uuid.UUID | None) -> None:
+def lock_owner(session: Session, *, owner: uuid.UUID | None) -> None:
     """Serialise one owner's submissions until the transaction ends, so that two at once cannot
     both pass its quota."""
     session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"quota:{owner}"))))
@@ -134,13 +124,13 @@ def list_events(session: Session, *, job_id: uuid.UUID, limit: int = 1000, after
 
 def interactive_jobs_waiting(session: Session) -> bool:
     """Whether an interactive job is queued: a busy worker asks between two batches of bulk work."""
-    waiting = select(Job.id).where(Job.lane == "interactive", Job.status == "queued", ~Job.cancel_requested)
+    waiting = select(Job.id).where(Job.lane == Lane.INTERACTIVE, Job.status == Status.QUEUED, ~Job.cancel_requested)
     return bool(session.scalar(select(waiting.exists())))
 
 
 def waiting_interactive_jobs(session: Session, *, limit: int) -> list[uuid.UUID]:
     """The oldest queued interactive jobs (claimed by the caller, conditionally, one by one)."""
-    query = select(Job.id).where(Job.lane == "interactive", Job.status == "queued", ~Job.cancel_requested)
+    query = select(Job.id).where(Job.lane == Lane.INTERACTIVE, Job.status == Status.QUEUED, ~Job.cancel_requested)
     return list(session.scalars(query.order_by(Job.created_at).limit(limit)))
 
 
@@ -148,59 +138,23 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) 
     """queued -> running in one conditional UPDATE; returns the attempt number, or None if not claimable."""
     attempt = session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            attempts=Job.attempts + 1,
-            worker=worker,
-            device=device,
-            started_at=func.now(),
-            heartbeat_at=func.now(),
-            progress_at=func.now(),
-        )
+        .where(Job.id == job_id, Job.status == Status.QUEUED, Job.cancel_requested.is_(False))
+        .values(**attempts.claimed(Job, worker=worker, device=device))
         .returning(Job.attempts)
     )
     if attempt is not None:
-        add_event(
-            session, job_id=job_id, kind="state", data={"status": "running", "worker": worker, "attempt": attempt}
-        )
+        state = {"status": Status.RUNNING, "worker": worker, "attempt": attempt}
+        add_event(session, job_id=job_id, kind="state", data=state)
     return attempt
 
 
-def heartbeat(
-    session: Session,
-    *,
-    job_id: uuid.UUID,
-    attempt: int,
-    progress_done: int | None = None,
-    progress_total: int | None = None,
-) -> bool:
-    """Record progress (a report from the job's own code; liveness too); returns whether to stop:
-    cancellation was requested, or this attempt no longer owns the job (another attempt took it over)."""
-    values = {"heartbeat_at": func.now(), "progress_at": func.now()}
-    if progress_done is not None:
-        values["progress_done"] = progress_done
-    if progress_total is not None:
-        values["progress_total"] = progress_total
-    cancel = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(**values)
-        .returning(Job.cancel_requested)
-    )
+def report_job(session: Session, *, job_id: uuid.UUID, attempt: int, **progress) -> bool:
+    """Record progress (``progress_done``, ``progress_total``, ``shards_total`` as given; liveness too);
+    returns whether to stop: cancellation was requested, or this attempt no longer owns the job
+    (another attempt took it over)."""
+    given = {name: value for name, value in progress.items() if value is not None}
+    cancel = attempts.report(session, table=Job, key=job_id, attempt=attempt, returning=Job.cancel_requested, **given)
     return cancel is None or cancel
-
-
-def keep_alive(session: Session, *, job_id: uuid.UUID, attempt: int) -> bool:
-    """Liveness only, from the worker's presence thread while its task holds this attempt; False
-    when the attempt no longer runs (finished, or taken over)."""
-    alive = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(heartbeat_at=func.now())
-        .returning(Job.id)
-    )
-    return alive is not None
 
 
 def finish_job(
@@ -208,57 +162,52 @@ def finish_job(
     *,
     job_id: uuid.UUID,
     attempt: int,
-    status: str,
+    status: Status,
     result: dict | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    **values,
 ) -> bool:
-    """The final write, guarded by the attempt: a stale or duplicate delivery changes nothing."""
-    assert status in FINISHED_STATUSES
-    finished = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(
-            status=status, result=result, error_code=error_code, error_message=error_message, finished_at=func.now()
-        )
-        .returning(Job.id)
-    )
-    if finished is not None:
-        data = {"status": status, **({"error": {"code": error_code, "message": error_message}} if error_code else {})}
-        add_event(session, job_id=job_id, kind="state", data=data)
-    return finished is not None
+    """The job's final write, guarded by the attempt, with its state event: a stale or duplicate
+    delivery changes nothing. ``values``: other columns the end sets (a prediction job's count)."""
+    error = {"error_code": error_code, "error_message": error_message}
+    if not attempts.finish(
+        session, table=Job, key=job_id, attempt=attempt, status=status, result=result, **error, **values
+    ):
+        return False
+    data = {"status": status, **({"error": {"code": error_code, "message": error_message}} if error_code else {})}
+    add_event(session, job_id=job_id, kind="state", data=data)
+    return True
 
 
 def requeue_job(session: Session, *, job_id: uuid.UUID, attempt: int, reason: str) -> bool:
     """running -> queued, for another worker to claim (a warm shutdown hands its job back)."""
-    requeued = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(status="queued", worker=None, enqueued_at=func.now())
-        .returning(Job.id)
-    )
-    if requeued is not None:
-        add_event(session, job_id=job_id, kind="state", data={"status": "queued", "reason": reason})
-    return requeued is not None
+    if not attempts.requeue(session, table=Job, key=job_id, attempt=attempt, worker=None):
+        return False
+    add_event(session, job_id=job_id, kind="state", data={"status": Status.QUEUED, "reason": reason})
+    return True
 
 
 def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     """Cancel: a queued job ends now, a running one is flagged to stop. Returns the new status, or None if finished."""
     cancelled = session.scalar(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=func.now())
+        .where(Job.id == job_id, Job.status == Status.QUEUED)
+        .values(status=Status.CANCELLED, cancel_requested=True, finished_at=func.now())
         .returning(Job.id)
     )
     if cancelled is not None:
-        add_event(session, job_id=job_id, kind="state", data={"status": "cancelled"})
-        return "cancelled"
+        add_event(session, job_id=job_id, kind="state", data={"status": Status.CANCELLED})
+        return Status.CANCELLED
     flagged = session.scalar(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(cancel_requested=True).returning(Job.id)
+        update(Job)
+        .where(Job.id == job_id, Job.status == Status.RUNNING)
+        .values(cancel_requested=True)
+        .returning(Job.id)
     )
     if flagged is not None:
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
-        return "running"
+        return Status.RUNNING
     return None
 
 

@@ -13,10 +13,9 @@ from sqlalchemy.orm import Session
 from grocery import storage
 from service.artifacts import cache_folder
 from service.settings import Settings
-from service.tables import FINISHED_STATUSES, LIVE_STATUSES, Job, Model, ModelAlias
-
-# The workshop's POST /predict marks its one-file jobs so they may be kept for less time.
-PREDICT_SOURCE = "predict"
+from service.specs import PREDICT_SOURCE
+from service.states import FINISHED_STATUSES, LIVE_STATUSES
+from service.tables import Job, Model, ModelAlias
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,7 @@ def expired_jobs(
         expired.append(Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, retention_seconds))
     if predict_retention_seconds is not None:
         older = Job.finished_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, predict_retention_seconds)
+        # POST /predict marks its one-file jobs (specs.PredictSpec.source) so they may be kept for less time.
         expired.append(older & (Job.params["source"].astext == PREDICT_SOURCE))
     if not expired:
         return []

@@ -10,7 +10,8 @@ from sqlalchemy import case, func, literal, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from service.contract import INTERACTIVE_TASK, JOB_TASKS, SHARD_TASK
+from service.kinds import INTERACTIVE_QUEUE, KINDS, PREDICT
+from service.states import Lane, Status
 from service.tables import Job, JobShard, PredictionRow, Worker
 
 # A worker that has not reported for this long is not counted as live.
@@ -68,17 +69,17 @@ def list_workers(session: Session, *, include_offline: bool = False) -> list[Wor
 
 # The queue a job's first task waits on (service.contract.job_task), in SQL.
 JOB_QUEUE = case(
-    (Job.lane == "interactive", literal(INTERACTIVE_TASK.queue)),
-    *((Job.type == job_type, literal(task.queue)) for job_type, task in JOB_TASKS.items()),
+    (Job.lane == Lane.INTERACTIVE, literal(INTERACTIVE_QUEUE)),
+    *((Job.type == name, literal(kind.start.queue)) for name, kind in KINDS.items()),
 )
 WAIT_WINDOW_SECONDS = 300
 
 
 def oldest_queued(session: Session) -> dict[str, datetime]:
     """When the oldest still-queued work of each queue was submitted: jobs, and shards of predict jobs."""
-    queued_jobs = select(JOB_QUEUE.label("queue"), Job.created_at).where(Job.status == "queued")
-    shard_queue = literal(SHARD_TASK.queue).label("queue")
-    queued_shards = select(shard_queue, JobShard.created_at).where(JobShard.status == "queued")
+    queued_jobs = select(JOB_QUEUE.label("queue"), Job.created_at).where(Job.status == Status.QUEUED)
+    shard_queue = literal(PREDICT.shard.queue).label("queue")
+    queued_shards = select(shard_queue, JobShard.created_at).where(JobShard.status == Status.QUEUED)
     waiting = union_all(queued_jobs, queued_shards).subquery()
     rows = session.execute(select(waiting.c.queue, func.min(waiting.c.created_at)).group_by(waiting.c.queue))
     return dict(rows.all())
@@ -91,7 +92,7 @@ def recent_waits(session: Session) -> dict[str, dict]:
     job_wait = func.extract("epoch", Job.started_at - Job.created_at)
     shard_wait = func.extract("epoch", JobShard.started_at - JobShard.enqueued_at)
     jobs = select(JOB_QUEUE.label("queue"), job_wait.label("wait")).where(Job.started_at > since)
-    shards = select(literal(SHARD_TASK.queue).label("queue"), shard_wait).where(JobShard.started_at > since)
+    shards = select(literal(PREDICT.shard.queue).label("queue"), shard_wait).where(JobShard.started_at > since)
     started = union_all(jobs, shards).subquery()
     p50, p95 = (func.percentile_cont(q).within_group(started.c.wait) for q in (0.5, 0.95))
     rows = session.execute(select(started.c.queue, func.count(), p50, p95).group_by(started.c.queue))

@@ -8,8 +8,11 @@ from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from service.crud import finish_job, requeue_job
+from service.kinds import SHARDED_TYPES
+from service.retry import RetryPolicy
 from service.shards import fail_remaining, finish_shard, requeue_shard
-from service.tables import LIVE_STATUSES, Job, JobShard, Worker
+from service.states import LIVE_STATUSES, Status
+from service.tables import Job, JobShard, Worker
 
 # Held by the worker that reconciles, for its transaction: one reconciler at a time.
 RECONCILE_LOCK = 0x67726F63  # "groc"
@@ -55,7 +58,7 @@ def _lost_or_stalled(table, lease_seconds: float, stall_seconds: float):
     ``stall_seconds`` although its worker lives; with a flag that says which."""
     stalled = _older_than(table.progress_at, stall_seconds)
     query = select(table, stalled).where(
-        table.status == "running", or_(_older_than(table.heartbeat_at, lease_seconds), stalled)
+        table.status == Status.RUNNING, or_(_older_than(table.heartbeat_at, lease_seconds), stalled)
     )
     return query
 
@@ -74,26 +77,26 @@ def lost_reason(stalled: bool, *, lease_seconds: float, stall_seconds: float) ->
 
 
 def silent_jobs(session: Session, *, lease_seconds: float, stall_seconds: float) -> list[tuple[Job, bool]]:
-    """Running jobs lost or stalled, each with whether it stalled: trainings, and prediction jobs still
-    listing (a listed prediction job lives in its shards)."""
+    """Running jobs lost or stalled, each with whether it stalled: trainings, and sharded jobs still
+    listing (a listed one lives in its shards)."""
     query = _lost_or_stalled(Job, lease_seconds, stall_seconds).where(
-        or_(Job.type == "train", Job.shards_total.is_(None))
+        or_(Job.type.not_in(SHARDED_TYPES), Job.shards_total.is_(None))
     )
     return [tuple(row) for row in session.execute(query.with_for_update(of=Job, skip_locked=True))]
 
 
-def recover_job(session: Session, *, job: Job, code: str, reason: str, max_lost: int) -> str:
-    """Back on the queue, or failed once it has lost ``max_lost`` attempts this way."""
+def recover_job(session: Session, *, job: Job, code: str, reason: str, policy: RetryPolicy) -> Status:
+    """Back on the queue, or failed once it has lost as many attempts this way as the policy allows."""
     lost = job.lost_attempts + 1
     session.execute(update(Job).where(Job.id == job.id).values(lost_attempts=lost))
-    if lost >= max_lost:
+    if not policy.retries(lost):
         message = FAILURES[code].format(lost=lost, reason=reason)
         finish_job(
-            session, job_id=job.id, attempt=job.attempts, status="failed", error_code=code, error_message=message
+            session, job_id=job.id, attempt=job.attempts, status=Status.FAILED, error_code=code, error_message=message
         )
-        return "failed"
+        return Status.FAILED
     requeue_job(session, job_id=job.id, attempt=job.attempts, reason=reason)
-    return "queued"
+    return Status.QUEUED
 
 
 def silent_shards(session: Session, *, lease_seconds: float, stall_seconds: float) -> list[tuple[JobShard, bool]]:
@@ -101,14 +104,14 @@ def silent_shards(session: Session, *, lease_seconds: float, stall_seconds: floa
     return [tuple(row) for row in session.execute(query.with_for_update(of=JobShard, skip_locked=True))]
 
 
-def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, max_attempts: int) -> str:
+def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, policy: RetryPolicy) -> Status:
     """Back on the queue (the next attempt resumes after the rows written), or its files fail."""
-    if shard.attempts < max_attempts:
+    if policy.retries(shard.attempts):
         requeue_shard(session, shard=shard, attempt=shard.attempts, error_message=reason)
-        return "queued"
+        return Status.QUEUED
     fail_remaining(session, shard=shard, code=code, message=f"{reason}, {shard.attempts} times")
-    finish_shard(session, shard=shard, attempt=shard.attempts, status="failed", error_message=reason)
-    return "failed"
+    finish_shard(session, shard=shard, attempt=shard.attempts, status=Status.FAILED, error_message=reason)
+    return Status.FAILED
 
 
 def stranded_jobs(session: Session) -> list[uuid.UUID]:
@@ -116,22 +119,24 @@ def stranded_jobs(session: Session) -> list[uuid.UUID]:
     before ending the job."""
     still_open = select(JobShard.id).where(JobShard.job_id == Job.id, JobShard.status.in_(LIVE_STATUSES))
     query = select(Job.id).where(
-        Job.type == "predict", Job.status == "running", Job.shards_total.is_not(None), ~still_open.exists()
+        Job.type.in_(SHARDED_TYPES), Job.status == Status.RUNNING, Job.shards_total.is_not(None), ~still_open.exists()
     )
     return list(session.scalars(query))
 
 
 def waiting_jobs(session: Session, *, older_than: float) -> list[tuple[uuid.UUID, str, str]]:
     """(id, type, lane) of jobs queued longer than ``older_than``: ids only, never their params."""
-    query = select(Job.id, Job.type, Job.lane).where(Job.status == "queued", _older_than(Job.enqueued_at, older_than))
+    query = select(Job.id, Job.type, Job.lane).where(
+        Job.status == Status.QUEUED, _older_than(Job.enqueued_at, older_than)
+    )
     return [tuple(row) for row in session.execute(query.order_by(Job.enqueued_at))]
 
 
 def waiting_shards(session: Session, *, older_than: float) -> list[int]:
     """Ids of shards queued longer than ``older_than`` in running jobs: not their thousand paths each."""
-    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running")
+    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == Status.RUNNING)
     query = select(JobShard.id).where(
-        JobShard.status == "queued", _older_than(JobShard.enqueued_at, older_than), job_runs.exists()
+        JobShard.status == Status.QUEUED, _older_than(JobShard.enqueued_at, older_than), job_runs.exists()
     )
     return list(session.scalars(query.order_by(JobShard.enqueued_at)))
 

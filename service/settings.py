@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from service.retry import RetryPolicy
+
 DEFAULT_DATA_DIR = "../shared/grocery-store-dataset"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -181,6 +183,16 @@ class Settings:
     # workshop's one-file POST /predict jobs may have a shorter retention of their own.
     job_retention_seconds: float | None = setting("GROCERY_JOB_RETENTION", None, DURATION)
     predict_retention_seconds: float | None = setting("GROCERY_PREDICT_RETENTION", None, DURATION)
+
+    @property
+    def shard_retry(self) -> RetryPolicy:
+        """A failing shard's attempts (GROCERY_SHARD_ATTEMPTS), its worker's or the reconciler's."""
+        return RetryPolicy(self.shard_attempts)
+
+    @property
+    def job_retry(self) -> RetryPolicy:
+        """The attempts of a job whose worker is lost (GROCERY_JOB_ATTEMPTS)."""
+        return RetryPolicy(self.job_attempts)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -15,8 +15,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from grocery.results import Prediction
-from service.crud import add_event, add_predictions
-from service.tables import LIVE_STATUSES, Job, JobShard, PredictionRow
+from service import attempts
+from service.attempts import Verdict
+from service.crud import add_event, add_predictions, finish_job
+from service.specs import PredictSpec
+from service.states import LIVE_STATUSES, Priority, Status
+from service.tables import Job, JobShard, PredictionRow
 
 
 def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
@@ -30,53 +34,29 @@ def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[s
     return session.scalar(statement)
 
 
-def note_listing(
-    session: Session, *, job_id: uuid.UUID, attempt: int, listed: int, shards_total: int | None = None
-) -> bool:
-    """The listing's progress (files found so far; the shard count once it ends). Returns whether to stop."""
-    values = {"progress_total": listed, "heartbeat_at": func.now(), "progress_at": func.now()}
-    if shards_total is not None:
-        values["shards_total"] = shards_total
-    running = session.scalar(
-        update(Job)
-        .where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-        .values(**values)
-        .returning(Job.cancel_requested)
-    )
-    return running is None or running
-
-
 def claim_shard(session: Session, *, shard_id: int | None, worker: str, device: str) -> JobShard | None:
     """queued -> running, while its job runs: this shard, or (None) the fairest queued one (next_shard);
     None when there is nothing to do (a duplicate delivery, a shard already taken, a stopped job).
     A lost worker's shard comes back through the reconciler."""
     if shard_id is None:
         shard_id = next_shard(session)
-    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == "running", ~Job.cancel_requested)
+    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == Status.RUNNING, ~Job.cancel_requested)
     return session.scalar(
         update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.status == "queued", job_runs.exists())
-        .values(
-            status="running",
-            attempts=JobShard.attempts + 1,
-            worker=worker,
-            device=device,
-            started_at=func.now(),
-            heartbeat_at=func.now(),
-            progress_at=func.now(),
-        )
+        .where(JobShard.id == shard_id, JobShard.status == Status.QUEUED, job_runs.exists())
+        .values(**attempts.claimed(JobShard, worker=worker, device=device))
         .returning(JobShard)
     )
 
 
-PRIORITY_RANK = case({"high": 0, "normal": 1, "low": 2}, value=Job.priority)
+PRIORITY_RANK = case({priority: rank for rank, priority in enumerate(Priority)}, value=Job.priority)
 
 
 def next_shard(session: Session) -> int | None:
     """The queued shard a free worker should run, locked: round-robin across owners, then across an
     owner's jobs (the fewest shards running first, then the oldest job), within a priority level,
     higher levels first. So a job submitted behind a million files starts at the next free worker."""
-    running = select(JobShard.job_id, func.count().label("shards")).where(JobShard.status == "running")
+    running = select(JobShard.job_id, func.count().label("shards")).where(JobShard.status == Status.RUNNING)
     by_job = running.group_by(JobShard.job_id).subquery()
     owner_running = (
         select(Job.owner_token_id, func.sum(by_job.c.shards).label("shards"))
@@ -89,7 +69,7 @@ def next_shard(session: Session) -> int | None:
         .join(Job, Job.id == JobShard.job_id)
         .outerjoin(by_job, by_job.c.job_id == Job.id)
         .outerjoin(owner_running, owner_running.c.owner_token_id.is_not_distinct_from(Job.owner_token_id))
-        .where(JobShard.status == "queued", Job.status == "running", ~Job.cancel_requested)
+        .where(JobShard.status == Status.QUEUED, Job.status == Status.RUNNING, ~Job.cancel_requested)
         .order_by(
             PRIORITY_RANK,
             func.coalesce(owner_running.c.shards, 0),
@@ -105,11 +85,13 @@ def next_shard(session: Session) -> int | None:
 
 def drop_shard_of_stopped_job(session: Session, *, shard_id: int) -> uuid.UUID | None:
     """A queued shard whose job was cancelled or has ended is cancelled; returns its job's id if so."""
-    job_stopped = select(Job.id).where(Job.id == JobShard.job_id, or_(Job.status != "running", Job.cancel_requested))
+    job_stopped = select(Job.id).where(
+        Job.id == JobShard.job_id, or_(Job.status != Status.RUNNING, Job.cancel_requested)
+    )
     return session.scalar(
         update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.status == "queued", job_stopped.exists())
-        .values(status="cancelled", finished_at=func.now())
+        .where(JobShard.id == shard_id, JobShard.status == Status.QUEUED, job_stopped.exists())
+        .values(status=Status.CANCELLED, finished_at=func.now())
         .returning(JobShard.job_id)
     )
 
@@ -129,20 +111,23 @@ def report_shard(
     failed: int,
     labels: dict[str, int],
     runtime: str,
-) -> bool | None:
-    """A shard's progress, and its job's (the sum over its shards) and heartbeat. Returns whether to
-    stop, or None when this attempt no longer owns the shard: then it must write nothing. The row
-    lock taken here holds off a takeover until the caller's transaction ends."""
-    current = session.scalar(
-        update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(
-            done=done, failed=failed, labels=labels, runtime=runtime, heartbeat_at=func.now(), progress_at=func.now()
-        )
-        .returning(JobShard.id)
+) -> Verdict:
+    """A shard's progress, and its job's (the sum over its shards) and heartbeat. Says whether to go
+    on, stop, or (LOST) write nothing: this attempt no longer owns the shard. The row lock taken here
+    holds off a takeover until the caller's transaction ends."""
+    current = attempts.report(
+        session,
+        table=JobShard,
+        key=shard.id,
+        attempt=attempt,
+        returning=JobShard.id,
+        done=done,
+        failed=failed,
+        labels=labels,
+        runtime=runtime,
     )
     if current is None:
-        return None
+        return Verdict.LOST
     summed = select(func.coalesce(func.sum(JobShard.done), 0)).where(JobShard.job_id == shard.job_id)
     stop = session.scalar(
         update(Job)
@@ -153,31 +138,9 @@ def report_shard(
             heartbeat_at=func.now(),
             progress_at=func.now(),
         )
-        .returning(or_(Job.cancel_requested, Job.status != "running"))
+        .returning(or_(Job.cancel_requested, Job.status != Status.RUNNING))
     )
-    return bool(stop)
-
-
-def hold_shard(session: Session, *, shard: JobShard, attempt: int) -> bool:
-    """Whether this attempt still owns the shard; if so, its row stays locked until the transaction ends."""
-    held = session.scalar(
-        update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(heartbeat_at=func.now())
-        .returning(JobShard.id)
-    )
-    return held is not None
-
-
-def keep_shard_alive(session: Session, *, shard_id: int, attempt: int) -> bool:
-    """Liveness only, from the worker's presence thread while its task holds this attempt."""
-    alive = session.scalar(
-        update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(heartbeat_at=func.now())
-        .returning(JobShard.id)
-    )
-    return alive is not None
+    return Verdict.STOP if stop else Verdict.GO_ON
 
 
 def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str) -> None:
@@ -188,36 +151,26 @@ def fail_remaining(session: Session, *, shard: JobShard, code: str, message: str
 
 
 def finish_shard(
-    session: Session, *, shard: JobShard, attempt: int, status: str, error_message: str | None = None
+    session: Session, *, shard: JobShard, attempt: int, status: Status, error_message: str | None = None
 ) -> bool:
     """The shard's final write, with counts taken from its result rows (so earlier attempts' rows count)."""
     done, failed, labels = tally_shard(session, shard=shard)
-    finished = session.scalar(
-        update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(
-            status=status,
-            done=done,
-            failed=failed,
-            labels=labels,
-            error_message=error_message,
-            finished_at=func.now(),
-            heartbeat_at=func.now(),
-        )
-        .returning(JobShard.id)
+    counts = {"done": done, "failed": failed, "labels": labels}
+    return attempts.finish(
+        session,
+        table=JobShard,
+        key=shard.id,
+        attempt=attempt,
+        status=status,
+        error_message=error_message,
+        heartbeat_at=func.now(),
+        **counts,
     )
-    return finished is not None
 
 
 def requeue_shard(session: Session, *, shard: JobShard, attempt: int, error_message: str) -> bool:
     """running -> queued for another attempt; the caller enqueues it again."""
-    requeued = session.scalar(
-        update(JobShard)
-        .where(JobShard.id == shard.id, JobShard.attempts == attempt, JobShard.status == "running")
-        .values(status="queued", error_message=error_message, enqueued_at=func.now())
-        .returning(JobShard.id)
-    )
-    return requeued is not None
+    return attempts.requeue(session, table=JobShard, key=shard.id, attempt=attempt, error_message=error_message)
 
 
 def tally_shard(session: Session, *, shard: JobShard) -> tuple[int, int, dict[str, int]]:
@@ -233,71 +186,69 @@ def tally_shard(session: Session, *, shard: JobShard) -> tuple[int, int, dict[st
     return done, failed, labels
 
 
-class Ending(NamedTuple):
-    """How a job whose work is all done would end: its status, error and summary."""
+class Outcome(NamedTuple):
+    """How a job whose work is all done finishes: its status, error and summary, and the attempt of
+    its listing that the final write is guarded by."""
 
-    status: str
+    status: Status
     code: str | None
     message: str | None
     summary: dict
+    attempt: int
 
 
-def ending(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) -> Ending | None:
+def outcome(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) -> Outcome | None:
     """How the job ends now that its listing is done and no shard is left (its row locked until the
-    transaction ends); None while work is left, or once it has ended."""
+    transaction ends); None while work is left, or once it has ended. The one place that decides."""
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None or job.status != "running" or job.shards_total is None:
+    if job is None or job.status != Status.RUNNING or job.shards_total is None:
         return None
     still_open = select(func.count()).where(JobShard.job_id == job_id, JobShard.status.in_(LIVE_STATUSES))
     if session.scalar(still_open):
         return None
     summary = job_summary(session, job=job)
     if job.cancel_requested:
-        return Ending("cancelled", None, None, summary)
+        return Outcome(Status.CANCELLED, None, None, summary, job.attempts)
     if summary["total"] == 0:
-        return Ending("failed", "no_images", "the job's input holds no image files", summary)
+        return Outcome(Status.FAILED, "no_images", "the job's input holds no image files", summary, job.attempts)
     if summary["failed"] > max_failed_fraction * summary["total"]:
         message = (
             f"{summary['failed']} of {summary['total']} files failed ({summary['failed'] / summary['total']:.1%}), "
             f"above the limit of {max_failed_fraction:.0%} (max_failed_fraction)"
         )
-        return Ending("failed", "too_many_failures", message, summary)
-    return Ending("succeeded", None, None, summary)
+        return Outcome(Status.FAILED, "too_many_failures", message, summary, job.attempts)
+    return Outcome(Status.SUCCEEDED, None, None, summary, job.attempts)
 
 
-def needs_output(job: Job, status: str) -> bool:
-    """A job that asked for an output object writes it before it ends, unless it was cancelled."""
-    return "output" in job.params and status != "cancelled"
-
-
-def complete_job(
+def finish_if_done(
     session: Session, *, job_id: uuid.UUID, max_failed_fraction: float, output: dict | None = None
-) -> str | None:
-    """End the job when its listing is done and no shard is left; returns the status it ended with.
-    A job with an output object ends only with ``output`` (what became of the object) in hand, so
-    that its end says where its results are: the caller writes the object first."""
-    ended = ending(session, job_id=job_id, max_failed_fraction=max_failed_fraction)
-    job = session.get(Job, job_id)
-    if ended is None or (output is None and needs_output(job, ended.status)):
+) -> Status | None:
+    """Finish the job if its listing is done and no shard is left, as ``outcome`` decides under the
+    row's lock, through the attempt-guarded path every job finishes by; returns the status it finished
+    with. A job with an output object finishes only with ``output`` (what became of the object) in
+    hand, so that its finish says where its results are: the caller writes the object first."""
+    ended = outcome(session, job_id=job_id, max_failed_fraction=max_failed_fraction)
+    if ended is None or (output is None and wants_output(session, job_id, ended.status)):
         return None
     result = {**ended.summary, "results": f"/jobs/{job_id}/results", **({"output": output} if output else {})}
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            status=ended.status,
-            result=result,
-            progress_done=ended.summary["done"],
-            error_code=ended.code,
-            error_message=ended.message,
-            finished_at=func.now(),
-        )
-    )
     if output:
         add_event(session, job_id=job_id, kind="output", data=output)
-    error = {"error": {"code": ended.code, "message": ended.message}} if ended.code else {}
-    add_event(session, job_id=job_id, kind="state", data={"status": ended.status, **error})
-    return ended.status
+    finished = finish_job(
+        session,
+        job_id=job_id,
+        attempt=ended.attempt,
+        status=ended.status,
+        result=result,
+        error_code=ended.code,
+        error_message=ended.message,
+        progress_done=ended.summary["done"],
+    )
+    return ended.status if finished else None
+
+
+def wants_output(session: Session, job_id: uuid.UUID, status: Status) -> bool:
+    """A job that asked for an output object writes it before it finishes, unless it was cancelled."""
+    return PredictSpec.output_of(session.get(Job, job_id).params) is not None and status != Status.CANCELLED
 
 
 def job_summary(session: Session, *, job: Job) -> dict:
@@ -319,7 +270,7 @@ def job_summary(session: Session, *, job: Job) -> dict:
         .group_by(entries.c.key)
         .order_by(entries.c.key)
     ).all()
-    ended = last_finished if job.status != "running" else datetime.now(timezone.utc)
+    ended = last_finished if job.status != Status.RUNNING else datetime.now(timezone.utc)
     seconds = (ended - job.started_at).total_seconds() if job.started_at and ended else None
     return {
         "total": total,

@@ -21,15 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
-JOB_TYPES = ("train", "predict")
-LIVE_STATUSES = ("queued", "running")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-JOB_STATUSES = LIVE_STATUSES + FINISHED_STATUSES
-# Interactive work (POST /predict, small prediction jobs) goes ahead of bulk work on every worker.
-LANES = ("interactive", "bulk")
-# A prediction job's share of the fleet, highest first; "high" is for ops tokens.
-PRIORITIES = ("high", "normal", "low")
-SHARD_STATUSES = JOB_STATUSES
+from service.kinds import JOB_TYPES
+from service.states import Lane, Priority, Status, one_of
 
 
 class Base(DeclarativeBase):
@@ -39,12 +32,14 @@ class Base(DeclarativeBase):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(f"type IN {JOB_TYPES}", name="jobs_type_valid"),
-        CheckConstraint(f"status IN {JOB_STATUSES}", name="jobs_status_valid"),
-        CheckConstraint(f"lane IN {LANES}", name="jobs_lane_valid"),
-        CheckConstraint(f"priority IN {PRIORITIES}", name="jobs_priority_valid"),
+        CheckConstraint(one_of("type", JOB_TYPES), name="jobs_type_valid"),
+        CheckConstraint(one_of("status", Status), name="jobs_status_valid"),
+        CheckConstraint(one_of("lane", Lane), name="jobs_lane_valid"),
+        CheckConstraint(one_of("priority", Priority), name="jobs_priority_valid"),
         Index(
-            "jobs_interactive_queued", "created_at", postgresql_where=text("lane = 'interactive' AND status = 'queued'")
+            "jobs_interactive_queued",
+            "created_at",
+            postgresql_where=text(f"lane = '{Lane.INTERACTIVE}' AND status = '{Status.QUEUED}'"),
         ),
         # Keyset pagination, newest first, optionally filtered by type and status.
         Index("jobs_created_at_id", "created_at", "id"),
@@ -64,7 +59,7 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED)
     params: Mapped[dict] = mapped_column(default=dict)
     # params as lists show them (crud.list_jobs fills it in SQL, a long manifest cut short); else None.
     shown_params: Mapped[dict | None] = query_expression()
@@ -97,8 +92,8 @@ class Job(Base):
     lost_attempts: Mapped[int] = mapped_column(server_default="0")
     # The API token that submitted it (NULL with authentication off): only it, or an ops token, sees the job.
     owner_token_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
-    lane: Mapped[str] = mapped_column(String(16), server_default="bulk")
-    priority: Mapped[str] = mapped_column(String(16), server_default="normal")
+    lane: Mapped[str] = mapped_column(String(16), server_default=Lane.BULK)
+    priority: Mapped[str] = mapped_column(String(16), server_default=Priority.NORMAL)
 
 
 class JobShard(Base):
@@ -106,7 +101,7 @@ class JobShard(Base):
 
     __tablename__ = "job_shards"
     __table_args__ = (
-        CheckConstraint(f"status IN {SHARD_STATUSES}", name="job_shards_status_valid"),
+        CheckConstraint(one_of("status", Status), name="job_shards_status_valid"),
         UniqueConstraint("job_id", "number", name="job_shards_job_id_number_key"),
         Index("job_shards_status_heartbeat_at", "status", "heartbeat_at"),
         Index("job_shards_status_job_id", "status", "job_id"),
@@ -115,7 +110,7 @@ class JobShard(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     number: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED)
     paths: Mapped[list] = mapped_column()
     total: Mapped[int]
     done: Mapped[int] = mapped_column(default=0)

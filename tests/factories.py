@@ -12,8 +12,8 @@ from pathlib import Path
 from conftest import TINY_CLASSES
 
 from service import crud, shards, tokens
-from service.contract import PROGRESS_UNITS
 from service.db import make_engine, make_session_factory
+from service.kinds import KINDS, NewJob
 
 # The tiny dataset's coarse classes, in their ids' order: what a model trained on it predicts.
 TINY_COARSE = list(dict.fromkeys(coarse for _, coarse, _, _ in TINY_CLASSES))
@@ -34,8 +34,10 @@ def store_session(database_url: str) -> Iterator:
 
 def job(session, *, type: str = "predict", status: str = "queued", params: dict | None = None, **fields):
     """A job as POST /jobs stores it (its "queued" event included), then moved to ``status`` as a
-    worker would leave it; ``fields``: create_job's other arguments (owner_token_id, model_id...)."""
-    made = crud.create_job(session, job_type=type, params=params or {}, progress_unit=PROGRESS_UNITS[type], **fields)
+    worker would leave it; ``fields``: NewJob's other fields (owner_token_id, model_id, priority...)."""
+    made = crud.create_job(
+        session, new=NewJob(kind=KINDS[type], params=params or {}, **{"owner_token_id": None, **fields})
+    )
     made.status = status
     session.flush()
     return made
@@ -82,9 +84,10 @@ def result_row(path: str, *, label: str | None = "Apple", error: str | None = No
 
 def running_job(session, *, files: list[list[str]]) -> tuple[uuid.UUID, list[int]]:
     """A claimed prediction job listed into one shard per entry of ``files``: its id and its shards' ids."""
-    made = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+    manifest = {"input": {"paths": [path for paths in files for path in paths]}}
+    made = crud.create_job(session, new=NewJob(kind=KINDS["predict"], params=manifest, owner_token_id=None))
     attempt = crud.claim_job(session, job_id=made.id, worker="lister@h", device="cpu")
     ids = [shards.add_shard(session, job_id=made.id, number=n, paths=paths) for n, paths in enumerate(files)]
     listed = sum(map(len, files))
-    shards.note_listing(session, job_id=made.id, attempt=attempt, listed=listed, shards_total=len(files))
+    crud.report_job(session, job_id=made.id, attempt=attempt, progress_total=listed, shards_total=len(files))
     return made.id, ids

@@ -15,7 +15,7 @@ import pytest
 from conftest import redis_client
 
 from service import crud
-from service.contract import QUEUES
+from service.kinds import QUEUES
 
 
 @pytest.fixture

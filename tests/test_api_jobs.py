@@ -181,7 +181,7 @@ def test_not_ready_without_schema_or_redis(make_app, empty_database):
 def test_openapi_document_is_valid_and_comes_from_the_schemas(client):
     from openapi_spec_validator import validate
 
-    from api.schemas import TrainParams
+    from service.specs import TrainParams
 
     document = client.get("/openapi.json").get_json()
     validate(document)

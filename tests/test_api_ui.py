@@ -15,6 +15,7 @@ from PIL import Image
 from api.auth import TOKEN_COOKIE
 from service import crud, tokens
 from service.db import make_engine, make_session_factory
+from service.kinds import KINDS, NewJob
 from service.settings import Settings
 
 
@@ -200,7 +201,7 @@ def test_the_jobs_list_shows_fifty_then_older_ones_on_request(setup, database_ur
     with make_session_factory(engine)() as session:
         owner = tokens.find_token(session, secret=users["alice"]).id
         for _ in range(59):  # alice has 60 jobs in all
-            crud.create_job(session, job_type="train", params={}, progress_unit="epochs", owner_token_id=owner)
+            crud.create_job(session, new=NewJob(kind=KINDS["train"], params={}, owner_token_id=owner))
         session.commit()
     engine.dispose()
     client.set_cookie(TOKEN_COOKIE, users["alice"])

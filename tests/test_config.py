@@ -28,8 +28,8 @@ def test_the_declared_architectures_are_the_built_ones():
 
 
 def test_the_request_schema_and_the_client_offer_the_service_params():
-    from api.schemas import TrainParams
     from cli.client import build_parser
+    from service.specs import TrainParams
 
     assert {p.name for p in SERVICE_PARAMS} == OFFERED == set(TrainParams.model_fields)
     flags = [arg for p in SERVICE_PARAMS for arg in (p.flag, "1" if p.kind in (int, float) else "x")]

@@ -40,7 +40,7 @@ def test_a_superseded_attempt_cannot_write(sessions):
         # The job is handed to a second attempt (as recovery of a lost worker would do).
         session.execute(text("UPDATE jobs SET status = 'queued' WHERE id = :id"), {"id": job_id})
         assert crud.claim_job(session, job_id=job_id, worker="b@h", device="cpu") == 2
-        assert crud.heartbeat(session, job_id=job_id, attempt=1, progress_done=5) is True  # told to stop
+        assert crud.report_job(session, job_id=job_id, attempt=1, progress_done=5) is True  # told to stop
         assert not crud.finish_job(session, job_id=job_id, attempt=1, status="failed", error_code="stale")
         assert crud.finish_job(session, job_id=job_id, attempt=2, status="succeeded")
         session.commit()

@@ -26,7 +26,7 @@ def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal")
     job = factories.job(session, owner_token_id=owner_id, priority=priority)
     attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
     ids = [shards.add_shard(session, job_id=job.id, number=n, paths=[f"{job.id}/{n}.jpg"]) for n in range(shard_count)]
-    shards.note_listing(session, job_id=job.id, attempt=attempt, listed=shard_count, shards_total=shard_count)
+    crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=shard_count, shards_total=shard_count)
     session.commit()
     return ids
 

@@ -163,13 +163,14 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(
 def test_metrics_show_what_the_service_keeps(service, client, settings, database_url):
     from service import crud
     from service.db import make_engine, make_session_factory
+    from service.kinds import KINDS, NewJob
 
     (settings.upload_dir / "some-job" / "input").mkdir(parents=True)
     (settings.upload_dir / "some-job" / "input" / "a.jpg").write_bytes(b"x" * 1000)
     (settings.upload_dir / "some-job" / "b.jpg").write_bytes(b"y" * 234)
     engine = make_engine(database_url)
     with make_session_factory(engine)() as session:
-        job = crud.create_job(session, job_type="predict", params={}, progress_unit="files")
+        job = crud.create_job(session, new=NewJob(kind=KINDS["predict"], params={}, owner_token_id=None))
         rows = [crud_row(f"/p/{i}.jpg") for i in range(7)]
         crud.add_predictions(session, job_id=job.id, rows=rows)
         session.commit()

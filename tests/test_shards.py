@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, func, update
 
-from service import crud, ops, recovery, shards
+from service import attempts, crud, ops, recovery, shards
+from service.attempts import Verdict
 from service.db import make_session_factory
 from service.tables import JobShard, Worker
 
@@ -49,9 +50,12 @@ def test_a_shard_is_claimed_once_and_a_stale_attempt_cannot_write(sessions):
         shards.requeue_shard(session, shard=first, attempt=1, error_message="boom")
         second = shards.claim_shard(session, shard_id=shard_id, worker="w2@h", device="cpu")
         assert second.attempts == 2
-        assert shards.report_shard(session, shard=first, attempt=1, done=1, failed=0, labels={}, runtime="onnx") is None
-        assert not shards.hold_shard(session, shard=first, attempt=1) and shards.hold_shard(
-            session, shard=second, attempt=2
+        assert (
+            shards.report_shard(session, shard=first, attempt=1, done=1, failed=0, labels={}, runtime="onnx")
+            is Verdict.LOST
+        )
+        assert not attempts.keep_alive(session, table=JobShard, key=first.id, attempt=1) and attempts.keep_alive(
+            session, table=JobShard, key=second.id, attempt=2
         )
         assert not shards.finish_shard(session, shard=first, attempt=1, status="failed")
         assert shards.finish_shard(session, shard=second, attempt=2, status="succeeded")
@@ -92,7 +96,7 @@ def test_the_job_ends_once_when_shards_finish_together(sessions):
             shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
             session.commit()
             barrier.wait()
-            outcomes.append(shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1))
+            outcomes.append(shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1))
             session.commit()
 
     threads = [threading.Thread(target=finish, args=(s,)) for s in claimed]
@@ -118,13 +122,13 @@ def test_a_job_waits_for_its_listing_and_fails_above_the_threshold(sessions):
         job = factories.job(session)
         attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
         shard_id = shards.add_shard(session, job_id=job.id, number=0, paths=["/a/1.jpg", "/a/2.jpg"])
-        shards.note_listing(session, job_id=job.id, attempt=attempt, listed=2)
+        crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=2)
         shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
         crud.add_predictions(session, job_id=job.id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "corrupt")])
         shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
-        assert shards.complete_job(session, job_id=job.id, max_failed_fraction=0.5) is None  # still listing
-        shards.note_listing(session, job_id=job.id, attempt=attempt, listed=2, shards_total=1)
-        assert shards.complete_job(session, job_id=job.id, max_failed_fraction=0.4) == "failed"
+        assert shards.finish_if_done(session, job_id=job.id, max_failed_fraction=0.5) is None  # still listing
+        crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=2, shards_total=1)
+        assert shards.finish_if_done(session, job_id=job.id, max_failed_fraction=0.4) == "failed"
         session.commit()
         ended = crud.get_job(session, job_id=job.id)
         assert ended.error_code == "too_many_failures" and "1 of 2 files failed (50.0%)" in ended.error_message
@@ -136,9 +140,9 @@ def test_a_cancelled_job_drops_its_queued_shards(sessions):
         assert crud.request_cancel(session, job_id=job_id) == "running"
         assert shards.claim_shard(session, shard_id=ids[0], worker="w@h", device="cpu") is None
         assert shards.drop_shard_of_stopped_job(session, shard_id=ids[0]) == job_id
-        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) is None  # one still queued
+        assert shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1) is None  # one still queued
         assert shards.drop_shard_of_stopped_job(session, shard_id=ids[1]) == job_id
-        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) == "cancelled"
+        assert shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1) == "cancelled"
         session.commit()
 
 
@@ -151,12 +155,12 @@ def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions)
         shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
         crud.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg")])
         shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
-        assert shards.ending(session, job_id=job_id, max_failed_fraction=0.1).status == "succeeded"
-        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1) is None  # no object yet
+        assert shards.outcome(session, job_id=job_id, max_failed_fraction=0.1).status == "succeeded"
+        assert shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1) is None  # no object yet
         output = {"url": "s3://b/r.parquet", "bytes": 1234, "rows": 1}
-        assert shards.complete_job(session, job_id=job_id, max_failed_fraction=0.1, output=output) == "succeeded"
+        assert shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1, output=output) == "succeeded"
         assert crud.get_job(session, job_id=job_id).result["output"] == output
-        assert shards.ending(session, job_id=job_id, max_failed_fraction=0.1) is None  # ended once
+        assert shards.outcome(session, job_id=job_id, max_failed_fraction=0.1) is None  # ended once
         session.commit()
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from service import crud, tokens
 from service.db import make_engine, make_session_factory
+from service.kinds import KINDS, NewJob
 
 
 def jpeg(colour=(200, 30, 30)) -> bytes:
@@ -88,13 +89,8 @@ def test_a_preview_rechecks_the_real_path_when_it_reads(tenants, database_url, t
     with make_session_factory(engine)() as session:
         b = next(t for t in tokens.list_tokens(session) if t.name == "b")
         shelf = photos / "team-b" / "shelf.jpg"
-        job = crud.create_job(
-            session,
-            job_type="predict",
-            params={"input": {"paths": [str(shelf), str(a_file)]}},
-            progress_unit="files",
-            owner_token_id=b.id,
-        )
+        params = {"input": {"paths": [str(shelf), str(a_file)]}}
+        job = crud.create_job(session, new=NewJob(kind=KINDS["predict"], params=params, owner_token_id=b.id))
         # Results as an older service wrote them: one of B's own files, and one of A's uploads.
         rows = [
             {"path": str(p), "label": "Apple", "class_id": 0, "confidence": 0.9, "top5": []} for p in (shelf, a_file)

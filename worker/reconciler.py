@@ -21,17 +21,19 @@ from celery.signals import worker_ready
 
 from service import lifecycle, recovery
 from service.broker import queue_depths
-from service.contract import QUEUES, SHARD_TASK, Task, job_task, send
+from service.contract import send
+from service.kinds import KINDS, PREDICT, QUEUES, Task
 from service.settings import Settings
+from service.states import Status
 from worker.celery_app import app
-from worker.runtime import session_name, sessions
+from worker.process import session_name, sessions
 
 log = logging.getLogger(__name__)
 
 
 def reconcile(settings: Settings) -> None:
     """One pass; does nothing when another worker holds the turn."""
-    from worker.prediction import end_job_if_done
+    from worker.finishing import finish_job_if_done
 
     limits = {"lease_seconds": settings.job_lease_seconds, "stall_seconds": settings.job_stall_seconds}
     to_send, to_end = [], set()
@@ -43,18 +45,18 @@ def reconcile(settings: Settings) -> None:
             log.warning("ended %d database sessions of workers silent past the lease", fenced)
         for job, stalled in recovery.silent_jobs(session, **limits):
             code, reason = recovery.lost_reason(stalled, **limits)
-            outcome = recovery.recover_job(session, job=job, code=code, reason=reason, max_lost=settings.job_attempts)
+            outcome = recovery.recover_job(session, job=job, code=code, reason=reason, policy=settings.job_retry)
             log.warning("job %s: %s; %s", job.id, reason, outcome)
-            if outcome == "queued":
-                to_send.append((job_task(job.type, job.lane), str(job.id)))
+            if outcome == Status.QUEUED:
+                to_send.append((KINDS[job.type].task(job.lane), str(job.id)))
         for shard, stalled in recovery.silent_shards(session, **limits):
             code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_shard(
-                session, shard=shard, code=code, reason=reason, max_attempts=settings.shard_attempts
+                session, shard=shard, code=code, reason=reason, policy=settings.shard_retry
             )
             log.warning("shard %s of job %s: %s; %s", shard.id, shard.job_id, reason, outcome)
-            if outcome == "queued":
-                to_send.append((SHARD_TASK, shard.id))
+            if outcome == Status.QUEUED:
+                to_send.append((PREDICT.shard, shard.id))
             to_end.add(shard.job_id)
         to_send += lost_messages(session, settings.reconcile_seconds, already={item[1] for item in to_send})
         to_end.update(recovery.stranded_jobs(session))
@@ -62,7 +64,7 @@ def reconcile(settings: Settings) -> None:
     for task, argument in to_send:
         send(app, task, argument)
     for job_id in to_end:
-        end_job_if_done(job_id)
+        finish_job_if_done(job_id)
     delete_expired(settings)
 
 
@@ -87,7 +89,8 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, 
     messages for that queue than PostgreSQL has work waiting on it."""
     jobs = recovery.waiting_jobs(session, older_than=older_than)
     shards = recovery.waiting_shards(session, older_than=older_than)
-    work = [(job_task(kind, lane), str(job_id)) for job_id, kind, lane in jobs] + [(SHARD_TASK, s) for s in shards]
+    work = [(KINDS[kind].task(lane), str(job_id)) for job_id, kind, lane in jobs]
+    work += [(PREDICT.shard, shard_id) for shard_id in shards]
     waiting = {queue: [item for item in work if item[0].queue == queue] for queue in QUEUES}
     depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
@@ -96,8 +99,8 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, 
         log.warning("re-sending %d queued jobs and shards the broker does not hold", len(resend))
         recovery.mark_enqueued(
             session,
-            job_ids=[uuid.UUID(item[1]) for item in resend if item[0] != SHARD_TASK],
-            shard_ids=[item[1] for item in resend if item[0] == SHARD_TASK],
+            job_ids=[uuid.UUID(item[1]) for item in resend if item[0] != PREDICT.shard],
+            shard_ids=[item[1] for item in resend if item[0] == PREDICT.shard],
         )
     return resend
 

@@ -10,14 +10,17 @@ from pathlib import Path
 from grocery import storage
 from service import artifacts, tokens
 from service.confinement import PathRefused, training_files
-from service.contract import JOB_TASKS, send
+from service.contract import send
+from service.kinds import TRAIN
+from service.specs import TrainParams
+from service.states import Status
 from worker.celery_app import app
-from worker.runtime import error_code, hard_time_limit, sessions, shutting_down, start, worker_settings
+from worker.process import error_code, hard_time_limit, sessions, shutting_down, start, worker_settings
 
 log = logging.getLogger(__name__)
 
 
-@app.task(name=JOB_TASKS["train"].name, bind=True)
+@app.task(name=TRAIN.start.name, bind=True)
 def run_train_job(self, job_id: str) -> None:
     started = start(self, job_id)
     if started is None:
@@ -34,25 +37,25 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
     from grocery.engine import fit, resumed_config
     from grocery.export import prepare_for_serving
 
-    settings, params = worker_settings(), dict(job.params)
+    settings, spec = worker_settings(), TrainParams.of_job(job.params)
     stop = StopReasons(settings.train_soft_time_limit)
 
     def on_hard_limit():
         message = limit_message("hard", settings.train_time_limit, files.checkpoint)
-        reporter.finish("failed", error_code="time_limit", error_message=message)
+        reporter.finish(Status.FAILED, error_code="time_limit", error_message=message)
 
     try:
         # Confined again here (the API checked at submit): the files may have changed since, and
         # nothing outside the roots is opened, so no message can tell whether such a file exists.
-        params = training_files(params, settings, owner_roots(job))
+        spec = training_files(spec, settings, owner_roots(job))
     except PathRefused as e:
-        reporter.finish("failed", error_code=e.code, error_message=str(e))
+        reporter.finish(Status.FAILED, error_code=e.code, error_message=str(e))
         return
     try:
         # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts,
         # with the settings it was trained with: the job's params name only what the user gave.
         resume = files.latest_checkpoint()
-        config = resumed_config(resume, {"data_dir": str(settings.data_dir), **params})
+        config = resumed_config(resume, {"data_dir": str(settings.data_dir), **spec.stored()})
         reporter.beat(done=0, total=config.epochs, force=True)
 
         last_confusion = {}
@@ -75,10 +78,10 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
                 files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
         log.exception("train job %s failed", job.id)
-        reporter.finish("failed", error_code=error_code(e), error_message=str(e))
+        reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
         return
     if result.status == "stopped":
-        end_stopped(task, reporter, stop, result.epochs_done, files.checkpoint)
+        finish_stopped(task, reporter, stop, result.epochs_done, files.checkpoint)
         return
     metadata = {
         "arch": config.arch,
@@ -89,7 +92,7 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
         "serving": serving,
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
-    reporter.finish("succeeded", result=result_json, model=metadata)
+    reporter.finish(Status.SUCCEEDED, result=result_json, model=metadata)
 
 
 @dataclass(frozen=True)
@@ -197,21 +200,21 @@ def limit_message(kind: str, seconds: float, checkpoint: Path | str) -> str:
     return f"stopped at the {kind} time limit of {seconds:.0f}s; the last epoch checkpoint is {checkpoint}"
 
 
-def end_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path | str) -> None:
+def finish_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path | str) -> None:
     """A run that stopped early: handed back (shutdown), failed (time limit) or cancelled."""
     if stop.reason == "shutdown":
         if reporter.requeue("the worker shut down; the next attempt resumes from the last epoch checkpoint"):
-            send(task.app, JOB_TASKS["train"], str(reporter.job_id))
+            send(task.app, TRAIN.start, str(reporter.job_id))
         return
     if stop.reason == "time_limit":
         reporter.finish(
-            "failed",
+            Status.FAILED,
             error_code="time_limit",
             error_message=limit_message("soft", stop.soft_limit, checkpoint),
             result={"epochs_done": epochs_done},
         )
         return
-    reporter.finish("cancelled", result={"epochs_done": epochs_done})
+    reporter.finish(Status.CANCELLED, result={"epochs_done": epochs_done})
 
 
 def _class_names(artifact_dir: Path) -> list[str]:

@@ -7,7 +7,8 @@ from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from api.ui import charts
 from api.ui.components import message, percent, progress_bar, short_id, status_badge, when
-from service.tables import FINISHED_STATUSES
+from service.kinds import PREDICT, TRAIN
+from service.states import FINISHED_STATUSES
 
 REFRESH_MS = 2000
 GALLERY_PAGE = 48
@@ -25,7 +26,7 @@ def layout(job_id: str, calls):
     if not reply.ok:
         return message(reply.error)
     job = reply.body
-    body = training_body() if job["type"] == "train" else prediction_body()
+    body = training_body() if job["type"] == TRAIN.name else prediction_body()
     return html.Section(
         [
             dcc.Store(id="job-id", data=job_id),
@@ -49,7 +50,7 @@ def header(job: dict) -> list:
     }
     if job.get("model_id"):
         facts["model"] = dcc.Link(short_id(job["model_id"]), href="/ui/models", className="mono")
-    facts["input" if job["type"] == "predict" else "parameters"] = described(job["params"])
+    facts["input" if job["type"] == PREDICT.name else "parameters"] = described(job["params"])
     parts = [
         html.H1(
             [

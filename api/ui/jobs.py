@@ -6,7 +6,8 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
 from api.ui.components import field, job_link, message, progress_bar, status_badge, uploaded_file, when
 from grocery.config import TRAIN_PARAMS
-from service.tables import FINISHED_STATUSES, JOB_STATUSES, JOB_TYPES
+from service.kinds import JOB_TYPES
+from service.states import FINISHED_STATUSES, Status
 
 # The training parameters the form sets, in the order train_request takes their values.
 FORM_PARAMS = (
@@ -33,7 +34,12 @@ def layout() -> html.Section:
             html.Div(
                 [
                     field("Type", dcc.RadioItems(["all", *JOB_TYPES], "all", id="jobs-type", inline=True)),
-                    field("Status", dcc.Dropdown([*JOB_STATUSES], None, id="jobs-status", placeholder="any status")),
+                    field(
+                        "Status",
+                        dcc.Dropdown(
+                            [str(status) for status in Status], None, id="jobs-status", placeholder="any status"
+                        ),
+                    ),
                 ],
                 className="filters",
             ),

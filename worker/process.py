@@ -1,4 +1,5 @@
-"""What every task shares: the database, the worker's identity, claiming a job and reporting on it."""
+"""What every task of a worker process shares: its settings and database sessions, its identity and
+presence, claiming a job and reporting on it, its time limits and error codes."""
 
 import contextlib
 import functools
@@ -19,13 +20,14 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import crud, ops, shards
-from service.broker import announce_job_end
-from service.contract import SHARD_TASK
+from service import attempts, crud, ops
+from service.broker import announce_job_finished
 from service.db import make_engine, make_session_factory
+from service.kinds import PREDICT
 from service.recovery import worker_session_name
 from service.settings import Settings
-from service.tables import Job
+from service.states import Status
+from service.tables import Job, JobShard
 
 log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 5.0
@@ -79,7 +81,7 @@ class Presence:
     def __init__(self):
         self.name, self.queues, self.status = None, [], "online"
         self.job_id, self.shard_id = None, None
-        self.held = None  # ("job", id, attempt) or ("shard", id, attempt): whose lease to keep
+        self.kept = None  # ("job", id, attempt) or ("shard", id, attempt): whose lease to keep alive
         self.changed = threading.Event()
         self.thread = None
         self.interval = HEARTBEAT_SECONDS
@@ -96,12 +98,12 @@ class Presence:
             setattr(self, key, value)
         self.changed.set()
 
-    def hold(self, kind: str, key, attempt: int) -> None:
+    def keep_alive(self, kind: str, key, attempt: int) -> None:
         """The task claimed this attempt: keep its lease alive until the task ends."""
-        self.held = (kind, key, attempt)
+        self.kept = (kind, key, attempt)
 
     def stop(self) -> None:
-        self.status, self.job_id, self.shard_id, self.held = "offline", None, None, None
+        self.status, self.job_id, self.shard_id, self.kept = "offline", None, None, None
         if self.name is not None:
             self.write()
 
@@ -127,14 +129,13 @@ class Presence:
                 job_id=self.job_id,
                 shard_id=self.shard_id,
             )
-            held = self.held
-            if held is not None and held[0] == "job":
-                crud.keep_alive(session, job_id=held[1], attempt=held[2])
-            elif held is not None:
-                shards.keep_shard_alive(session, shard_id=held[1], attempt=held[2])
+            if self.kept is not None:
+                kind, key, attempt = self.kept
+                attempts.keep_alive(session, table=LEASED[kind], key=key, attempt=attempt)
             session.commit()
 
 
+LEASED = {"job": Job, "shard": JobShard}
 presence = Presence()
 # Set by a warm shutdown (SIGTERM): training stops at its next step and hands its job back.
 shutting_down = threading.Event()
@@ -159,15 +160,15 @@ def end_presence(**_) -> None:
 
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
-    if task.name == SHARD_TASK.name:
+    if task.name == PREDICT.shard.name:
         presence.update(job_id=None, shard_id=args[0])
     else:
         presence.update(job_id=uuid.UUID(args[0]), shard_id=None)
 
 
 @task_postrun.connect
-def task_ended(**_) -> None:
-    presence.update(job_id=None, shard_id=None, held=None)
+def task_finished(**_) -> None:
+    presence.update(job_id=None, shard_id=None, kept=None)
 
 
 @contextlib.contextmanager
@@ -237,7 +238,7 @@ class JobReporter:
         if not force and event is None and time.monotonic() - self.last_beat < self.interval:
             return self.cancelled
         with sessions()() as session:
-            self.cancelled = crud.heartbeat(
+            self.cancelled = crud.report_job(
                 session, job_id=self.job_id, attempt=self.attempt, progress_done=done, progress_total=total
             )
             if event is not None:
@@ -254,7 +255,7 @@ class JobReporter:
 
     def finish(
         self,
-        status: str,
+        status: Status,
         *,
         result: dict | None = None,
         error_code: str | None = None,
@@ -278,18 +279,18 @@ class JobReporter:
                 log.warning("job %s attempt %s was superseded; result dropped", self.job_id, self.attempt)
                 return
             session.commit()
-        announce_end(self.job_id, status)
+        announce_finish(self.job_id, status)
 
 
-def announce_end(job_id: uuid.UUID, status: str) -> None:
-    """Tell whoever waits on the job (POST /predict) that it ended. The row is the record: a word lost
-    with the broker costs the waiter a few seconds (it reads the row again), never the result."""
+def announce_finish(job_id: uuid.UUID, status: Status) -> None:
+    """Tell whoever waits on the job (POST /predict) that it finished. The row is the record: a word
+    lost with the broker costs the waiter a few seconds (it reads the row again), never the result."""
     from worker.celery_app import app
 
     try:
-        announce_job_end(app, job_id, status)
+        announce_job_finished(app, job_id, status)
     except Exception:
-        log.warning("could not announce the end of job %s", job_id, exc_info=True)
+        log.warning("could not announce the finish of job %s", job_id, exc_info=True)
 
 
 def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
@@ -298,7 +299,7 @@ def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
     attempt = claim(task, job_uuid)
     if attempt is None:
         return None
-    presence.hold("job", job_uuid, attempt)
+    presence.keep_alive("job", job_uuid, attempt)
     with sessions()() as session:
         return JobReporter(job_uuid, attempt), crud.get_job(session, job_id=job_uuid)
 

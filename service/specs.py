@@ -1,0 +1,157 @@
+"""Job specs: what a job of each kind accepts (its request body) and what its params hold once
+accepted (its spec). Torch-free pydantic, read by the API, which parses a request once and stores the
+spec's JSON, and by the workers, which parse that JSON back into the same spec.
+
+A spec is the only reader of a job's params: code outside this module takes a spec's attributes,
+never ``params[...]``."""
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from grocery.config import SERVICE_PARAMS, Param
+from service.states import Priority
+
+# A request names a priority by its word (strict validation takes no enum member from JSON).
+PriorityName = Literal[tuple(str(priority) for priority in Priority)]
+PRIORITY_HELP = "its share of the workers beside other jobs: low, normal or high (high: ops tokens only)"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    def stored(self) -> dict:
+        """The spec as a job's params hold it: options not given left out, so a job shows what was given."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+
+    @property
+    def files_named(self) -> int:
+        """The files the job names up front (a manifest's, an upload's): its quota and lane count them."""
+        return 0
+
+    @classmethod
+    def of_job(cls, params: dict):
+        """The spec of a stored job (the API checked it; JSON has no strict types to keep)."""
+        return cls.model_validate(params, strict=False)
+
+
+def request_field(p: Param) -> tuple:
+    """A TrainParams field: unset (None) takes the recipe's default; bounds and choices as declared."""
+    kind = Literal[p.choices] if p.choices else p.kind
+    if p.bounds:
+        kind = Annotated[kind, Field(**p.bounds)]
+    return kind | None, Field(None, description=p.service_help)
+
+
+# A training job's spec: the training CLI's options a job may set (grocery.config declares them).
+TrainParams = create_model(
+    "TrainParams",
+    __base__=Strict,
+    __doc__="The training CLI's options; unset ones take the default recipe.",
+    __module__=__name__,
+    **{p.name: request_field(p) for p in SERVICE_PARAMS},
+)
+
+
+class PredictInput(Strict):
+    folder: str | None = Field(None, description="a folder inside the allowed input roots")
+    url: Annotated[str, Field(pattern=r"^s3://", max_length=2048)] | None = Field(
+        None, description="an object prefix inside the allowed input roots, e.g. s3://bucket/photos/"
+    )
+    paths: Annotated[list[str], Field(min_length=1, max_length=100_000)] | None = Field(
+        None, description="a manifest: files or object URLs (s3://...) inside the allowed input roots"
+    )
+    recursive: bool = Field(True, description="folder or url: include subfolders (keys below further '/')")
+    pattern: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="folder or url: a glob on file names, e.g. '*.jpg' (default: the image extensions)"
+    )
+
+    @model_validator(mode="after")
+    def exactly_one_source(self):
+        if sum(source is not None for source in (self.folder, self.url, self.paths)) != 1:
+            raise ValueError("give exactly one of 'folder', 'url' or 'paths'")
+        return self
+
+    @property
+    def files_named(self) -> int:
+        """The files named up front (a manifest's); 0 where they are found by listing."""
+        return len(self.paths) if self.paths is not None else 0
+
+
+class StoredInput(PredictInput):
+    """A prediction job's input as stored: a request's, confined (real paths), or its uploaded files'
+    folder or prefix with what was uploaded."""
+
+    upload: dict | None = None
+
+    @property
+    def files_named(self) -> int:
+        return self.upload["files"] if self.upload is not None else super().files_named
+
+
+class PredictOutput(Strict):
+    # Its form (s3://bucket/key.parquet) is checked by the API, which answers 400 naming the field.
+    url: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
+        description="an object to write the results to as Parquet when the job ends, e.g. s3://bucket/run.parquet"
+    )
+
+
+class PredictOptions(Strict):
+    """What a prediction job's request and its spec share."""
+
+    model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
+    output: PredictOutput | None = Field(None, description="where the job also writes its results when it ends")
+    shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="files per shard task (default GROCERY_SHARD_SIZE)"
+    )
+    max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="the job fails when more of its files fail (default GROCERY_MAX_FAILED_FRACTION)"
+    )
+
+
+# What marks the one-image jobs of POST /predict (a retention of their own).
+PREDICT_SOURCE = "predict"
+
+
+class PredictSpec(PredictOptions):
+    """A prediction job's params."""
+
+    input: StoredInput
+    source: Literal[PREDICT_SOURCE] | None = None  # POST /predict's jobs
+
+    @property
+    def files_named(self) -> int:
+        return self.input.files_named
+
+    # One part of a stored job's params, whatever else they hold (the store's rows of older jobs, too).
+    @staticmethod
+    def output_of(params: dict) -> PredictOutput | None:
+        """Its output object: what the store reads as the job finishes."""
+        output = params.get("output")
+        return None if output is None else PredictOutput.model_validate(output, strict=False)
+
+    @staticmethod
+    def input_of(params: dict) -> StoredInput | None:
+        """Its input: what a preview of one of its files is confined by."""
+        source = params.get("input")
+        return None if source is None else StoredInput.model_validate(source, strict=False)
+
+
+class TrainJobRequest(Strict):
+    type: Literal["train"]
+    params: TrainParams = TrainParams()
+
+    # A training job names no model to serve with and takes its place in the training queue.
+    model: ClassVar[None] = None
+    priority: ClassVar[Priority] = Priority.NORMAL
+
+
+class PredictJobRequest(PredictOptions):
+    type: Literal["predict"]
+    input: PredictInput
+    priority: PriorityName = Field(str(Priority.NORMAL), description=PRIORITY_HELP)
+
+    def spec(self, source: dict) -> PredictSpec:
+        """The job's spec, with its input as the API confined it."""
+        options = self.model_dump(include={"model", "output", "shard_size", "max_failed_fraction"})
+        return PredictSpec.model_validate({**options, "input": source})

@@ -1,0 +1,72 @@
+"""The models a worker process serves with: each loaded once, by model id, its artifact copied to this
+machine first where it lies in a bucket; and the serving model preloaded as the worker starts."""
+
+import functools
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from celery.signals import worker_ready
+
+from grocery.storage import StorageError
+from service import artifacts, crud
+from service.contract import serving_model
+from service.settings import Settings
+from worker.process import sessions, worker_settings
+
+log = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def preload_serving_model(sender=None, **_) -> None:
+    """Load the model POST /predict serves (the production alias, else the latest) before the first
+    request needs it. Only in a process that runs tasks itself (the solo or threads pool): a parent
+    that forks children must not hold ONNX Runtime's threads."""
+    pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
+    if pool is None or pool.__module__.endswith("prefork"):
+        return
+    try:
+        with sessions()() as session:
+            model = serving_model(session)
+        if model is not None:
+            cached_predictor(str(model.id), model.artifact_path)
+            log.info("preloaded model %s (version %s)", model.id, model.version)
+    except Exception:  # a missing artifact or database fails the first job clearly; the worker still starts
+        log.warning("could not preload the serving model", exc_info=True)
+
+
+def local_artifact(settings: Settings, model_id: str, artifact_path: str) -> Path:
+    """The model's artifact folder here: for one in a bucket, this machine's copy (what serving reads),
+    downloaded once; the runtime choice is kept in that copy, per machine as it is measured."""
+    from grocery.artifact import ArtifactError, serving_file
+
+    try:
+        return artifacts.local_folder(settings, model_id=model_id, artifact_path=artifact_path, matches=serving_file)
+    except StorageError as e:
+        if e.code != "not_found":
+            raise
+        raise ArtifactError(f"{artifact_path} is not a model artifact ({e})") from None
+
+
+@functools.lru_cache(maxsize=2)
+def cached_predictor(model_id: str, artifact_path: str):
+    """Each worker process loads a model once and keeps it, by model id, for the next shards. Its
+    first load on a machine measures the runtimes (grocery.runtimes); the choice is kept with the model."""
+    from grocery.predict import Predictor
+
+    settings = worker_settings()
+    threads = settings.worker_threads or len(os.sched_getaffinity(0))
+    folder = local_artifact(settings, model_id, artifact_path)
+    predictor = Predictor.from_path(folder, threads=threads, decode_threads=threads, runtime=settings.runtime)
+    if predictor.choice is not None:
+        with sessions()() as session:
+            crud.record_runtime_choice(
+                session,
+                model_id=uuid.UUID(model_id),
+                machine=predictor.choice.record["machine"],
+                choice=predictor.choice.record,
+            )
+            session.commit()
+        log.info("model %s serves on %s here (%s)", model_id, predictor.runtime, predictor.choice.record["machine"])
+    return predictor
