@@ -3,7 +3,7 @@
 ``TrainConfig`` is every knob of a training run. Each field's metadata (a ``Param``, given through
 ``param()``) says what its callers need besides its type and default: help text, bounds, choices,
 whether ``grocery train`` has a flag for it and whether the job service offers it. The flags
-(grocery/cli.py), the job request's schema (api/schemas.py), the client's options (cli/client.py) and
+(grocery/cli.py), the job request's schema (service/specs.py), the client's options (cli/client.py) and
 the web form (api/ui/jobs.py) are built from ``TRAIN_PARAMS``. Torch-free: the API and
 ``grocery --help`` read it without loading torch.
 """
@@ -173,5 +173,5 @@ def _given_type(annotation) -> type:
 
 
 TRAIN_PARAMS = declared_params()
-# What a job request's params may set (api/schemas.py TrainParams); the worker supplies data_dir if unset.
+# What a job request's params may set (service/specs.py TrainParams); the worker supplies data_dir if unset.
 SERVICE_PARAMS = tuple(p for p in TRAIN_PARAMS.values() if p.service)
