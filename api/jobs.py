@@ -15,7 +15,7 @@ from api.errors import APIError
 from api.resources import resources
 from api.schemas import JobRequest
 from grocery import storage
-from service import confinement, contract, crud, lifecycle, shards
+from service import confinement, contract, crud, lifecycle, registry, shards
 from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
 from service.specs import PredictInput, PredictJobRequest, PredictSpec, TrainJobRequest, TrainParams
 from service.states import FINISHED_STATUSES, Lane, Priority, Status
@@ -32,8 +32,8 @@ def job_json(job: Job) -> dict:
         "type": job.type,
         "status": job.status,
         "progress": {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit},
-        # Listed jobs come with shown_params from the database (crud.list_jobs), without their params.
-        "params": job.shown_params if job.shown_params is not None else _shown_params(job.params),
+        # Loaded as shown (crud.list_jobs, crud.shown_job): a long manifest cut short in SQL.
+        "params": job.shown_params,
         "model_id": str(job.model_id) if job.model_id else None,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
@@ -48,13 +48,9 @@ def job_json(job: Job) -> dict:
     }
 
 
-def _shown_params(params: dict) -> dict:
-    """Long manifests are cut short: every path is in the job's results."""
-    paths = params.get("input", {}).get("paths")
-    if paths is None or len(paths) <= MANIFEST_SHOWN:
-        return params
-    source = {**params["input"], "paths": paths[:MANIFEST_SHOWN], "paths_count": len(paths)}
-    return {**params, "input": source}
+def shown(session, job: Job) -> Job:
+    """The job as GET /jobs/<id> shows it: read again with its params as lists show them."""
+    return crud.shown_job(session, job_id=job.id, manifest_shown=MANIFEST_SHOWN)
 
 
 def idempotency_key() -> str | None:
@@ -77,21 +73,22 @@ def submit_job():
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
-            return replay(existing, body_hash)
+            return replay(session, existing, body_hash)
         model_id = _resolve_model_id(session, asked.model) if asked.model is not None else None
         spec = checked_spec(asked)
         new = NewJob(
             kind=KINDS[asked.type],
             params=spec.stored(),
             owner_token_id=auth.owner_id(),
+            files_named=spec.files_named,
             model_id=model_id,
             idempotency_key=key,
             request_hash=body_hash,
             lane=lane_of(KINDS[asked.type], spec.files_named),
             priority=asked.priority,
         )
-        job, created = record_job(session, new, files=spec.files_named)
-        return accepted(job) if created else replay(job, body_hash)
+        job, created = record_job(session, new)
+        return accepted(session, job) if created else replay(session, job, body_hash)
 
 
 def submit_upload(key: str | None):
@@ -103,7 +100,7 @@ def submit_upload(key: str | None):
     settings = resources().settings
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
-            return replay(existing, body_hash)
+            return replay(session, existing, body_hash)
         model_id = _resolve_model_id(session, form.model)
         job_id = uuid.uuid4()
         job_uploads = storage.join(settings.upload_dir, str(job_id))
@@ -122,6 +119,7 @@ def submit_upload(key: str | None):
                 kind=PREDICT,
                 params=spec.stored(),
                 owner_token_id=auth.owner_id(),
+                files_named=spec.files_named,
                 model_id=model_id,
                 id=job_id,
                 idempotency_key=key,
@@ -129,21 +127,21 @@ def submit_upload(key: str | None):
                 lane=lane_of(PREDICT, spec.files_named),
                 priority=form.priority,
             )
-            job, created = record_job(session, new, files=spec.files_named)
+            job, created = record_job(session, new)
         except BaseException:
             lifecycle.remove_files([job_uploads])
             raise
         if not created:
             lifecycle.remove_files([job_uploads])
-            return replay(job, body_hash)
-        return accepted(job)
+            return replay(session, job, body_hash)
+        return accepted(session, job)
 
 
-def record_job(session, new: NewJob, *, files: int) -> tuple[Job, bool]:
+def record_job(session, new: NewJob) -> tuple[Job, bool]:
     """Submit the job (priority, quota, row, commit, queue). Returns (job, False) when a concurrent
     request with the same Idempotency-Key committed first."""
     check_priority(new.priority)
-    check_quota(session, files=files)
+    check_quota(session, files=new.files_named)
     job = contract.submit(session, resources().celery, new)
     if job is None:
         return crud.get_job_by_idempotency_key(session, key=new.idempotency_key, owner=new.owner_token_id), False
@@ -161,15 +159,15 @@ def check_priority(priority: Priority) -> None:
         raise APIError(403, "forbidden", "priority 'high' is for tokens with the 'ops' scope", {"field": "priority"})
 
 
-def accepted(job: Job):
-    return jsonify(job_json(job)), 202, {"Location": f"/jobs/{job.id}"}
+def accepted(session, job: Job):
+    return jsonify(job_json(shown(session, job))), 202, {"Location": f"/jobs/{job.id}"}
 
 
-def replay(existing: Job, body_hash: str):
+def replay(session, existing: Job, body_hash: str):
     """The answer to a retried submission: the same job, or 409 when the key came with another body."""
     if existing.request_hash != body_hash:
         raise APIError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different request body")
-    return jsonify(job_json(existing)), 200, {"Location": f"/jobs/{existing.id}"}
+    return jsonify(job_json(shown(session, existing))), 200, {"Location": f"/jobs/{existing.id}"}
 
 
 def checked_spec(asked: TrainJobRequest | PredictJobRequest) -> TrainParams | PredictSpec:
@@ -257,7 +255,7 @@ def check_shard_size(shard_size: int | None, *, files: int | None) -> None:
 
 
 def _resolve_model_id(session, reference: str) -> uuid.UUID:
-    model = crud.resolve_model(session, reference=reference)
+    model = registry.resolve_model(session, reference=reference)
     if model is None:
         raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
     return model.id
@@ -266,7 +264,7 @@ def _resolve_model_id(session, reference: str) -> uuid.UUID:
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str):
     with resources().sessions() as session:
-        job = existing_job(session, job_id)
+        job = shown(session, existing_job(session, job_id))
         payload = job_json(job)
         if KINDS[job.type].shard is not None and job.status == Status.RUNNING:
             payload["summary"] = shards.job_summary(session, job=job)
@@ -319,7 +317,7 @@ def cancel_job(job_id: str):
         job = existing_job(session, job_id)
         outcome = crud.request_cancel(session, job_id=job.id)
         session.commit()
-        session.refresh(job)
+        job = shown(session, job)
         if outcome is None:
             raise APIError(409, "job_finished", f"job {job_id} already ended {job.status}")
         return jsonify(job_json(job)), 202 if outcome == Status.RUNNING else 200

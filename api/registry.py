@@ -8,7 +8,7 @@ from api.deps import iso, json_body
 from api.errors import APIError
 from api.resources import resources
 from api.schemas import AliasRequest
-from service import crud, lifecycle
+from service import lifecycle, registry
 from service.tables import Model
 
 blueprint = Blueprint("models", __name__)
@@ -34,17 +34,21 @@ def model_json(model: Model, aliases: list[str]) -> dict:
 def list_models():
     with resources().sessions() as session:
         return jsonify(
-            {"models": [model_json(m, crud.aliases_of(session, model_id=m.id)) for m in crud.list_models(session)]}
+            {
+                "models": [
+                    model_json(m, registry.aliases_of(session, model_id=m.id)) for m in registry.list_models(session)
+                ]
+            }
         )
 
 
 @blueprint.get("/models/<reference>")
 def get_model(reference: str):
     with resources().sessions() as session:
-        model = crud.resolve_model(session, reference=reference)
+        model = registry.resolve_model(session, reference=reference)
         if model is None:
             raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
-        return jsonify(model_json(model, crud.aliases_of(session, model_id=model.id)))
+        return jsonify(model_json(model, registry.aliases_of(session, model_id=model.id)))
 
 
 @blueprint.delete("/models/<model_id>")
@@ -80,6 +84,6 @@ def move_alias(name: str):
         model = session.get(Model, model_id)
         if model is None:
             raise APIError(404, "model_not_found", f"no model {request.model_id}")
-        crud.set_alias(session, name=name, model_id=model_id)
+        registry.set_alias(session, name=name, model_id=model_id)
         session.commit()
-        return jsonify(model_json(model, crud.aliases_of(session, model_id=model_id)))
+        return jsonify(model_json(model, registry.aliases_of(session, model_id=model_id)))

@@ -13,7 +13,7 @@ from api.resources import resources
 from api.thumbnails import ThumbnailError, thumbnail_jpeg
 from grocery import parquet
 from grocery.results import RESULT_COLUMNS, Prediction, csv_values
-from service import crud, exports, tokens
+from service import exports, predictions, shards, tokens
 from service.confinement import PathRefused, job_scope
 from service.contract import ROW_COUNT_HEADER
 from service.specs import PredictSpec
@@ -44,7 +44,7 @@ def job_results(job_id: str):
             return export(job.id, output, filters)
         limit = int_arg("limit", default=100, low=1, high=1000)
         after = int_arg("cursor", default=0, low=0, high=2**62) or None
-        rows = crud.list_predictions(session, job_id=job.id, limit=limit, after_id=after, **filters)
+        rows = predictions.list_predictions(session, job_id=job.id, limit=limit, after_id=after, **filters)
         next_cursor = str(rows[-1].id) if len(rows) == limit else None
         return jsonify({"results": [result_json(r) for r in rows], "next_cursor": next_cursor})
 
@@ -86,12 +86,12 @@ def export(job_id, output: str, filters: dict) -> Response:
     goes first, in a header, from the same snapshot as the rows, so a client can tell a cut download."""
     session = resources().sessions()
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    count = crud.count_predictions(session, job_id=job_id, **filters)
+    count = predictions.count_predictions(session, job_id=job_id, **filters)
     encode = _csv_lines if output == "csv" else _jsonl_lines
 
     def generate():
         try:
-            yield from encode(crud.stream_predictions(session, job_id=job_id, **filters))
+            yield from encode(predictions.stream_predictions(session, job_id=job_id, **filters))
         finally:
             session.close()
 
@@ -126,7 +126,7 @@ def finished_results_file(session, job, output: str) -> Response:
     if not path.is_file():
         with exports.written_atomically(settings, path, job_id=job.id) as partial:
             write_export_file(session, job.id, output, partial)
-    count = crud.count_predictions(session, job_id=job.id)
+    count = predictions.count_predictions(session, job_id=job.id)
     response = send_file(
         path,
         mimetype=FILE_TYPES[output],
@@ -164,7 +164,7 @@ def write_export_file(session, job_id, output: str, path: Path) -> None:
         return
     encode = _csv_lines if output == "csv" else _jsonl_lines
     with path.open("w", encoding="utf-8", newline="") as f:
-        for text in encode(crud.stream_predictions(session, job_id=job_id)):
+        for text in encode(predictions.stream_predictions(session, job_id=job_id)):
             f.write(text)
 
 
@@ -200,7 +200,7 @@ def result_image(job_id: str):
     size = int_arg("size", default=256, low=16, high=1024)
     with resources().sessions() as session:
         job = existing_job(session, job_id)
-        row = crud.get_prediction(session, job_id=job.id, path=path)
+        row = predictions.get_prediction(session, job_id=job.id, path=path)
         owner = tokens.get_token(session, token_id=job.owner_token_id)
         scope = job_scope(
             resources().settings,
@@ -247,6 +247,6 @@ def job_shards(job_id: str):
     limit = int_arg("limit", default=100, low=1, high=1000)
     after = int_arg("cursor", default=0, low=0, high=2**31) - 1 if request.args.get("cursor") else -1
     with resources().sessions() as session:
-        rows = crud.list_shards(session, job_id=existing_job(session, job_id).id, limit=limit, after_number=after)
+        rows = shards.list_shards(session, job_id=existing_job(session, job_id).id, limit=limit, after_number=after)
         next_cursor = str(rows[-1].number + 1) if len(rows) == limit else None
         return jsonify({"shards": [shard_json(s) for s in rows], "next_cursor": next_cursor})

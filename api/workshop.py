@@ -19,7 +19,7 @@ from api.errors import APIError
 from api.resources import resources
 from api.uploads import storage_error
 from grocery import storage
-from service import contract, crud
+from service import contract, crud, predictions
 from service.broker import await_job_finished
 from service.kinds import PREDICT, NewJob
 from service.specs import PREDICT_SOURCE, PredictSpec, StoredInput
@@ -159,6 +159,7 @@ def predict():
             kind=PREDICT,
             params=spec.stored(),
             owner_token_id=auth.owner_id(),
+            files_named=spec.files_named,
             model_id=model.id,
             id=job_id,
             lane=Lane.INTERACTIVE,
@@ -175,7 +176,7 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
         with resources().sessions() as session:
             job = crud.get_job(session, job_id=job_id)
             if job.status in FINISHED_STATUSES:
-                rows = crud.list_predictions(session, job_id=job_id, limit=1)
+                rows = predictions.list_predictions(session, job_id=job_id, limit=1)
                 break
         left = deadline - time.monotonic()
         if left <= 0:

@@ -35,7 +35,7 @@ from harness import free_port, register_model, request, scratch_database, servic
 
 from grocery import index
 from grocery.predict import Predictor
-from service import crud
+from service import crud, predictions
 from service.db import make_engine, make_session_factory
 from service.kinds import PREDICT, NewJob
 
@@ -178,7 +178,7 @@ def export_csv(port: int, job_id: str) -> tuple[float, int]:
 
 
 def write_rate(database_url: str, rows: int, batch: int) -> float:
-    """Result rows per second through crud.add_predictions, in the workers' batch size."""
+    """Result rows per second through predictions.add_predictions, in the workers' batch size."""
     sessions = make_session_factory(make_engine(database_url))
     with sessions() as session:
         job = crud.create_job(session, new=NewJob(kind=PREDICT, params={}, owner_token_id=None))
@@ -198,7 +198,7 @@ def write_rate(database_url: str, rows: int, batch: int) -> float:
         ]
         start = time.perf_counter()
         for offset in range(0, rows, batch):
-            crud.add_predictions(session, job_id=job.id, rows=data[offset : offset + batch])
+            predictions.add_predictions(session, job_id=job.id, rows=data[offset : offset + batch])
             session.commit()
         return rows / (time.perf_counter() - start)
 

@@ -17,7 +17,7 @@ import time
 
 from harness import free_port, scratch_database, start_api
 
-from service import crud
+from service import crud, predictions
 from service.db import make_engine, make_session_factory
 from service.kinds import PREDICT, NewJob
 
@@ -39,7 +39,7 @@ def finished_job(database_url: str, rows: int) -> str:
                 }
                 for i in range(start, min(rows, start + 10_000))
             ]
-            crud.add_predictions(session, job_id=job.id, rows=batch)
+            predictions.add_predictions(session, job_id=job.id, rows=batch)
             session.commit()
         job.status = "succeeded"
         session.commit()

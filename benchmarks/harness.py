@@ -116,12 +116,12 @@ def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict
 def register_model(database_url: str, model_dir: Path) -> None:
     """The artifact as the registry's latest model, as a training job would leave it."""
     from grocery.artifact import read_artifact
-    from service import crud
+    from service import registry
     from service.db import make_engine, make_session_factory
 
     artifact = read_artifact(model_dir)
     with make_session_factory(make_engine(database_url))() as session:
-        crud.register_model(
+        registry.register_model(
             session,
             arch=artifact.arch,
             label_level=artifact.metadata["label_level"],

@@ -102,9 +102,11 @@ def submit(client: Client, args) -> int:
     if args.kind == TRAIN.name:
         params = {p.name: getattr(args, p.name) for p in SERVICE_PARAMS if getattr(args, p.name) is not None}
         job = client.call("POST", "/jobs", {"type": TRAIN.name, "params": params})
-    elif args.folder or args.url:
+    elif args.kind == PREDICT.name and (args.folder or args.url):
         source = {"folder": args.folder} if args.folder else {"url": args.url}
         job = client.call("POST", "/jobs", {"type": PREDICT.name, "model": args.model, "input": source})
+    elif args.kind != PREDICT.name:
+        job = client.call("POST", "/jobs", {**json.loads(args.request), "type": args.kind})
     elif args.files:
         job = client.upload("/jobs", {"model": args.model}, [Path(f) for f in args.files])
     else:
@@ -189,6 +191,27 @@ def models(client: Client, args) -> int:
     return 0
 
 
+def train_options(command) -> None:
+    # Every parameter the service offers; it checks bounds and choices, and says what it refused.
+    for p in SERVICE_PARAMS:
+        command.add_argument(p.flag, dest=p.name, type=p.kind, help=p.service_help or p.help)
+
+
+def predict_options(command) -> None:
+    command.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
+    command.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
+    command.add_argument("--url", help="an object prefix the server may read, s3://bucket/prefix/")
+    command.add_argument("files", nargs="*", help="image files or one .zip to upload")
+
+
+def request_options(command) -> None:
+    command.add_argument("--request", default="{}", help="the job's request as JSON, without its type")
+
+
+# A kind's own flags; any other registered kind takes its request as JSON.
+SUBMIT_OPTIONS = {TRAIN.name: train_options, PREDICT.name: predict_options}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grocery", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,16 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True
     )
     submitting = jobs.add_parser("submit", help="submit a job").add_subparsers(dest="kind", required=True)
-    train = submitting.add_parser(TRAIN.name, help=KINDS[TRAIN.name].help)
-    # Every parameter the service offers; it checks bounds and choices, and says what it refused.
-    for p in SERVICE_PARAMS:
-        train.add_argument(p.flag, dest=p.name, type=p.kind, help=p.service_help or p.help)
-    predict = submitting.add_parser(PREDICT.name, help=PREDICT.help)
-    predict.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
-    predict.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
-    predict.add_argument("--url", help="an object prefix the server may read, s3://bucket/prefix/")
-    predict.add_argument("files", nargs="*", help="image files or one .zip to upload")
-    for command in (train, predict):
+    for kind in KINDS.values():
+        command = submitting.add_parser(kind.name, help=kind.help)
+        SUBMIT_OPTIONS.get(kind.name, request_options)(command)
         command.add_argument("--watch", action="store_true", help="follow it to the end; exit code says how it ended")
         command.set_defaults(run=submit)
     watching = jobs.add_parser("watch", help="a progress bar until the job ends")

@@ -13,7 +13,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import crud
+from service import crud, registry
 from service.kinds import KINDS, NewJob, Task
 from service.settings import Settings
 from service.tables import Job, Model
@@ -86,4 +86,6 @@ def submit(session: Session, celery: Celery, new: NewJob) -> Job | None:
 
 def serving_model(session: Session) -> Model | None:
     """The model that serves when none is named: the production alias, else the latest."""
-    return crud.resolve_model(session, reference="production") or crud.resolve_model(session, reference="latest")
+    return registry.resolve_model(session, reference="production") or registry.resolve_model(
+        session, reference="latest"
+    )

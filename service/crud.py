@@ -1,17 +1,16 @@
-"""Small keyword-only data functions over the job store. Callers own the transaction."""
+"""Small keyword-only data functions over jobs and their events: submission, listing, attempts (guarded
+in service/attempts.py), cancellation. Callers own the transaction."""
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import ARRAY, BigInteger, Select, Text, and_, case, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ARRAY, Text, and_, case, func, literal, or_, select, update
 from sqlalchemy.orm import Session, defer, with_expression
 
 from service import attempts
 from service.kinds import NewJob
 from service.states import LIVE_STATUSES, Lane, Status
-from service.tables import Job, JobEvent, JobShard, Model, ModelAlias, PredictionRow
+from service.tables import Job, JobEvent
 
 
 def create_job(session: Session, *, new: NewJob) -> Job:
@@ -20,6 +19,7 @@ def create_job(session: Session, *, new: NewJob) -> Job:
         owner_token_id=new.owner_token_id,
         type=new.kind.name,
         params=new.params,
+        files_named=new.files_named,
         progress_unit=new.kind.progress_unit,
         model_id=new.model_id,
         idempotency_key=new.idempotency_key,
@@ -37,6 +37,12 @@ def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
+def shown_job(session: Session, *, job_id: uuid.UUID, manifest_shown: int) -> Job:
+    """The job read (again) with its params as lists show them (``query_expression_of_params``)."""
+    query = select(Job).where(Job.id == job_id).options(query_expression_of_params(manifest_shown))
+    return session.scalar(query.execution_options(populate_existing=True))
+
+
 def get_job_by_idempotency_key(session: Session, *, key: str, owner: uuid.UUID | None) -> Job | None:
     """The job this owner submitted with ``key`` (another owner's key is another job)."""
     same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
@@ -51,14 +57,8 @@ def lock_owner(session: Session, *, owner: uuid.UUID | None) -> None:
 
 def active_work(session: Session, *, owner: uuid.UUID | None) -> tuple[int, int]:
     """(jobs, files) of this owner's queued and running jobs. A job's files: as listed so far, else
-    what its request named (a manifest's paths, an upload's files)."""
-    source = Job.params["input"]
-    files = func.coalesce(
-        Job.progress_total,
-        func.jsonb_array_length(source["paths"]),
-        source["upload"]["files"].astext.cast(BigInteger),
-        0,
-    )
+    those its request named."""
+    files = func.coalesce(Job.progress_total, Job.files_named)
     same_owner = Job.owner_token_id.is_(None) if owner is None else Job.owner_token_id == owner
     jobs, total = session.execute(
         select(func.count(), func.coalesce(func.sum(files), 0)).where(same_owner, Job.status.in_(LIVE_STATUSES))
@@ -209,136 +209,3 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
         return Status.RUNNING
     return None
-
-
-def register_model(
-    session: Session,
-    *,
-    arch: str,
-    label_level: str,
-    class_names: list[str],
-    metrics: dict,
-    artifact_path: str,
-    job_id: uuid.UUID | None,
-    serving: dict | None = None,
-) -> Model:
-    model = Model(
-        id=uuid.uuid4(),
-        arch=arch,
-        label_level=label_level,
-        class_names=class_names,
-        metrics=metrics,
-        artifact_path=artifact_path,
-        job_id=job_id,
-        serving=serving or {},
-    )
-    session.add(model)
-    session.flush()
-    return model
-
-
-def record_runtime_choice(session: Session, *, model_id: uuid.UUID, machine: str, choice: dict) -> None:
-    """Keep a machine's runtime choice with the model (serving.runtimes[machine]), beside its exports."""
-    model = session.get(Model, model_id, with_for_update=True)  # two workers choosing at once keep both
-    if model is not None:
-        model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
-
-
-def resolve_model(session: Session, *, reference: str) -> Model | None:
-    """A model id, ``latest`` (the newest version) or an alias name."""
-    if reference == "latest":
-        return session.scalar(select(Model).order_by(Model.version.desc()).limit(1))
-    try:
-        return session.get(Model, uuid.UUID(reference))
-    except ValueError:
-        alias = session.get(ModelAlias, reference)
-        return session.get(Model, alias.model_id) if alias else None
-
-
-def set_alias(session: Session, *, name: str, model_id: uuid.UUID) -> ModelAlias:
-    alias = session.get(ModelAlias, name)
-    if alias is None:
-        alias = ModelAlias(name=name, model_id=model_id)
-        session.add(alias)
-    else:
-        alias.model_id = model_id
-    session.flush()
-    return alias
-
-
-def add_predictions(session: Session, *, job_id: uuid.UUID, rows: list[dict]) -> None:
-    """Insert per-file results in one statement; a re-run batch adds no duplicates."""
-    if rows:
-        statement = insert(PredictionRow).on_conflict_do_nothing(constraint="predictions_job_id_path_key")
-        session.execute(statement, [{"job_id": job_id, **row} for row in rows])
-
-
-def predictions_query(
-    *,
-    job_id: uuid.UUID,
-    label: str | None = None,
-    min_confidence: float | None = None,
-    max_confidence: float | None = None,
-    errors_only: bool = False,
-    after_id: int | None = None,
-) -> Select:
-    """A job's results in the order they were written, filtered."""
-    query = select(PredictionRow).where(PredictionRow.job_id == job_id).order_by(PredictionRow.id)
-    if label is not None:
-        query = query.where(PredictionRow.label == label)
-    if min_confidence is not None:
-        query = query.where(PredictionRow.confidence >= min_confidence)
-    if max_confidence is not None:
-        query = query.where(PredictionRow.confidence <= max_confidence)
-    if errors_only:
-        query = query.where(PredictionRow.error_code.is_not(None))
-    if after_id is not None:
-        query = query.where(PredictionRow.id > after_id)
-    return query
-
-
-def get_prediction(session: Session, *, job_id: uuid.UUID, path: str) -> PredictionRow | None:
-    return session.scalar(select(PredictionRow).where(PredictionRow.job_id == job_id, PredictionRow.path == path))
-
-
-def list_predictions(session: Session, *, job_id: uuid.UUID, limit: int, **filters) -> list[PredictionRow]:
-    return list(session.scalars(predictions_query(job_id=job_id, **filters).limit(limit)))
-
-
-def count_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> int:
-    query = predictions_query(job_id=job_id, **filters)
-    return session.scalar(select(func.count()).select_from(query.subquery()))
-
-
-def stream_predictions(session: Session, *, job_id: uuid.UUID, **filters) -> Iterator[PredictionRow]:
-    """Every matching result through a server-side cursor: memory holds one batch, not the set."""
-    query = predictions_query(job_id=job_id, **filters).execution_options(yield_per=1000)
-    for prediction in session.scalars(query):
-        yield prediction
-        session.expunge(prediction)  # the identity map would otherwise keep every row
-
-
-def prediction_pages(
-    session: Session, *, job_id: uuid.UUID, page_size: int, **filters
-) -> Iterator[list[PredictionRow]]:
-    """Every matching result a page at a time, each page its own keyset query (ids above the last
-    page's): no cursor stays open while the caller works on a page. Memory holds one page."""
-    after_id = None
-    while page := list_predictions(session, job_id=job_id, limit=page_size, after_id=after_id, **filters):
-        yield page
-        after_id = page[-1].id
-        for prediction in page:
-            session.expunge(prediction)  # the identity map would otherwise keep every row
-
-
-def list_shards(session: Session, *, job_id: uuid.UUID, limit: int, after_number: int = -1) -> list[JobShard]:
-    query = select(JobShard).where(JobShard.job_id == job_id, JobShard.number > after_number)
-    return list(session.scalars(query.order_by(JobShard.number).limit(limit)))
-
-
-def list_models(session: Session) -> list[Model]:
-    return list(session.scalars(select(Model).order_by(Model.version.desc())))
-
-
-def aliases_of(session: Session, *, model_id: uuid.UUID) -> list[str]:
-    return list(session.scalars(select(ModelAlias.name).where(ModelAlias.model_id == model_id)))

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from grocery import parquet
-from service.crud import prediction_pages
+from service.predictions import prediction_pages
 from service.settings import Settings
 
 

@@ -67,8 +67,9 @@ PREDICT = JobKind(
 )
 KINDS = {kind.name: kind for kind in (TRAIN, PREDICT)}
 JOB_TYPES = tuple(KINDS)
-# Kinds whose jobs, once listed, live in their shards (the reconciler watches the shards).
+# Kinds whose jobs, once listed, live in their shards (the reconciler watches the shards), and their tasks.
 SHARDED_TYPES = tuple(name for name, kind in KINDS.items() if kind.shard)
+SHARD_TASKS = tuple(KINDS[name].shard for name in SHARDED_TYPES)
 TASKS = tuple(dict.fromkeys(task for kind in KINDS.values() for task in kind.tasks))
 # The order a worker takes work in (Redis is asked in this order): interactive work first; then the
 # listings that start sharded jobs (quick, and they make the work), so that a job submitted behind a
@@ -104,6 +105,7 @@ class NewJob:
     kind: JobKind
     params: dict  # its spec, as stored (specs.Strict.stored)
     owner_token_id: uuid.UUID | None
+    files_named: int = 0  # its spec's files_named
     model_id: uuid.UUID | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     idempotency_key: str | None = None

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from service.kinds import INTERACTIVE_QUEUE, KINDS, PREDICT
-from service.states import Lane, Status
+from service.states import Lane, Status, WorkerStatus
 from service.tables import Job, JobShard, PredictionRow, Worker
 
 # A worker that has not reported for this long is not counted as live.
@@ -59,7 +59,7 @@ def report_worker(
 
 def live_workers_query():
     recent = Worker.heartbeat_at > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, WORKER_LIVE_SECONDS)
-    return select(Worker).where(Worker.status != "offline", recent)
+    return select(Worker).where(Worker.status != WorkerStatus.OFFLINE, recent)
 
 
 def list_workers(session: Session, *, include_offline: bool = False) -> list[Worker]:

@@ -11,7 +11,7 @@ from service.crud import finish_job, requeue_job
 from service.kinds import SHARDED_TYPES
 from service.retry import RetryPolicy
 from service.shards import fail_remaining, finish_shard, requeue_shard
-from service.states import LIVE_STATUSES, Status
+from service.states import LIVE_STATUSES, Status, WorkerStatus
 from service.tables import Job, JobShard, Worker
 
 # Held by the worker that reconciles, for its transaction: one reconciler at a time.
@@ -40,7 +40,7 @@ def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str |
     its locks, and the worker's late writes fail instead of landing (a lost worker is fenced off).
     ``exclude`` is the caller's own session name: a reconciler never ends itself."""
     lost = select(Worker.hostname, Worker.pid).where(
-        Worker.status != "offline", _older_than(Worker.heartbeat_at, lease_seconds)
+        Worker.status != WorkerStatus.OFFLINE, _older_than(Worker.heartbeat_at, lease_seconds)
     )
     names = [worker_session_name(hostname, pid) for hostname, pid in session.execute(lost)]
     names = [name for name in names if name != exclude]
@@ -132,13 +132,21 @@ def waiting_jobs(session: Session, *, older_than: float) -> list[tuple[uuid.UUID
     return [tuple(row) for row in session.execute(query.order_by(Job.enqueued_at))]
 
 
-def waiting_shards(session: Session, *, older_than: float) -> list[int]:
-    """Ids of shards queued longer than ``older_than`` in running jobs: not their thousand paths each."""
-    job_runs = select(Job.id).where(Job.id == JobShard.job_id, Job.status == Status.RUNNING)
-    query = select(JobShard.id).where(
-        JobShard.status == Status.QUEUED, _older_than(JobShard.enqueued_at, older_than), job_runs.exists()
+def waiting_shards(session: Session, *, older_than: float) -> list[tuple[int, str]]:
+    """(id, job type) of shards queued longer than ``older_than`` in running jobs: not their thousand
+    paths each."""
+    query = (
+        select(JobShard.id, Job.type)
+        .join(Job, Job.id == JobShard.job_id)
+        .where(JobShard.status == Status.QUEUED, _older_than(JobShard.enqueued_at, older_than))
+        .where(Job.status == Status.RUNNING)
     )
-    return list(session.scalars(query.order_by(JobShard.enqueued_at)))
+    return [tuple(row) for row in session.execute(query.order_by(JobShard.enqueued_at))]
+
+
+def job_types(session: Session, *, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Each job's type (its kind says which task runs its shards)."""
+    return dict(session.execute(select(Job.id, Job.type).where(Job.id.in_(job_ids))).all()) if job_ids else {}
 
 
 def mark_enqueued(session: Session, *, job_ids: list[uuid.UUID], shard_ids: list[int]) -> None:

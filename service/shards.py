@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from grocery.results import Prediction
 from service import attempts
 from service.attempts import Verdict
-from service.crud import add_event, add_predictions, finish_job
+from service.crud import add_event, finish_job
+from service.predictions import add_predictions
 from service.specs import PredictSpec
 from service.states import LIVE_STATUSES, Priority, Status
 from service.tables import Job, JobShard, PredictionRow
@@ -282,3 +283,8 @@ def job_summary(session: Session, *, job: Job) -> dict:
         "seconds": round(seconds, 3) if seconds else None,
         "images_per_s": round(done / seconds, 1) if seconds else None,
     }
+
+
+def list_shards(session: Session, *, job_id: uuid.UUID, limit: int, after_number: int = -1) -> list[JobShard]:
+    query = select(JobShard).where(JobShard.job_id == job_id, JobShard.number > after_number)
+    return list(session.scalars(query.order_by(JobShard.number).limit(limit)))

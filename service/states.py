@@ -1,5 +1,6 @@
-"""The words every job and shard shares: its status, its lane and its priority. The database's check
-constraints (service/tables.py) and every comparison in the service are derived from these enums.
+"""The words every job and shard shares: its status, its lane and its priority; and a worker's status.
+The database's check constraints (service/tables.py) and every comparison in the service are derived
+from these enums.
 
 Each is a ``StrEnum``: a member is its value (``Status.QUEUED == "queued"``), so rows, JSON and
 query strings hold the plain word."""
@@ -41,3 +42,11 @@ class Priority(StrEnum):
 def one_of(column: str, values: type[StrEnum] | tuple) -> str:
     """A check constraint's text: the column holds one of the values (as the migrations spell it)."""
     return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class WorkerStatus(StrEnum):
+    """A worker process as it last reported itself (GET /workers)."""
+
+    ONLINE = "online"
+    STOPPING = "stopping"  # a warm shutdown: its running work is handed back
+    OFFLINE = "offline"

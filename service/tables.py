@@ -92,6 +92,8 @@ class Job(Base):
     lost_attempts: Mapped[int] = mapped_column(server_default="0")
     # The API token that submitted it (NULL with authentication off): only it, or an ops token, sees the job.
     owner_token_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    # The files its request named up front (a manifest's, an upload's): the quota counts them until listed.
+    files_named: Mapped[int] = mapped_column(BigInteger, server_default="0")
     lane: Mapped[str] = mapped_column(String(16), server_default=Lane.BULK)
     priority: Mapped[str] = mapped_column(String(16), server_default=Priority.NORMAL)
 

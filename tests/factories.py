@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import TINY_CLASSES
 
-from service import crud, shards, tokens
+from service import crud, registry, shards, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 
@@ -45,7 +45,7 @@ def job(session, *, type: str = "predict", status: str = "queued", params: dict 
 
 def model(session, *, artifact: Path, arch: str = "efficientnet_lite0", classes: list[str] | None = None, **fields):
     """A registered model of the tiny dataset's coarse classes (the artifact need not exist)."""
-    return crud.register_model(
+    return registry.register_model(
         session,
         arch=arch,
         label_level="coarse",

@@ -14,7 +14,7 @@ import factories
 import pytest
 from conftest import redis_client
 
-from service import crud
+from service import crud, predictions
 from service.kinds import QUEUES
 
 
@@ -158,7 +158,7 @@ def finished_job(settings):
             for i in range(ROWS)
         ]
         for start in range(0, ROWS, 2000):
-            crud.add_predictions(session, job_id=job.id, rows=rows[start : start + 2000])
+            predictions.add_predictions(session, job_id=job.id, rows=rows[start : start + 2000])
         session.commit()
         return job.id
 
@@ -231,5 +231,5 @@ def test_injection_in_filters_and_sorts_is_inert(client, finished_job, database_
     for query in ("min_confidence=0.5;DROP TABLE jobs", "limit=1;DELETE FROM jobs", "cursor=1 OR 1=1"):
         assert client.get(f"/jobs/{finished_job}/results?{query}").status_code == 400, query
     with factories.store_session(database_url) as session:
-        assert len(crud.list_predictions(session, job_id=finished_job, limit=ROWS + 1)) == ROWS
+        assert len(predictions.list_predictions(session, job_id=finished_job, limit=ROWS + 1)) == ROWS
         assert crud.get_job(session, job_id=finished_job) is not None

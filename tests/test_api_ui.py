@@ -13,7 +13,7 @@ from conftest import write_tiny_dataset
 from PIL import Image
 
 from api.auth import TOKEN_COOKIE
-from service import crud, tokens
+from service import crud, predictions, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 from service.settings import Settings
@@ -39,7 +39,7 @@ def setup(make_app, settings, tmp_path):
             {"path": str(photos / "gone.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
             {"path": str(photos / "pipe.jpg"), "label": "Pear", "class_id": 1, "confidence": 0.6, "top5": []},
         ]
-        crud.add_predictions(session, job_id=job.id, rows=rows)
+        predictions.add_predictions(session, job_id=job.id, rows=rows)
         job_id = str(job.id)
     client = make_app(auth="required", data_dir=data).test_client()
     return client, job_id, photos, {"alice": alice_secret, "bob": bob_secret}

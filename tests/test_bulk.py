@@ -21,7 +21,7 @@ from conftest import (
     wait_for,
 )
 
-from service import crud
+from service import registry
 
 LABELS = {"Apple", "Pear", "Milk"}
 
@@ -40,7 +40,7 @@ def bulk(settings, tiny_model):
     clean_store(settings.database_url, settings.redis_url)
     with factories.store_session(settings.database_url) as session:
         broken = factories.model(session, artifact=settings.model_dir.parent / "deleted-model")
-        crud.set_alias(session, name="broken", model_id=broken.id)
+        registry.set_alias(session, name="broken", model_id=broken.id)
         factories.model(session, artifact=tiny_model)
     workers = [start_worker(f"bulk{i}@%h", ["predict"], settings) for i in range(2)]
     yield workers

@@ -4,7 +4,7 @@ import factories
 import pytest
 from sqlalchemy import create_engine, text
 
-from service import crud
+from service import crud, predictions
 from service.db import make_session_factory
 
 
@@ -52,10 +52,12 @@ def test_predictions_are_unique_per_job_and_path(sessions):
     with sessions() as session:
         job_id = new_job(session)
         rows = [factories.result_row(f"/p/{i}.jpg") for i in range(3)]
-        crud.add_predictions(session, job_id=job_id, rows=rows)
-        crud.add_predictions(session, job_id=job_id, rows=rows[1:])  # a re-run batch
+        predictions.add_predictions(session, job_id=job_id, rows=rows)
+        predictions.add_predictions(session, job_id=job_id, rows=rows[1:])  # a re-run batch
         session.commit()
-        assert [p.path for p in crud.list_predictions(session, job_id=job_id, limit=10)] == [r["path"] for r in rows]
+        assert [p.path for p in predictions.list_predictions(session, job_id=job_id, limit=10)] == [
+            r["path"] for r in rows
+        ]
 
 
 def test_cancelled_queued_job_cannot_be_claimed(sessions):

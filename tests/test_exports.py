@@ -20,7 +20,7 @@ SLOW_SECONDS = 6  # the reader takes this long, past the server timeout each tes
 @pytest.fixture(scope="module")
 def big_job(database_url, redis_url, tiny_dataset, tmp_path_factory):
     """A finished prediction job with ROWS result rows, written as workers write them."""
-    from service import crud
+    from service import predictions
 
     settings = stack_settings(database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("exports"))
     clean_store(database_url, redis_url)
@@ -29,7 +29,7 @@ def big_job(database_url, redis_url, tiny_dataset, tmp_path_factory):
         job = factories.job(session, status="succeeded")  # as its last shard would leave it
         for start in range(0, ROWS, 10_000):
             rows = [factories.result_row(f"/photos/{i:06d}.jpg", top5=top5) for i in range(start, start + 10_000)]
-            crud.add_predictions(session, job_id=job.id, rows=rows)
+            predictions.add_predictions(session, job_id=job.id, rows=rows)
         job_id = str(job.id)
     return settings, job_id
 

@@ -161,7 +161,7 @@ def test_time_limits_soft_keeps_the_checkpoint_and_hard_restarts_the_worker(
 
 
 def test_metrics_show_what_the_service_keeps(service, client, settings, database_url):
-    from service import crud
+    from service import crud, predictions
     from service.db import make_engine, make_session_factory
     from service.kinds import KINDS, NewJob
 
@@ -172,7 +172,7 @@ def test_metrics_show_what_the_service_keeps(service, client, settings, database
     with make_session_factory(engine)() as session:
         job = crud.create_job(session, new=NewJob(kind=KINDS["predict"], params={}, owner_token_id=None))
         rows = [crud_row(f"/p/{i}.jpg") for i in range(7)]
-        crud.add_predictions(session, job_id=job.id, rows=rows)
+        predictions.add_predictions(session, job_id=job.id, rows=rows)
         session.commit()
     engine.dispose()
     samples = metrics(client)

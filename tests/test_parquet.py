@@ -15,7 +15,7 @@ from conftest import FINISHED, clean_store, new_bucket, stack_settings, start_wo
 
 from grocery import storage
 from grocery.results import Prediction
-from service import crud, exports
+from service import exports, predictions
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_rows_are_written_in_row_groups(settings, tmp_path):
     rows.append(factories.result_row("/photos/cut.jpg", label=None, error="truncated"))
     with factories.store_session(settings.database_url) as session:
         job = factories.job(session, status="succeeded")
-        crud.add_predictions(session, job_id=job.id, rows=rows)
+        predictions.add_predictions(session, job_id=job.id, rows=rows)
     with factories.store_session(settings.database_url) as session:
         written = exports.write_parquet(session, job_id=job.id, path=tmp_path / "r.parquet", row_group_size=10)
         empty = exports.write_parquet(session, job_id=job.id, path=tmp_path / "e.parquet", label="Milk")

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, func, update
 
-from service import attempts, crud, ops, recovery, shards
+from service import attempts, crud, ops, predictions, recovery, shards
 from service.attempts import Verdict
 from service.db import make_session_factory
 from service.tables import JobShard, Worker
@@ -67,14 +67,14 @@ def test_a_retried_shard_resumes_and_counts_from_its_rows(sessions):
     with sessions() as session:
         job_id, (shard_id,) = running_job(session, [["/a/1.jpg", "/a/2.jpg", "/a/3.jpg"]])
         shard = shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
-        crud.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "truncated")])
+        predictions.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "truncated")])
         assert shards.done_paths(session, job_id=job_id, paths=shard.paths) == {"/a/1.jpg", "/a/2.jpg"}
         shards.fail_remaining(session, shard=shard, code="internal_error", message="gave up")
         assert shards.finish_shard(session, shard=shard, attempt=1, status="failed")
         session.commit()
         finished = session.get(JobShard, shard_id)
         assert (finished.done, finished.failed, finished.labels) == (3, 2, {"Apple": 1})
-        rows = crud.list_predictions(session, job_id=job_id, limit=10)
+        rows = predictions.list_predictions(session, job_id=job_id, limit=10)
         assert [(r.path, r.error_code) for r in rows] == [
             ("/a/1.jpg", None),
             ("/a/2.jpg", "truncated"),
@@ -87,7 +87,7 @@ def test_the_job_ends_once_when_shards_finish_together(sessions):
         job_id, ids = running_job(session, [[f"/s{n}/{i}.jpg" for i in range(3)] for n in range(6)])
         claimed = [shards.claim_shard(session, shard_id=i, worker="w@h", device="cpu") for i in ids]
         for shard in claimed:
-            crud.add_predictions(session, job_id=job_id, rows=[row(p) for p in shard.paths])
+            predictions.add_predictions(session, job_id=job_id, rows=[row(p) for p in shard.paths])
         session.commit()
     barrier, outcomes = threading.Barrier(len(claimed)), []
 
@@ -124,7 +124,7 @@ def test_a_job_waits_for_its_listing_and_fails_above_the_threshold(sessions):
         shard_id = shards.add_shard(session, job_id=job.id, number=0, paths=["/a/1.jpg", "/a/2.jpg"])
         crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=2)
         shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
-        crud.add_predictions(session, job_id=job.id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "corrupt")])
+        predictions.add_predictions(session, job_id=job.id, rows=[row("/a/1.jpg"), row("/a/2.jpg", None, "corrupt")])
         shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
         assert shards.finish_if_done(session, job_id=job.id, max_failed_fraction=0.5) is None  # still listing
         crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=2, shards_total=1)
@@ -153,7 +153,7 @@ def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions)
         job = crud.get_job(session, job_id=job_id)
         job.params = {"output": {"url": "s3://b/r.parquet"}}
         shard = shards.claim_shard(session, shard_id=shard_id, worker="w@h", device="cpu")
-        crud.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg")])
+        predictions.add_predictions(session, job_id=job_id, rows=[row("/a/1.jpg")])
         shards.finish_shard(session, shard=shard, attempt=1, status="succeeded")
         assert shards.outcome(session, job_id=job_id, max_failed_fraction=0.1).status == "succeeded"
         assert shards.finish_if_done(session, job_id=job_id, max_failed_fraction=0.1) is None  # no object yet

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
-from service import crud, tokens
+from service import crud, predictions, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 
@@ -95,7 +95,7 @@ def test_a_preview_rechecks_the_real_path_when_it_reads(tenants, database_url, t
         rows = [
             {"path": str(p), "label": "Apple", "class_id": 0, "confidence": 0.9, "top5": []} for p in (shelf, a_file)
         ]
-        crud.add_predictions(session, job_id=job.id, rows=rows)
+        predictions.add_predictions(session, job_id=job.id, rows=rows)
         session.commit()
         job_id = str(job.id)
     engine.dispose()

@@ -16,7 +16,7 @@ from conftest import (
     stop_worker,
 )
 
-from service import contract, crud, tokens
+from service import contract, registry, tokens
 from service.db import make_engine, make_session_factory
 
 
@@ -52,7 +52,7 @@ def forged_job(settings, owner, job_type: str, params: dict) -> str:
     checks are all that stands between it and the files."""
     engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:
-        model_id = crud.resolve_model(session, reference="latest").id if job_type == "predict" else None
+        model_id = registry.resolve_model(session, reference="latest").id if job_type == "predict" else None
         job = contract.submit(
             session,
             contract.make_celery(settings),

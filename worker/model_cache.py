@@ -10,7 +10,7 @@ from pathlib import Path
 from celery.signals import worker_ready
 
 from grocery.storage import StorageError
-from service import artifacts, crud
+from service import artifacts, registry
 from service.contract import serving_model
 from service.settings import Settings
 from worker.process import sessions, worker_settings
@@ -61,7 +61,7 @@ def cached_predictor(model_id: str, artifact_path: str):
     predictor = Predictor.from_path(folder, threads=threads, decode_threads=threads, runtime=settings.runtime)
     if predictor.choice is not None:
         with sessions()() as session:
-            crud.record_runtime_choice(
+            registry.record_runtime_choice(
                 session,
                 model_id=uuid.UUID(model_id),
                 machine=predictor.choice.record["machine"],

@@ -20,13 +20,13 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import attempts, crud, ops
+from service import attempts, crud, ops, registry
 from service.broker import announce_job_finished
 from service.db import make_engine, make_session_factory
-from service.kinds import PREDICT
+from service.kinds import SHARD_TASKS
 from service.recovery import worker_session_name
 from service.settings import Settings
-from service.states import Status
+from service.states import Status, WorkerStatus
 from service.tables import Job, JobShard
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Presence:
     reconciler's GROCERY_JOB_STALL_SECONDS without progress."""
 
     def __init__(self):
-        self.name, self.queues, self.status = None, [], "online"
+        self.name, self.queues, self.status = None, [], WorkerStatus.ONLINE
         self.job_id, self.shard_id = None, None
         self.kept = None  # ("job", id, attempt) or ("shard", id, attempt): whose lease to keep alive
         self.changed = threading.Event()
@@ -103,12 +103,12 @@ class Presence:
         self.kept = (kind, key, attempt)
 
     def stop(self) -> None:
-        self.status, self.job_id, self.shard_id, self.kept = "offline", None, None, None
+        self.status, self.job_id, self.shard_id, self.kept = WorkerStatus.OFFLINE, None, None, None
         if self.name is not None:
             self.write()
 
     def _beat(self) -> None:
-        while self.status != "offline":
+        while self.status != WorkerStatus.OFFLINE:
             self.changed.wait(self.interval)
             self.changed.clear()
             try:
@@ -150,7 +150,7 @@ def announce(sender=None, **_) -> None:
 @worker_shutting_down.connect
 def begin_shutdown(**_) -> None:
     shutting_down.set()
-    presence.update(status="stopping")
+    presence.update(status=WorkerStatus.STOPPING)
 
 
 @worker_shutdown.connect
@@ -160,7 +160,7 @@ def end_presence(**_) -> None:
 
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
-    if task.name == PREDICT.shard.name:
+    if task.name in {shard.name for shard in SHARD_TASKS}:
         presence.update(job_id=None, shard_id=args[0])
     else:
         presence.update(job_id=uuid.UUID(args[0]), shard_id=None)
@@ -264,7 +264,7 @@ class JobReporter:
     ) -> None:
         with sessions()() as session:
             if model is not None:
-                registered = crud.register_model(session, job_id=self.job_id, **model)
+                registered = registry.register_model(session, job_id=self.job_id, **model)
                 result = {**(result or {}), "model_id": str(registered.id), "model_version": registered.version}
             if not crud.finish_job(
                 session,

@@ -22,7 +22,7 @@ from celery.signals import worker_ready
 from service import lifecycle, recovery
 from service.broker import queue_depths
 from service.contract import send
-from service.kinds import KINDS, PREDICT, QUEUES, Task
+from service.kinds import KINDS, QUEUES, SHARD_TASKS, Task
 from service.settings import Settings
 from service.states import Status
 from worker.celery_app import app
@@ -49,14 +49,16 @@ def reconcile(settings: Settings) -> None:
             log.warning("job %s: %s; %s", job.id, reason, outcome)
             if outcome == Status.QUEUED:
                 to_send.append((KINDS[job.type].task(job.lane), str(job.id)))
-        for shard, stalled in recovery.silent_shards(session, **limits):
+        silent = recovery.silent_shards(session, **limits)
+        types = recovery.job_types(session, job_ids={shard.job_id for shard, _ in silent})
+        for shard, stalled in silent:
             code, reason = recovery.lost_reason(stalled, **limits)
             outcome = recovery.recover_shard(
                 session, shard=shard, code=code, reason=reason, policy=settings.shard_retry
             )
             log.warning("shard %s of job %s: %s; %s", shard.id, shard.job_id, reason, outcome)
             if outcome == Status.QUEUED:
-                to_send.append((PREDICT.shard, shard.id))
+                to_send.append((KINDS[types[shard.job_id]].shard, shard.id))
             to_end.add(shard.job_id)
         to_send += lost_messages(session, settings.reconcile_seconds, already={item[1] for item in to_send})
         to_end.update(recovery.stranded_jobs(session))
@@ -90,7 +92,7 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, 
     jobs = recovery.waiting_jobs(session, older_than=older_than)
     shards = recovery.waiting_shards(session, older_than=older_than)
     work = [(KINDS[kind].task(lane), str(job_id)) for job_id, kind, lane in jobs]
-    work += [(PREDICT.shard, shard_id) for shard_id in shards]
+    work += [(KINDS[kind].shard, shard_id) for shard_id, kind in shards]
     waiting = {queue: [item for item in work if item[0].queue == queue] for queue in QUEUES}
     depths = queue_depths(app, list(waiting))
     resend = [item for queue, items in waiting.items() if depths[queue] < len(items) for item in items]
@@ -99,8 +101,8 @@ def lost_messages(session, older_than: float, already: set) -> list[tuple[Task, 
         log.warning("re-sending %d queued jobs and shards the broker does not hold", len(resend))
         recovery.mark_enqueued(
             session,
-            job_ids=[uuid.UUID(item[1]) for item in resend if item[0] != PREDICT.shard],
-            shard_ids=[item[1] for item in resend if item[0] == PREDICT.shard],
+            job_ids=[uuid.UUID(item[1]) for item in resend if item[0] not in SHARD_TASKS],
+            shard_ids=[item[1] for item in resend if item[0] in SHARD_TASKS],
         )
     return resend
 

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from grocery.results import Prediction
-from service import attempts, crud, shards, tokens
+from service import attempts, crud, predictions, shards, tokens
 from service.attempts import Verdict
 from service.confinement import ReadScope, job_scope
 from service.settings import Settings
@@ -176,7 +176,7 @@ def write_rows(
             session.rollback()
             log.warning("shard %s attempt %s was taken over: stopping without writing", shard.id, attempt)
             return verdict, False
-        crud.add_predictions(session, job_id=shard.job_id, rows=rows)
+        predictions.add_predictions(session, job_id=shard.job_id, rows=rows)
         if batched_with > 1:
             crud.add_event(session, job_id=shard.job_id, kind="batched", data={"jobs": batched_with})
         interactive_waiting = look_for_interactive and crud.interactive_jobs_waiting(session)

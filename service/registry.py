@@ -1,0 +1,72 @@
+"""Small keyword-only data functions over the model registry: models, their aliases and the runtime each
+machine chose for them. Callers own the transaction."""
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.tables import Model, ModelAlias
+
+
+def register_model(
+    session: Session,
+    *,
+    arch: str,
+    label_level: str,
+    class_names: list[str],
+    metrics: dict,
+    artifact_path: str,
+    job_id: uuid.UUID | None,
+    serving: dict | None = None,
+) -> Model:
+    model = Model(
+        id=uuid.uuid4(),
+        arch=arch,
+        label_level=label_level,
+        class_names=class_names,
+        metrics=metrics,
+        artifact_path=artifact_path,
+        job_id=job_id,
+        serving=serving or {},
+    )
+    session.add(model)
+    session.flush()
+    return model
+
+
+def record_runtime_choice(session: Session, *, model_id: uuid.UUID, machine: str, choice: dict) -> None:
+    """Keep a machine's runtime choice with the model (serving.runtimes[machine]), beside its exports."""
+    model = session.get(Model, model_id, with_for_update=True)  # two workers choosing at once keep both
+    if model is not None:
+        model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
+
+
+def resolve_model(session: Session, *, reference: str) -> Model | None:
+    """A model id, ``latest`` (the newest version) or an alias name."""
+    if reference == "latest":
+        return session.scalar(select(Model).order_by(Model.version.desc()).limit(1))
+    try:
+        return session.get(Model, uuid.UUID(reference))
+    except ValueError:
+        alias = session.get(ModelAlias, reference)
+        return session.get(Model, alias.model_id) if alias else None
+
+
+def set_alias(session: Session, *, name: str, model_id: uuid.UUID) -> ModelAlias:
+    alias = session.get(ModelAlias, name)
+    if alias is None:
+        alias = ModelAlias(name=name, model_id=model_id)
+        session.add(alias)
+    else:
+        alias.model_id = model_id
+    session.flush()
+    return alias
+
+
+def list_models(session: Session) -> list[Model]:
+    return list(session.scalars(select(Model).order_by(Model.version.desc())))
+
+
+def aliases_of(session: Session, *, model_id: uuid.UUID) -> list[str]:
+    return list(session.scalars(select(ModelAlias.name).where(ModelAlias.model_id == model_id)))
