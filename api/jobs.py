@@ -4,7 +4,7 @@ import base64
 import hashlib
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
@@ -31,7 +31,8 @@ def job_json(job: Job) -> dict:
         "id": str(job.id),
         "type": job.type,
         "status": job.status,
-        "progress": {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit},
+        "cancel_requested": job.cancel_requested,
+        "progress": progress_json(job),
         # Loaded as shown (crud.list_jobs, crud.shown_job): a long manifest cut short in SQL.
         "params": job.shown_params,
         "model_id": str(job.model_id) if job.model_id else None,
@@ -46,6 +47,31 @@ def job_json(job: Job) -> dict:
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "result": job.result,
     }
+
+
+def progress_json(job: Job) -> dict:
+    """Done of total units; while the job runs, also what its kind reports within a unit (a training's
+    batches), the seconds since this attempt started and an estimate of those left at its pace."""
+    progress = {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit}
+    if job.status != Status.RUNNING or job.started_at is None:
+        return progress
+    elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()
+    fraction = done_fraction(job)
+    remaining = elapsed * (1 - fraction) / fraction if fraction else None
+    return {
+        **progress,
+        **(job.progress_detail or {}),
+        "elapsed_seconds": round(elapsed, 1),
+        "remaining_seconds": round(remaining, 1) if remaining is not None else None,
+    }
+
+
+def done_fraction(job: Job) -> float | None:
+    if not job.progress_total:
+        return None
+    batches = (job.progress_detail or {}).get("batches") or {}
+    within = batches["done"] / batches["total"] if batches.get("total") else 0.0
+    return min(1.0, (job.progress_done + within) / job.progress_total)
 
 
 def shown(session, job: Job) -> Job:
@@ -279,9 +305,11 @@ def list_jobs():
     job_type, status = request.args.get("type"), request.args.get("status")
     if job_type and job_type not in JOB_TYPES:
         raise APIError(400, "invalid_parameter", f"type must be one of {list(JOB_TYPES)}")
-    statuses = [str(s) for s in Status]
+    statuses, lanes, lane = [str(s) for s in Status], [str(lane) for lane in Lane], request.args.get("lane")
     if status and status not in statuses:
         raise APIError(400, "invalid_parameter", f"status must be one of {statuses}")
+    if lane and lane not in lanes:
+        raise APIError(400, "invalid_parameter", f"lane must be one of {lanes}")
     limit = int_arg("limit", default=50, low=1, high=500)
     after = decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
     with resources().sessions() as session:
@@ -290,6 +318,7 @@ def list_jobs():
             session,
             job_type=job_type,
             status=status,
+            lane=lane,
             limit=limit,
             after=after,
             owner=owner,

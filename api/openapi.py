@@ -63,13 +63,18 @@ OPERATIONS = {
         body={"application/json": "JobRequest", "multipart/form-data": "UploadRequest"},
     ),
     "jobs.list_jobs": Op(
-        "List jobs, newest first", {"200": JOB}, query=(("type", "string"), ("status", "string"), *PAGE)
+        "List jobs, newest first (lane=bulk leaves out one-file interactive jobs such as POST /predict's)",
+        {"200": JOB},
+        query=(("type", "string"), ("status", "string"), ("lane", "string"), *PAGE),
     ),
     "jobs.get_job": Op("A job's status, progress and result", {"200": JOB}),
     "jobs.delete_job": Op(
         "Delete a finished job with its results, events, shards and uploaded files (409 while it runs)", DELETED
     ),
-    "jobs.cancel_job": Op("Cancel a job", {"200": JOB, "202": JOB}),
+    "jobs.cancel_job": Op(
+        "Cancel a job: a queued one ends now (200); a running one is asked to stop (202, cancel_requested)",
+        {"200": JOB, "202": JOB},
+    ),
     "jobs.job_events": Op(
         "State transitions and per-epoch metrics, oldest first, a page at a time", {"200": JOB}, query=PAGE
     ),

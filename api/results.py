@@ -16,9 +16,10 @@ from grocery.results import RESULT_COLUMNS, Prediction, csv_values
 from service import exports, predictions, shards, tokens
 from service.confinement import PathRefused, job_scope
 from service.contract import ROW_COUNT_HEADER
+from service.kinds import KINDS
 from service.specs import PredictSpec
 from service.states import FINISHED_STATUSES
-from service.tables import JobShard, PredictionRow
+from service.tables import Job, JobShard, PredictionRow
 
 blueprint = Blueprint("results", __name__)
 FORMATS = ("json", "csv", "jsonl", "parquet")
@@ -30,6 +31,15 @@ def result_json(row: PredictionRow) -> dict:
     return Prediction.from_row(row).to_dict()
 
 
+def job_with_results(session, job_id: str) -> Job:
+    """A job whose kind writes per-file results (a sharded kind's); another kind's is a 409 that says so."""
+    job = existing_job(session, job_id)
+    if KINDS[job.type].shard is None:
+        model = f" (its model: /models/{job.model_id})" if job.model_id else ""
+        raise APIError(409, "no_results", f"job {job_id} is a {job.type} job: it has no per-file results{model}")
+    return job
+
+
 @blueprint.get("/jobs/<job_id>/results")
 def job_results(job_id: str):
     output = request.args.get("format", "json")
@@ -37,7 +47,7 @@ def job_results(job_id: str):
         raise APIError(400, "invalid_parameter", f"format must be one of {list(FORMATS)}")
     filters = result_filters()
     with resources().sessions() as session:
-        job = existing_job(session, job_id)
+        job = job_with_results(session, job_id)
         if output == "parquet":
             return parquet_download(session, job, filters)
         if output != "json":
@@ -114,7 +124,7 @@ def results_file(job_id: str):
     if output not in FILE_TYPES:
         raise APIError(400, "invalid_parameter", f"format must be one of {list(FILE_TYPES)}")
     with resources().sessions() as session:
-        job = existing_job(session, job_id)
+        job = job_with_results(session, job_id)
         if job.status not in FINISHED_STATUSES:
             raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: stream its results instead")
         return finished_results_file(session, job, output)

@@ -7,7 +7,7 @@ import struct
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Literal
+from typing import Annotated, BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.datastructures import FileStorage, MultiDict
@@ -95,8 +95,28 @@ def store_upload(files: MultiDict, folder: Path, *, max_files: int, max_bytes: i
         )
     folder.mkdir(parents=True)
     if archives:
-        return extract_zip(archives[0], folder, max_files=max_files, max_bytes=max_bytes)
-    return save_images(images, folder, max_files=max_files, max_bytes=max_bytes)
+        stored = extract_zip(archives[0], folder, max_files=max_files, max_bytes=max_bytes)
+    else:
+        stored = save_images(images, folder, max_files=max_files, max_bytes=max_bytes)
+    # One bad file among many is one failed result; an upload of no image at all is refused now.
+    if not any(looks_like_image(path) for path in folder.rglob("*") if path.is_file()):
+        raise APIError(422, "no_images", "the upload holds no image files (JPEG, PNG, WebP, BMP, GIF or TIFF)")
+    return stored
+
+
+def looks_like_image(file: Path | BinaryIO) -> bool:
+    """Whether a file starts as an image PIL can read (its header only: no decoding, no torch here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    start = file.tell() if not isinstance(file, Path) else None
+    try:
+        with Image.open(file) as image:
+            return image.format is not None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    finally:
+        if start is not None:
+            file.seek(start)
 
 
 def save_images(images: list[FileStorage], folder: Path, *, max_files: int, max_bytes: int) -> dict:

@@ -17,7 +17,7 @@ from api import auth
 from api.deps import check_quota
 from api.errors import APIError
 from api.resources import resources
-from api.uploads import storage_error
+from api.uploads import looks_like_image, storage_error
 from grocery import storage
 from service import contract, crud, predictions
 from service.broker import await_job_finished
@@ -144,6 +144,8 @@ def predict():
     with resources().sessions() as session:
         model = serving_model(session)
         check_quota(session, files=1)
+        if not looks_like_image(upload.stream):
+            raise APIError(422, "not_an_image", f"{upload.filename}: not an image (JPEG, PNG, WebP, BMP, GIF or TIFF)")
         job_id = uuid.uuid4()
         path = storage.join(settings.upload_dir, str(job_id), secure_filename(upload.filename) or "upload")
         if storage.is_url(path):
@@ -165,10 +167,10 @@ def predict():
             lane=Lane.INTERACTIVE,
         )
         job = contract.submit(session, resources().celery, new)
-    return _await_prediction(job.id, model.id)
+    return _await_prediction(job.id, model.id, shown={str(path): upload.filename})
 
 
-def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
+def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID, shown: dict[str, str]):
     """Wait on the worker's word that the job ended (service.broker), then read the row: no polling.
     The row is read again every few seconds regardless, and often while the broker does not answer."""
     deadline = time.monotonic() + PREDICT_TIMEOUT_SECONDS
@@ -202,7 +204,11 @@ def _await_prediction(job_id: uuid.UUID, model_id: uuid.UUID):
             500, "misconfigured", "the workers do not share the API's upload storage", {"job_id": str(job_id)}
         )
     if row.error_code:
-        raise APIError(422, row.error_code, row.error_message, {"job_id": str(job_id)})
+        # The file as the client named it, never where the server keeps it.
+        message = row.error_message
+        for kept, given in shown.items():
+            message = message.replace(kept, given)
+        raise APIError(422, row.error_code, message, {"job_id": str(job_id)})
     return jsonify(
         {
             "prediction": row.label,

@@ -94,8 +94,26 @@ def watch(client: Client, job_id: str, poll: float = 1.0) -> int:
     ending = job["status"] + (f": {job['error']['code']}: {job['error']['message']}" if job["error"] else "")
     print(f"job {job_id} {ending}", file=sys.stderr)
     if job["result"]:
-        print(json.dumps(job["result"]))
+        print(summary_line(job))
     return EXIT[job["status"]]
+
+
+def summary_line(job: dict) -> str:
+    """One line on what a finished job gave: its model and scores, or its files and where they are."""
+    result = job["result"]
+    if "model_id" in result:
+        metrics = result.get("metrics") or {}
+        scores = ", ".join(f"{name} {metrics[key]:.2%}" for key, name in SCORES if metrics.get(key) is not None)
+        return f"model {result['model_id']} (version {result['model_version']}){': ' + scores if scores else ''}"
+    if "total" in result:
+        return (
+            f"{result['total']} files: {result['succeeded']} classified, {result['failed']} failed; "
+            f"results: {result['results']}"
+        )
+    return json.dumps({k: v for k, v in result.items() if k != "settings"})
+
+
+SCORES = (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("val_fine_top1", "val fine top-1"))
 
 
 def submit(client: Client, args) -> int:
@@ -130,6 +148,8 @@ def results(client: Client, args) -> int:
                     received = copy_counting_rows(response, args.format, out)
             else:
                 received = copy_counting_rows(response, args.format, sys.stdout)
+        except BrokenPipeError:
+            raise
         except (http.client.IncompleteRead, OSError) as e:
             raise APIError(f"the download was cut short ({e}); run it again") from None
     if expected is not None and received != int(expected):
@@ -167,7 +187,10 @@ def _copied(lines, out):
 
 def list_jobs(client: Client, args) -> int:
     query = "&".join(f"{k}={v}" for k, v in (("type", args.type), ("status", args.status)) if v)
-    for job in client.call("GET", f"/jobs?limit={args.limit}&{query}")["jobs"]:
+    jobs = client.call("GET", f"/jobs?limit={args.limit}&{query}")["jobs"]
+    if not jobs:
+        print("no jobs" + (" of that type or status" if query else " yet: grocery jobs submit --help"), file=sys.stderr)
+    for job in jobs:
         progress = job["progress"]
         print(f"{job['id']}  {job['type']:<7} {job['status']:<9} {progress['done']}/{progress['total'] or '?'}")
     return 0
@@ -184,7 +207,10 @@ def models(client: Client, args) -> int:
         model = client.call("PUT", f"/models/aliases/{args.name}", {"model_id": args.model_id})
         print(f"{args.name} -> {model['id']} (version {model['version']})")
         return 0
-    for model in client.call("GET", "/models")["models"]:
+    registered = client.call("GET", "/models")["models"]
+    if not registered:
+        print("no models yet: train one with `grocery jobs submit train --watch`", file=sys.stderr)
+    for model in registered:
         top1 = model["metrics"].get("val_top1")
         score = f"val top-1 {top1:.2%}" if top1 is not None else ""
         print(f"{model['id']}  v{model['version']:<4} {model['arch']:<20} {','.join(model['aliases']):<12} {score}")
@@ -194,11 +220,13 @@ def models(client: Client, args) -> int:
 def train_options(command) -> None:
     # Every parameter the service offers; it checks bounds and choices, and says what it refused.
     for p in SERVICE_PARAMS:
-        command.add_argument(p.flag, dest=p.name, type=p.kind, help=p.service_help or p.help)
+        default = "the service's dataset" if p.name == "data_dir" else p.default
+        about = f"{p.service_help or p.help or p.name.replace('_', ' ')} (default: {default})"
+        command.add_argument(p.flag, dest=p.name, type=p.kind, choices=p.choices, help=about)
 
 
 def predict_options(command) -> None:
-    command.add_argument("--model", default="latest", help="a model id, 'latest' or an alias")
+    command.add_argument("--model", default="latest", help="a model id, 'latest' or an alias (default: latest)")
     command.add_argument("--folder", help="a folder the server may read (GROCERY_INPUT_ROOTS)")
     command.add_argument("--url", help="an object prefix the server may read, s3://bucket/prefix/")
     command.add_argument("files", nargs="*", help="image files or one .zip to upload")
@@ -227,37 +255,55 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--watch", action="store_true", help="follow it to the end; exit code says how it ended")
         command.set_defaults(run=submit)
     watching = jobs.add_parser("watch", help="a progress bar until the job ends")
-    watching.add_argument("job_id")
+    watching.add_argument("job_id", help="the job's id")
     watching.set_defaults(run=lambda client, args: watch(client, args.job_id))
     listing = jobs.add_parser("list", help="newest first")
-    listing.add_argument("--type", choices=JOB_TYPES)
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--type", choices=JOB_TYPES, help="only jobs of this type (default: all)")
+    listing.add_argument("--status", choices=[str(s) for s in Status], help="only jobs in this status (default: all)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default: 20)")
     listing.set_defaults(run=list_jobs)
     cancelling = jobs.add_parser("cancel", help="cancel a queued or running job")
-    cancelling.add_argument("job_id")
+    cancelling.add_argument("job_id", help="the job's id")
     cancelling.set_defaults(run=cancel)
     fetching = jobs.add_parser("results", help="a prediction job's results, whole, to stdout or a file")
-    fetching.add_argument("job_id")
-    fetching.add_argument("--format", choices=["csv", "jsonl", "parquet"], default="jsonl")
+    fetching.add_argument("job_id", help="the prediction job's id")
+    fetching.add_argument(
+        "--format", choices=["csv", "jsonl", "parquet"], default="jsonl", help="the file format (default: jsonl)"
+    )
     fetching.add_argument("--output", help="a file to write (needed for parquet; default: stdout)")
     fetching.set_defaults(run=results)
-    registry = groups.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
+    registry_command = groups.add_parser("models", help="the model registry (alone: the list)")
+    registry_command.set_defaults(run=models, action="list")
+    registry = registry_command.add_subparsers(dest="action")
     registry.add_parser("list", help="models, newest first").set_defaults(run=models)
     alias = registry.add_parser("alias", help="point an alias (e.g. production) at a model")
-    alias.add_argument("name")
-    alias.add_argument("model_id")
+    alias.add_argument("name", help="the alias, e.g. production")
+    alias.add_argument("model_id", help="the model's id")
     alias.set_defaults(run=models)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    client = Client(os.environ.get("GROCERY_URL", "http://127.0.0.1:8000"), os.environ.get("GROCERY_TOKEN"))
+    url = os.environ.get("GROCERY_URL", DEFAULT_URL)
+    if not url.strip():
+        print(
+            f"grocery: GROCERY_URL is set but empty: unset it (for {DEFAULT_URL}) or give the service's URL",
+            file=sys.stderr,
+        )
+        return 2
+    client = Client(url.strip(), os.environ.get("GROCERY_TOKEN"))
     try:
         return args.run(client, args)
     except APIError as e:
         print(f"grocery: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`... | head`): what it wanted arrived. Quiet, like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 130
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"

@@ -1,4 +1,5 @@
-"""The library's commands: train, evaluate, predict, export (``grocery`` runs them; cli/ adds the job service's)."""
+"""grocery: train, evaluate and run the grocery classifier on this machine (train, evaluate, predict,
+export), or use the job service (worker, tokens, jobs, models: the service's URL is GROCERY_URL)."""
 
 import argparse
 import csv
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None, *, also: dict[str, str] | None = None) -
 
 
 def build_parser(also: dict[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grocery", description=__doc__)
+    parser = argparse.ArgumentParser(prog="grocery", description=__doc__.split("\n\n")[0].replace("\n", " "))
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write an artifact")

@@ -73,7 +73,7 @@ class TrainConfig:
         service=True,
         service_help="a dataset inside the allowed input roots",
     )
-    arch: str = param(DEFAULT_ARCH, choices=ARCH_NAMES, service=True)
+    arch: str = param(DEFAULT_ARCH, choices=ARCH_NAMES, service=True, help="the network")
     weights: str = param(
         "imagenet",
         named=WEIGHTS_NAMES,
@@ -81,18 +81,20 @@ class TrainConfig:
         service=True,
         service_help="none | imagenet | a weights file inside the allowed roots",
     )
-    label_level: str = param("coarse", choices=LABEL_LEVELS, service=True)
+    label_level: str = param(
+        "coarse", choices=LABEL_LEVELS, service=True, help="the labels it predicts: 43 coarse or 81 fine classes"
+    )
     # 16 epochs, not 12: better fine labels on each of five grouped folds (+1.3 ± 0.6 points), coarse
     # +0.4 ± 0.6, and still inside the 30-minute budget on 2 cores (README).
-    epochs: int = param(16, ge=1, le=1000, service=True)
-    batch_size: int = param(32, ge=1, le=1024, service=True)
-    learning_rate: float = param(1e-3, gt=0, lt=1, service=True)
+    epochs: int = param(16, ge=1, le=1000, service=True, help="passes over the training set")
+    batch_size: int = param(32, ge=1, le=1024, service=True, help="images per training step")
+    learning_rate: float = param(1e-3, gt=0, lt=1, service=True, help="the peak learning rate")
     weight_decay: float = param(1e-5, cli=False)
-    label_smoothing: float = param(0.1, ge=0, lt=1, service=True)
+    label_smoothing: float = param(0.1, ge=0, lt=1, service=True, help="label smoothing (0 to 1)")
     mix: float = param(0.5, ge=0, le=1, help="share of batches given CutMix or MixUp (0 to 1)", service=True)
     warmup_epochs: float = param(0.5, cli=False)
     freeze: int = param(4, ge=0, le=20, help="backbone stages (stem first) kept frozen", service=True)
-    seed: int = param(0, ge=0, le=2**32 - 1, service=True)
+    seed: int = param(0, ge=0, le=2**32 - 1, service=True, help="the random seed: the same seed, the same run")
     input_size: int = param(224, ge=32, le=512, help="pixels of the square model input", service=True)
     # Random crops are cut from photos decoded larger than the input: a crop of a quarter of a photo
     # decoded at 224 px is 112 px blown up to 224, of one decoded at 320 px 160 px, nearer the detail a
@@ -129,7 +131,7 @@ class TrainConfig:
     train_limit: int | None = param(
         None, ge=1, help="train on a seeded random subset of this many images", service=True
     )
-    val_limit: int | None = param(None, ge=1, service=True)
+    val_limit: int | None = param(None, ge=1, service=True, help="validate on a seeded random subset of this many")
     decode_cache: bool = param(True, cli=OFF_SWITCH, help="decode every image every epoch instead of once per run")
     loader_workers: int = param(0, help="processes that augment batches (default 0: in-line)")
     channels_last: bool = param(True, cli=False)

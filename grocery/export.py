@@ -8,6 +8,8 @@ A coarse classifier read from a fine-class head (models.FineToCoarse) exports it
 only: the graphs output fine logits, and the runtimes read coarse probabilities from them.
 """
 
+import contextlib
+import logging
 import random
 from pathlib import Path
 
@@ -181,16 +183,35 @@ def quantize_int8(artifact: Artifact, fp32_path: Path, data_dir: str | Path, cou
             return {"input": normalize(batch, pre).numpy().astype(np.float32)}
 
     target = artifact.onnx_path("onnx-int8")
-    quantize_static(
-        str(fp32_path),
-        str(target),
-        TrainingImages(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    with quiet_quantiser():
+        quantize_static(
+            str(fp32_path),
+            str(target),
+            TrainingImages(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
     return target
+
+
+class QuantiserChatter(logging.Filter):
+    """ONNX Runtime's quantiser logs a line per rescaled weight ("Increased scale[...]", about a hundred
+    a model) at INFO on the root logger: routine, not news. Its warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "onnxruntime" not in record.pathname
+
+
+@contextlib.contextmanager
+def quiet_quantiser():
+    chatter = QuantiserChatter()
+    logging.getLogger().addFilter(chatter)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(chatter)
 
 
 def check_image_samples(artifact: Artifact, data_dir: Path) -> list[index.Sample]:

@@ -71,6 +71,7 @@ def list_jobs(
     *,
     job_type: str | None = None,
     status: str | None = None,
+    lane: str | None = None,
     limit: int = 50,
     after: tuple[datetime, uuid.UUID] | None = None,
     owner: uuid.UUID | None = None,
@@ -92,6 +93,8 @@ def list_jobs(
         query = query.where(Job.type == job_type)
     if status:
         query = query.where(Job.status == status)
+    if lane:
+        query = query.where(Job.lane == lane)
     if after:
         created_at, job_id = after
         query = query.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))

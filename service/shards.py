@@ -21,7 +21,7 @@ from service.crud import add_event, finish_job
 from service.predictions import add_predictions
 from service.specs import PredictSpec
 from service.states import LIVE_STATUSES, Priority, Status
-from service.tables import Job, JobShard, PredictionRow
+from service.tables import Job, JobShard, Model, PredictionRow
 
 
 def add_shard(session: Session, *, job_id: uuid.UUID, number: int, paths: list[str]) -> int | None:
@@ -208,6 +208,9 @@ def outcome(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) 
     if session.scalar(still_open):
         return None
     summary = job_summary(session, job=job)
+    accuracy = labelled_accuracy(session, job=job)
+    if accuracy is not None:
+        summary["accuracy"] = accuracy
     if job.cancel_requested:
         return Outcome(Status.CANCELLED, None, None, summary, job.attempts)
     if summary["total"] == 0:
@@ -271,6 +274,12 @@ def job_summary(session: Session, *, job: Job) -> dict:
         .group_by(entries.c.key)
         .order_by(entries.c.key)
     ).all()
+    runtimes = session.execute(
+        select(JobShard.runtime, func.count())
+        .where(JobShard.job_id == job.id, JobShard.runtime.is_not(None))
+        .group_by(JobShard.runtime)
+        .order_by(JobShard.runtime)
+    ).all()
     ended = last_finished if job.status != Status.RUNNING else datetime.now(timezone.utc)
     seconds = (ended - job.started_at).total_seconds() if job.started_at and ended else None
     return {
@@ -280,9 +289,43 @@ def job_summary(session: Session, *, job: Job) -> dict:
         "failed": failed,
         "labels": dict(labels),
         "shards": job.shards_total,
+        "runtimes": dict(runtimes),  # the inference engine each shard ran on (grocery.runtimes), shards each
         "seconds": round(seconds, 3) if seconds else None,
         "images_per_s": round(done / seconds, 1) if seconds else None,
     }
+
+
+def labelled_accuracy(session: Session, *, job: Job) -> dict | None:
+    """Top-1 over the files whose path names a class of the model (a folder such as val/Fruit/Apple/,
+    or a file named Apple_003.jpg, below the job's input folder or prefix); None when none does."""
+    model = session.get(Model, job.model_id) if job.model_id else None
+    source = PredictSpec.input_of(job.params)
+    if model is None or source is None:
+        return None
+    classes = {name.casefold(): name for name in model.class_names}
+    root = source.folder or source.url or ""
+    labelled = correct = 0
+    rows = select(PredictionRow.path, PredictionRow.label).where(
+        PredictionRow.job_id == job.id, PredictionRow.error_code.is_(None)
+    )
+    for path, predicted in session.execute(rows.execution_options(yield_per=10_000)):
+        truth = class_named_by(path.removeprefix(root), classes)
+        if truth is not None:
+            labelled += 1
+            correct += predicted == truth
+    return {"labelled": labelled, "correct": correct, "top1": round(correct / labelled, 4)} if labelled else None
+
+
+def class_named_by(path: str, classes: dict[str, str]) -> str | None:
+    """The deepest folder (or the file's name before its last "_") that is a class name."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return None
+    stem = parts[-1].rsplit(".", 1)[0].rsplit("_", 1)[0]
+    for name in reversed([*parts[:-1], stem]):
+        if name.casefold() in classes:
+            return classes[name.casefold()]
+    return None
 
 
 def list_shards(session: Session, *, job_id: uuid.UUID, limit: int, after_number: int = -1) -> list[JobShard]:

@@ -69,6 +69,8 @@ class Job(Base):
     progress_done: Mapped[int] = mapped_column(default=0)
     progress_total: Mapped[int | None]
     progress_unit: Mapped[str] = mapped_column(String(16))
+    # Progress within the unit, as the job's kind reports it: a training's batches of its epoch.
+    progress_detail: Mapped[dict | None]
     attempts: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))

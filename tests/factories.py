@@ -5,11 +5,13 @@ Every factory is keyword-only and takes the session to write in; it flushes, the
 (``store_session`` commits on leaving)."""
 
 import contextlib
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import TINY_CLASSES
+from PIL import Image
 
 from service import crud, registry, shards, tokens
 from service.db import make_engine, make_session_factory
@@ -41,6 +43,13 @@ def job(session, *, type: str = "predict", status: str = "queued", params: dict 
     made.status = status
     session.flush()
     return made
+
+
+def jpeg(colour=(200, 30, 30), size=(40, 30)) -> bytes:
+    """A small real JPEG: what an upload of a photo carries (the API refuses uploads with no image)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    return buffer.getvalue()
 
 
 def model(session, *, artifact: Path, arch: str = "efficientnet_lite0", classes: list[str] | None = None, **fields):

@@ -110,11 +110,12 @@ def test_upload_form_mistakes(client, settings, redis_url):
 
 
 def test_an_accepted_upload_is_stored_then_queued(client, settings, redis_url):
-    response = upload(client, files=[(io.BytesIO(b"one"), "../../a.jpg"), (io.BytesIO(b"two"), "a.jpg")])
+    photo = factories.jpeg()  # one photo is enough for an upload to be kept; the other file fails alone
+    response = upload(client, files=[(io.BytesIO(photo), "../../a.jpg"), (io.BytesIO(b"two"), "a.jpg")])
     assert response.status_code == 202, response.get_json()
     job = response.get_json()
     folder = settings.upload_dir / job["id"] / "input"
-    assert job["params"]["input"] == {"folder": str(folder), "upload": {"files": 2, "bytes": 6}}
+    assert job["params"]["input"] == {"folder": str(folder), "upload": {"files": 2, "bytes": len(photo) + 3}}
     assert sorted(p.name for p in folder.iterdir()) == ["a-1.jpg", "a.jpg"]  # names cannot climb out
     # Two files: a small job, on the interactive lane (service.contract).
     assert job["lane"] == "interactive" and redis_client(redis_url).llen("interactive") == 1
@@ -233,3 +234,26 @@ def test_injection_in_filters_and_sorts_is_inert(client, finished_job, database_
     with factories.store_session(database_url) as session:
         assert len(predictions.list_predictions(session, job_id=finished_job, limit=ROWS + 1)) == ROWS
         assert crud.get_job(session, job_id=finished_job) is not None
+
+
+def test_an_upload_or_a_predict_without_an_image_is_refused_before_any_job(client, settings, redis_url):
+    text = upload(client, files=[(io.BytesIO(b"shopping list: apples"), "list.txt")])
+    assert text.status_code == 422 and text.get_json()["error"]["code"] == "no_images"
+    zipped = upload(client, archive=(zip_of({"notes/a.txt": b"no photo here"}), "notes.zip"))
+    assert zipped.status_code == 422 and zipped.get_json()["error"]["code"] == "no_images"
+    predicted = client.post("/predict", data={"file": (io.BytesIO(b"not a photo"), "shelf.jpg")})
+    error = predicted.get_json()["error"]
+    assert predicted.status_code == 422 and error["code"] == "not_an_image" and "shelf.jpg" in error["message"]
+    assert str(settings.upload_dir) not in error["message"]
+    assert nothing_stored(settings, redis_url)
+
+
+def test_the_jobs_list_can_leave_out_one_file_interactive_jobs(client, settings):
+    photos = settings.data_dir
+    (photos / "a.jpg").write_bytes(factories.jpeg())
+    one = client.post("/jobs", json={"type": "predict", "input": {"paths": [str(photos / "a.jpg")]}}).get_json()
+    folder = client.post("/jobs", json={"type": "predict", "input": {"folder": str(photos)}}).get_json()
+    assert (one["lane"], folder["lane"]) == ("interactive", "bulk")
+    assert [job["id"] for job in client.get("/jobs?lane=bulk").get_json()["jobs"]] == [folder["id"]]
+    assert {job["id"] for job in client.get("/jobs").get_json()["jobs"]} == {one["id"], folder["id"]}
+    assert client.get("/jobs?lane=fast").status_code == 400

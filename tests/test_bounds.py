@@ -55,7 +55,7 @@ def zip_of(names: list[str]) -> io.BytesIO:
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate names these tests want
         with zipfile.ZipFile(archive, "w") as bundle:
             for name in names:
-                bundle.writestr(name, b"" if name.endswith("/") else b"x")
+                bundle.writestr(name, b"" if name.endswith("/") else factories.jpeg())
     archive.seek(0)
     return archive
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import factories
 import pyarrow.parquet as pq
@@ -42,9 +43,14 @@ def test_train_and_watch_then_the_registry(service_url, tiny_dataset):
         service_url, "jobs", "submit", "train", *TRAIN, "--epochs", "2", "--data-dir", str(tiny_dataset), "--watch"
     )
     assert done.returncode == 0, done.stderr
-    job_id, result = done.stdout.splitlines()[0], json.loads(done.stdout.splitlines()[-1])
+    job_id, summary = done.stdout.splitlines()[0], done.stdout.splitlines()[-1]
+    # --watch ends on one line about the model, not the job's whole result (its confusion matrix).
+    result = json.loads(urllib.request.urlopen(f"{service_url}/jobs/{job_id}").read())["result"]
     assert "succeeded" in done.stderr and result["metrics"]["epoch"] == 2
+    assert summary.startswith(f"model {result['model_id']} (version ") and "val top-1" in summary
+    assert len(summary) < 200
     listed = grocery(service_url, "models", "list")
+    assert grocery(service_url, "models").stdout == listed.stdout  # `grocery models` alone lists them
     assert result["model_id"] in listed.stdout and "efficientnet_lite0" in listed.stdout
     moved = grocery(service_url, "models", "alias", "production", result["model_id"])
     assert moved.returncode == 0 and result["model_id"] in moved.stdout
@@ -76,8 +82,13 @@ def test_exit_codes_say_how_a_job_ended(service_url, tiny_dataset, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.jpg").write_text("not an image")
-    uploaded = grocery(service_url, "jobs", "submit", "predict", str(bad / "a.jpg"), "--watch")
+    (bad / "b.jpg").write_bytes(factories.jpeg())
+    # One of two files fails: above the default 10% the job fails.
+    uploaded = grocery(service_url, "jobs", "submit", "predict", str(bad / "a.jpg"), str(bad / "b.jpg"), "--watch")
     assert uploaded.returncode == 1 and "too_many_failures" in uploaded.stderr
+    # No image at all is refused before any job exists.
+    nothing = grocery(service_url, "jobs", "submit", "predict", str(bad / "a.jpg"))
+    assert nothing.returncode == 2 and "no_images" in nothing.stderr and not nothing.stdout
 
     refused = grocery(service_url, "jobs", "submit", "predict", "--folder", "/etc")
     assert refused.returncode == 2 and "path_not_allowed" in refused.stderr
@@ -89,3 +100,25 @@ def test_exit_codes_say_how_a_job_ended(service_url, tiny_dataset, tmp_path):
 
     unreachable = grocery("http://127.0.0.1:9", "jobs", "list")
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
+
+
+def test_the_cli_speaks_to_users(service_url, tiny_dataset):
+    empty = grocery("", "jobs", "list")
+    assert empty.returncode == 2 and "GROCERY_URL is set but empty" in empty.stderr and "Traceback" not in empty.stderr
+    done = grocery(service_url, "jobs", "submit", "predict", "--folder", str(tiny_dataset / "val"), "--watch")
+    job_id = done.stdout.splitlines()[0]
+    # A reader that goes away (`| head`; here one that reads nothing) is no error of the download's.
+    piped = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {sys.executable} -m cli jobs results {job_id} --format csv | true"],
+        cwd=ROOT,
+        env={**os.environ, "GROCERY_URL": service_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+    helped = grocery(service_url, "jobs", "submit", "train", "--help").stdout
+    assert "{efficientnet_lite0,mobilenet_v3_small}" in helped and "(default: 16)" in helped
+    assert "cli/" not in grocery(service_url, "--help").stdout
+    none = grocery(service_url, "jobs", "list", "--type", "train", "--status", "queued")
+    assert none.returncode == 0 and not none.stdout and "no jobs" in none.stderr

@@ -32,7 +32,10 @@ def test_the_request_schema_and_the_client_offer_the_service_params():
     from service.specs import TrainParams
 
     assert {p.name for p in SERVICE_PARAMS} == OFFERED == set(TrainParams.model_fields)
-    flags = [arg for p in SERVICE_PARAMS for arg in (p.flag, "1" if p.kind in (int, float) else "x")]
+    def value(p) -> str:  # one the client accepts: it offers the declared choices
+        return str(p.choices[0]) if p.choices else "1" if p.kind in (int, float) else "x"
+
+    flags = [arg for p in SERVICE_PARAMS for arg in (p.flag, value(p))]
     args = build_parser().parse_args(["jobs", "submit", "train", *flags])
     assert {name for name in OFFERED if getattr(args, name) is not None} == OFFERED
 

@@ -11,17 +11,10 @@ import sys
 import factories
 import pytest
 from conftest import ROOT
-from PIL import Image
 
 from service import crud, predictions, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
-
-
-def jpeg(colour=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 30), colour).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def as_(secret: str) -> dict:
@@ -35,7 +28,7 @@ def tenants(make_app, settings, tmp_path):
     photos = tmp_path / "photos"
     for team in ("team-a", "team-b"):
         (photos / team).mkdir(parents=True)
-        (photos / team / "shelf.jpg").write_bytes(jpeg())
+        (photos / team / "shelf.jpg").write_bytes(factories.jpeg())
     with factories.store_session(settings.database_url) as session:
         factories.model(session, artifact=tmp_path / "model", classes=["Apple"])
         made = {
@@ -50,7 +43,7 @@ def tenants(make_app, settings, tmp_path):
 
 
 def upload_as(client, secret: str, **headers):
-    data = {"files": [(io.BytesIO(jpeg()), "mine.jpg")]}
+    data = {"files": [(io.BytesIO(factories.jpeg()), "mine.jpg")]}
     return client.post("/jobs", data=data, content_type="multipart/form-data", headers={**as_(secret), **headers})
 
 
@@ -108,7 +101,7 @@ def test_a_preview_rechecks_the_real_path_when_it_reads(tenants, database_url, t
     assert refused.status_code == 404 and refused.mimetype == "application/json"
     # A file swapped for a symlink out of the roots after it was classified is not served either.
     (photos / "team-b" / "shelf.jpg").unlink()
-    (tmp_path.parent / f"{tmp_path.name}-secret.jpg").write_bytes(jpeg((0, 0, 255)))
+    (tmp_path.parent / f"{tmp_path.name}-secret.jpg").write_bytes(factories.jpeg((0, 0, 255)))
     os.symlink(tmp_path.parent / f"{tmp_path.name}-secret.jpg", photos / "team-b" / "shelf.jpg")
     assert preview(photos / "team-b" / "shelf.jpg").status_code == 404
 

@@ -18,6 +18,7 @@ from conftest import (
 
 from service import contract, registry, tokens
 from service.db import make_engine, make_session_factory
+from service.kinds import KINDS, NewJob
 
 
 def as_(secret: str) -> dict:
@@ -53,14 +54,8 @@ def forged_job(settings, owner, job_type: str, params: dict) -> str:
     engine = make_engine(settings.database_url)
     with make_session_factory(engine)() as session:
         model_id = registry.resolve_model(session, reference="latest").id if job_type == "predict" else None
-        job = contract.submit(
-            session,
-            contract.make_celery(settings),
-            job_type=job_type,
-            params=params,
-            owner_token_id=owner,
-            model_id=model_id,
-        )
+        new = NewJob(kind=KINDS[job_type], params=params, owner_token_id=owner, model_id=model_id)
+        job = contract.submit(session, contract.make_celery(settings), new)
         job_id = str(job.id)
     engine.dispose()
     return job_id

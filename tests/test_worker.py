@@ -2,6 +2,7 @@
 
 import io
 import shutil
+import time
 from pathlib import Path
 
 import factories
@@ -19,7 +20,7 @@ def stack(settings):
     """A clean store and one worker process on both queues (the tests' client: conftest's)."""
     clean_store(settings.database_url, settings.redis_url)
     worker = start_worker("test@%h", ["train", "predict"], settings)
-    yield
+    yield worker
     stop_worker(worker)
 
 
@@ -41,6 +42,10 @@ def test_train_then_predict(stack, client, tiny_dataset):
     assert job["attempts"] == 1 and job["worker"].startswith("test@") and job["device"] == "cpu"
     assert job["progress"] == {"done": 2, "total": 2, "unit": "epochs"}
     assert job["started_at"] and job["finished_at"] >= job["started_at"]
+    # The job leads to its model, and says the settings it ran with, defaults filled in.
+    assert job["model_id"] == job["result"]["model_id"]
+    settings = job["result"]["settings"]
+    assert settings["epochs"] == 2 and settings["label_level"] == "coarse" and settings["input_size"] > 0
     events = client.get(f"/jobs/{job['id']}/events").get_json()["events"]
     assert [e["data"]["status"] for e in events if e["kind"] == "state"] == ["queued", "running", "succeeded"]
     assert [e["data"]["epoch"] for e in events if e["kind"] == "epoch"] == [1, 2]
@@ -65,11 +70,14 @@ def test_train_then_predict(stack, client, tiny_dataset):
     assert rest["next_cursor"] is None and len(rows) == 16
     correct = sum(r["path"].split("/")[-3] == r["label"] for r in rows)  # val/<coarse>/<fine>/<file>
     assert correct >= 12
+    # Its folders name the classes: the job says its accuracy, as counted here.
+    assert job["result"]["accuracy"] == {"labelled": 16, "correct": correct, "top1": round(correct / 16, 4)}
     # The worker measured the runtimes at its first load and serves with the fastest accepted one.
     (choice,) = client.get(f"/models/{model['id']}").get_json()["serving"]["runtimes"].values()
     assert choice["variants"][choice["runtime"]]["accepted"] and choice["check_images"] == 16
     shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
     assert {s["runtime"] for s in shards} == {choice["runtime"]}
+    assert job["result"]["runtimes"] == {choice["runtime"]: len(shards)}
 
 
 def test_a_model_whose_export_failed_is_served_by_torch(
@@ -145,3 +153,30 @@ def test_workshop_endpoints_and_the_production_alias(stack, client, tiny_dataset
 
     picture = client.get("/random-image")
     assert picture.status_code == 200 and picture.mimetype == "image/jpeg" and picture.data[:2] == b"\xff\xd8"
+
+
+def test_a_running_training_shows_its_batches_and_time_and_a_cancel_says_so(stack, client, tiny_dataset):
+    params = {**TRAIN, "epochs": 400, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    deadline = time.monotonic() + 120
+    while "batches" not in (job := client.get(f"/jobs/{job_id}").get_json())["progress"]:
+        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.2)
+    progress = job["progress"]
+    assert progress["unit"] == "epochs" and progress["total"] == 400
+    assert 0 <= progress["batches"]["done"] <= progress["batches"]["total"] and progress["batches"]["total"] > 1
+    assert progress["elapsed_seconds"] > 0 and progress["remaining_seconds"] > 0
+    assert job["result"]["settings"]["epochs"] == 400  # shown from the start
+    cancelled = client.post(f"/jobs/{job_id}/cancel")
+    assert cancelled.status_code == 202
+    assert cancelled.get_json()["status"] == "running" and cancelled.get_json()["cancel_requested"] is True
+    job = wait_for(client, job_id, FINISHED)
+    assert job["status"] == "cancelled" and job["cancel_requested"] and "batches" not in job["progress"]
+    # Celery's line for the task says how it finished.
+    deadline = time.monotonic() + 10
+    while not any(job_id in line and " cancelled in " in line for line in list(stack.log_tail)):
+        assert time.monotonic() < deadline, "".join(list(stack.log_tail)[-20:])
+        time.sleep(0.2)
+    assert not any(job_id in line and " succeeded in " in line for line in list(stack.log_tail))
+    refused = client.get(f"/jobs/{job_id}/results")
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "no_results"

@@ -6,7 +6,7 @@ import uuid
 
 from service import crud
 from service.kinds import PREDICT
-from service.states import Lane
+from service.states import Lane, Status
 from worker import interactive
 from worker.celery_app import app
 from worker.listing import list_job
@@ -28,7 +28,7 @@ def run_predict_job(self, job_id: str) -> None:
 
 
 @app.task(name=PREDICT.shard.name, bind=True)
-def run_predict_shard(self, shard_id: int) -> None:
+def run_predict_shard(self, shard_id: int) -> Status | None:
     """A message per queued shard: its shard is dropped if its job stopped; else this worker runs the
     fairest queued shard (shards.next_shard), this one or another job's, so jobs share the workers."""
-    run_shard(self, shard_id, fair=True, pause=interactive.serve_waiting)
+    return run_shard(self, shard_id, fair=True, pause=interactive.serve_waiting)

@@ -13,6 +13,7 @@ import uuid
 from celery.signals import (
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_ready,
     worker_shutdown,
@@ -225,21 +226,33 @@ class JobReporter:
         self.interval = heartbeat_interval()
         self.last_beat = 0.0
         self.cancelled = False
+        self.kept_result: dict = {}  # shown in the job's result from now on, and kept in its final one
+
+    def keep_in_result(self, **parts) -> None:
+        self.kept_result.update(parts)
 
     def beat(
         self,
         *,
         done: int | None = None,
         total: int | None = None,
+        detail: dict | None = None,
         event: tuple[str, dict] | None = None,
         force: bool = False,
     ) -> bool:
-        """Returns True when the job should stop (cancel requested)."""
+        """Report progress (``detail``: within the unit, e.g. an epoch's batches); returns True when the
+        job should stop (cancel requested). Progress alone is written at most every heartbeat interval."""
         if not force and event is None and time.monotonic() - self.last_beat < self.interval:
             return self.cancelled
         with sessions()() as session:
             self.cancelled = crud.report_job(
-                session, job_id=self.job_id, attempt=self.attempt, progress_done=done, progress_total=total
+                session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                progress_done=done,
+                progress_total=total,
+                progress_detail=detail,
+                result=self.kept_result or None,
             )
             if event is not None:
                 crud.add_event(session, job_id=self.job_id, kind=event[0], data=event[1])
@@ -261,25 +274,31 @@ class JobReporter:
         error_code: str | None = None,
         error_message: str | None = None,
         model: dict | None = None,
-    ) -> None:
+    ) -> Status | None:
+        """The attempt's finish, with the model it registered (its id becomes the job's model_id);
+        returns the status, or None when a newer attempt superseded this one."""
+        result = {**self.kept_result, **(result or {})}
         with sessions()() as session:
+            registered = None
             if model is not None:
                 registered = registry.register_model(session, job_id=self.job_id, **model)
-                result = {**(result or {}), "model_id": str(registered.id), "model_version": registered.version}
+                result.update(model_id=str(registered.id), model_version=registered.version)
             if not crud.finish_job(
                 session,
                 job_id=self.job_id,
                 attempt=self.attempt,
                 status=status,
-                result=result,
+                result=result or None,
                 error_code=error_code,
                 error_message=error_message,
+                **({"model_id": registered.id} if registered else {}),
             ):
                 session.rollback()  # superseded by a newer attempt: register nothing, change nothing
                 log.warning("job %s attempt %s was superseded; result dropped", self.job_id, self.attempt)
-                return
+                return None
             session.commit()
         announce_finish(self.job_id, status)
+        return status
 
 
 def announce_finish(job_id: uuid.UUID, status: Status) -> None:
@@ -302,6 +321,27 @@ def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
     presence.keep_alive("job", job_uuid, attempt)
     with sessions()() as session:
         return JobReporter(job_uuid, attempt), crud.get_job(session, job_id=job_uuid)
+
+
+class TaskOutcomeLine(logging.Filter):
+    """Celery logs every task that returns as "succeeded"; a task of ours returns how its work
+    finished, and its line says that: a cancelled training reads "cancelled", not "succeeded"."""
+
+    OUTCOMES = frozenset(map(str, Status))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        outcome = str(record.args.get("return_value", "")).strip("'") if isinstance(record.args, dict) else ""
+        if outcome in self.OUTCOMES:
+            record.msg, record.args = (
+                "Task %(name)s[%(id)s] %(outcome)s in %(runtime)ss",
+                {**record.args, "outcome": outcome},
+            )
+        return True
+
+
+@worker_init.connect
+def name_task_outcomes(**_) -> None:
+    logging.getLogger("celery.app.trace").addFilter(TaskOutcomeLine())
 
 
 class JobError(Exception):

@@ -60,12 +60,12 @@ def claim_for_run(task, shard_id: int, *, fair: bool = False) -> tuple[JobShard,
     return shard, job, model, scope
 
 
-def run_shard(task, shard_id: int, *, fair: bool = False, pause=None) -> None:
+def run_shard(task, shard_id: int, *, fair: bool = False, pause=None) -> Status | None:
     """Claim and classify a shard, keeping its lease meanwhile; ``pause(task, shard)``, for bulk work,
     serves interactive jobs that wait between its batches."""
     claimed = claim_for_run(task, shard_id, fair=fair)
     if claimed is None:
-        return
+        return None
     shard, job, model, scope = claimed
     attempt = shard.attempts
     presence.update(shard_id=shard.id)
@@ -85,6 +85,7 @@ def run_shard(task, shard_id: int, *, fair: bool = False, pause=None) -> None:
         log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
         status, message = retry_or_fail(shard, attempt, e)
     finish_run(shard, attempt, status, message)
+    return status
 
 
 def finish_run(shard: JobShard, attempt: int, status: Status, message: str | None) -> None:

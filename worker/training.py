@@ -1,6 +1,7 @@
 """Training jobs. Each task takes a job id; PostgreSQL says what to do and receives what was done."""
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -21,19 +22,20 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=TRAIN.start.name, bind=True)
-def run_train_job(self, job_id: str) -> None:
+def run_train_job(self, job_id: str) -> Status | None:
+    """Returns how the attempt finished (its log line says so: worker.process.TaskOutcomeLine)."""
     started = start(self, job_id)
     if started is None:
-        return
+        return None
     reporter, job = started
     files = AttemptFiles.of(worker_settings(), job_id=job_id, attempt=reporter.attempt)
     try:
-        train(self, reporter, job, files)
+        return train(self, reporter, job, files)
     finally:
         files.clean_up()
 
 
-def train(task, reporter, job, files: "AttemptFiles") -> None:
+def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
     from grocery.engine import fit, resumed_config
     from grocery.export import prepare_for_serving
 
@@ -41,7 +43,7 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
     stop = StopReasons(settings.train_soft_time_limit)
 
     def on_hard_limit():
-        message = limit_message("hard", settings.train_time_limit, files.checkpoint)
+        message = limit_message("hard", settings.train_time_limit)
         reporter.finish(Status.FAILED, error_code="time_limit", error_message=message)
 
     try:
@@ -49,24 +51,30 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
         # nothing outside the roots is opened, so no message can tell whether such a file exists.
         spec = training_files(spec, settings, owner_roots(job))
     except PathRefused as e:
-        reporter.finish(Status.FAILED, error_code=e.code, error_message=str(e))
-        return
+        return reporter.finish(Status.FAILED, error_code=e.code, error_message=str(e))
+    given_data_dir = TrainParams.of_job(job.params).data_dir
     try:
         # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts,
         # with the settings it was trained with: the job's params name only what the user gave.
         resume = files.latest_checkpoint()
         config = resumed_config(resume, {"data_dir": str(settings.data_dir), **spec.stored()})
+        # The settings the run uses, the defaults filled in, shown with the job from its start.
+        reporter.keep_in_result(settings=effective_settings(config, given_data_dir))
         reporter.beat(done=0, total=config.epochs, force=True)
 
-        last_confusion = {}
+        last_confusion, steps = {}, {"total": None}
 
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
                 last_confusion.update(event["confusion"])
                 files.keep_checkpoint()
-                cancelled = reporter.beat(done=event["epoch"], event=("epoch", event))
+                # The next epoch's batches, none done yet.
+                detail = {"batches": {"done": 0, "total": steps["total"]}} if steps["total"] else None
+                cancelled = reporter.beat(done=event["epoch"], detail=detail, event=("epoch", event))
             else:
-                cancelled = reporter.beat()
+                steps["total"] = event["steps"]
+                batches = {"done": event["step"], "total": event["steps"]}
+                cancelled = reporter.beat(done=event["epoch"] - 1, detail={"batches": batches})
             return cancelled or stop.check()
 
         with hard_time_limit(settings.train_time_limit, on_hard_limit):
@@ -78,11 +86,9 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
                 files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
         log.exception("train job %s failed", job.id)
-        reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
-        return
+        return reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
     if result.status == "stopped":
-        finish_stopped(task, reporter, stop, result.epochs_done, files.checkpoint)
-        return
+        return finish_stopped(task, reporter, stop, result.epochs_done)
     metadata = {
         "arch": config.arch,
         "label_level": config.label_level,
@@ -92,7 +98,12 @@ def train(task, reporter, job, files: "AttemptFiles") -> None:
         "serving": serving,
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
-    reporter.finish(Status.SUCCEEDED, result=result_json, model=metadata)
+    return reporter.finish(Status.SUCCEEDED, result=result_json, model=metadata)
+
+
+def effective_settings(config, given_data_dir: str | None) -> dict:
+    """Every setting of the run; the dataset as the job named it (None: the service's own)."""
+    return {**dataclasses.asdict(config), "data_dir": given_data_dir}
 
 
 @dataclass(frozen=True)
@@ -196,25 +207,29 @@ class StopReasons:
         return self.reason is not None
 
 
-def limit_message(kind: str, seconds: float, checkpoint: Path | str) -> str:
-    return f"stopped at the {kind} time limit of {seconds:.0f}s; the last epoch checkpoint is {checkpoint}"
+LIMITS = {"soft": "GROCERY_TRAIN_SOFT_TIME_LIMIT", "hard": "GROCERY_TRAIN_TIME_LIMIT"}
 
 
-def finish_stopped(task, reporter, stop: StopReasons, epochs_done: int, checkpoint: Path | str) -> None:
+def limit_message(kind: str, seconds: float) -> str:
+    return f"stopped at the {kind} time limit of {seconds:.0f}s ({LIMITS[kind]}); its last epoch checkpoint is kept"
+
+
+def finish_stopped(task, reporter, stop: StopReasons, epochs_done: int) -> Status | None:
     """A run that stopped early: handed back (shutdown), failed (time limit) or cancelled."""
     if stop.reason == "shutdown":
         if reporter.requeue("the worker shut down; the next attempt resumes from the last epoch checkpoint"):
             send(task.app, TRAIN.start, str(reporter.job_id))
-        return
+            return Status.QUEUED
+        return None
     if stop.reason == "time_limit":
-        reporter.finish(
+        return reporter.finish(
             Status.FAILED,
             error_code="time_limit",
-            error_message=limit_message("soft", stop.soft_limit, checkpoint),
+            error_message=limit_message("soft", stop.soft_limit),
             result={"epochs_done": epochs_done},
         )
         return
-    reporter.finish(Status.CANCELLED, result={"epochs_done": epochs_done})
+    return reporter.finish(Status.CANCELLED, result={"epochs_done": epochs_done})
 
 
 def _class_names(artifact_dir: Path) -> list[str]:
