@@ -32,6 +32,7 @@ def test_the_request_schema_and_the_client_offer_the_service_params():
     from service.specs import TrainParams
 
     assert {p.name for p in SERVICE_PARAMS} == OFFERED == set(TrainParams.model_fields)
+
     def value(p) -> str:  # one the client accepts: it offers the declared choices
         return str(p.choices[0]) if p.choices else "1" if p.kind in (int, float) else "x"
 
