@@ -415,9 +415,9 @@ def is_current(artifact: Artifact, record: dict) -> bool:
 @contextlib.contextmanager
 def measuring_alone(lock_path: Path) -> Iterator[None]:
     """An exclusive lock on ``lock_path`` (flock: released when the process dies, so a killed
-    worker never leaves it held). A folder this process cannot write in goes unlocked, as before."""
+    worker never leaves it held). Where the lock file cannot be made (a read-only artifact), unlocked."""
     try:
-        lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        lock = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
     except OSError:
         yield
         return
