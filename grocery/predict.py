@@ -48,6 +48,7 @@ class Predictor:
         threads: int | None = None,
         decode_threads: int | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        choice: runtimes.Choice | None = None,
     ):
         if runtime not in ("auto", *runtimes.RUNTIMES):
             raise ValueError(f"runtime must be one of {('auto', *runtimes.RUNTIMES)}, not {runtime!r}")
@@ -61,10 +62,11 @@ class Predictor:
         self.threads = threads or len(os.sched_getaffinity(0))
         # Decoding and resizing run torch ops too: a worker process given one core keeps to it.
         torch.set_num_threads(self.threads)
-        # auto: the fastest variant that agrees with fp32, measured on this machine (grocery.runtimes).
-        self.choice = (
-            runtimes.choose_cached(artifact, threads=self.threads, batch_size=batch_size) if runtime == "auto" else None
-        )
+        # auto: the fastest variant that agrees with fp32, measured on this machine (grocery.runtimes),
+        # unless the caller brings the choice this machine made already (a service keeps it per machine).
+        if runtime == "auto" and choice is None:
+            choice = runtimes.choose_cached(artifact, threads=self.threads, batch_size=batch_size)
+        self.choice = choice if runtime == "auto" else None
         self.runtime = self.choice.runtime if self.choice else runtime
         # Files are read and results written batch_size at a time; the engine infers at the size measured fastest.
         self.inference_batch = self.choice.inference_batch if self.choice else batch_size

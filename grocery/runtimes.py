@@ -7,16 +7,19 @@ avx512_bf16 and VNNI) and on the threads a worker has, so no rule fixed in advan
 ``choose`` times every variant the machine can run, at several inference batch sizes, on the
 model's own check images, accepts only those whose top-1 agrees with torch fp32 on at least
 ``AGREEMENT_THRESHOLD`` of them, and the fastest accepted one serves, at its fastest batch size.
-The choice is cached in the artifact, per machine.
+The choice is cached in the artifact, per machine, and made by one process at a time
+(``choose_cached``): the processes that share a machine serve on the same variant.
 """
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from grocery.transforms import normalize
 RUNTIMES = ("torch", "torch-fp16", "torch-bf16", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 AGREEMENT_THRESHOLD = 0.995
 CHOICES_NAME = "runtimes.json"
+CHOICES_LOCK_NAME = ".runtimes.lock"  # beside CHOICES_NAME: held while one process measures
 # The graph each variant reads: None is the torch module itself.
 GRAPH = {
     "torch": None,
@@ -270,6 +274,7 @@ def in_batches_of(engine: Engine, size: int) -> Engine:
 class Choice:
     runtime: str
     record: dict  # what was measured: every variant's speed and agreement, the machine, when
+    measured: bool = False  # measured by this call, not read from a record of an earlier one
 
     @property
     def inference_batch(self) -> int:
@@ -320,7 +325,7 @@ def choose(
         "variants": variants,
         "chosen_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Choice(best, record)
+    return Choice(best, record, measured=True)
 
 
 def measure(
@@ -382,17 +387,45 @@ def load_check_images(artifact: Artifact) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def choose_cached(artifact: Artifact, *, threads: int, batch_size: int = 64) -> Choice:
-    """``choose``, measured once per machine and kept in the artifact's runtimes.json."""
+    """``choose``, measured once per machine and kept in the artifact's runtimes.json.
+
+    The processes sharing the artifact's folder (a machine's workers) take turns, under a file lock:
+    the first measures and records, the others wait and then read what it recorded, so they all serve
+    on one variant, and no two of them time the variants at once on the same cores (each would slow
+    the other's timings down). What the lock does not keep out: another process of the machine busy
+    with other work (a shard of another model) while this one measures still skews its timings.
+    """
     key = machine_key(threads)
     path = artifact.path / CHOICES_NAME
-    choices = read_choices(path)
-    record = choices.get(key)
-    # A record from before batch sizes were timed is measured again.
-    if record is not None and record.get("runtime") in candidates(artifact) + ["torch"] and "inference_batch" in record:
-        return Choice(record["runtime"], record)
-    choice = choose(artifact, threads=threads, batch_size=batch_size)
-    write_choice(path, key, choice.record)
-    return choice
+    with measuring_alone(artifact.path / CHOICES_LOCK_NAME):
+        record = read_choices(path).get(key)
+        if record is not None and is_current(artifact, record):
+            return Choice(record["runtime"], record)
+        choice = choose(artifact, threads=threads, batch_size=batch_size)
+        write_choice(path, key, choice.record)
+        return choice
+
+
+def is_current(artifact: Artifact, record: dict) -> bool:
+    """Whether a recorded choice may serve the artifact here: a variant it can run, and a record from
+    after batch sizes were timed (an older one is measured again)."""
+    return record.get("runtime") in candidates(artifact) + ["torch"] and "inference_batch" in record
+
+
+@contextlib.contextmanager
+def measuring_alone(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock_path`` (flock: released when the process dies, so a killed
+    worker never leaves it held). Where the lock file cannot be made (a read-only artifact), unlocked."""
+    try:
+        lock = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(lock)  # and with it the lock
 
 
 def read_choices(path: Path) -> dict:
@@ -403,7 +436,7 @@ def read_choices(path: Path) -> dict:
 
 
 def write_choice(path: Path, key: str, record: dict) -> None:
-    """Merge one machine's choice into the file; a write lost to a concurrent one is measured again later."""
+    """Merge one machine's choice into the file (under choose_cached's lock, no other process writes it meanwhile)."""
     choices = read_choices(path)
     choices[key] = record
     partial = path.with_name(f".{path.name}.{os.getpid()}")

@@ -35,11 +35,28 @@ def register_model(
     return model
 
 
-def record_runtime_choice(session: Session, *, model_id: uuid.UUID, machine: str, choice: dict) -> None:
-    """Keep a machine's runtime choice with the model (serving.runtimes[machine]), beside its exports."""
-    model = session.get(Model, model_id, with_for_update=True)  # two workers choosing at once keep both
-    if model is not None:
-        model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
+def runtime_choice(session: Session, *, model_id: uuid.UUID, machine: str) -> dict | None:
+    """The runtime choice recorded for the model on a machine (serving.runtimes[machine]), if any."""
+    model = session.get(Model, model_id)
+    return model.serving.get("runtimes", {}).get(machine) if model is not None else None
+
+
+def record_runtime_choice(
+    session: Session, *, model_id: uuid.UUID, machine: str, choice: dict, replacing: dict | None = None
+) -> dict:
+    """Keep a machine's runtime choice with the model (serving.runtimes[machine]), beside its exports,
+    unless one is recorded for the machine already: the first recorded wins, and what is recorded is
+    returned, for every worker of the machine to serve on. ``replacing``: a recorded choice the caller
+    found stale (runtimes.is_current), which this one replaces unless another worker replaced it first."""
+    # Two workers recording at once take turns on the row, and the second finds the first's choice.
+    model = session.get(Model, model_id, with_for_update=True, populate_existing=True)
+    if model is None:
+        return choice
+    recorded = model.serving.get("runtimes", {}).get(machine)
+    if recorded is not None and recorded != replacing:
+        return recorded
+    model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
+    return choice
 
 
 def resolve_model(session: Session, *, reference: str) -> Model | None:

@@ -6,6 +6,7 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery.signals import worker_ready
 
@@ -14,6 +15,10 @@ from service import artifacts, registry
 from service.contract import serving_model
 from service.settings import Settings
 from worker.process import sessions, worker_settings
+
+if TYPE_CHECKING:  # imported where used: torch loads with them
+    from grocery.artifact import Artifact
+    from grocery.runtimes import Choice
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +56,40 @@ def local_artifact(settings: Settings, model_id: str, artifact_path: str) -> Pat
 
 @functools.lru_cache(maxsize=2)
 def cached_predictor(model_id: str, artifact_path: str):
-    """Each worker process loads a model once and keeps it, by model id, for the next shards. Its
-    first load on a machine measures the runtimes (grocery.runtimes); the choice is kept with the model."""
+    """Each worker process loads a model once and keeps it, by model id, for the next shards. It serves
+    on the runtime this machine chose for the model (machine_choice), or on the one the settings name."""
+    from grocery.artifact import read_artifact
     from grocery.predict import Predictor
 
     settings = worker_settings()
     threads = settings.worker_threads or len(os.sched_getaffinity(0))
-    folder = local_artifact(settings, model_id, artifact_path)
-    predictor = Predictor.from_path(folder, threads=threads, decode_threads=threads, runtime=settings.runtime)
-    if predictor.choice is not None:
-        with sessions()() as session:
-            registry.record_runtime_choice(
-                session,
-                model_id=uuid.UUID(model_id),
-                machine=predictor.choice.record["machine"],
-                choice=predictor.choice.record,
-            )
-            session.commit()
-        log.info("model %s serves on %s here (%s)", model_id, predictor.runtime, predictor.choice.record["machine"])
+    artifact = read_artifact(local_artifact(settings, model_id, artifact_path))
+    choice = machine_choice(artifact, uuid.UUID(model_id), threads) if settings.runtime == "auto" else None
+    predictor = Predictor(artifact, threads=threads, decode_threads=threads, runtime=settings.runtime, choice=choice)
+    if choice is not None:
+        log.info("model %s serves on %s here (%s)", model_id, predictor.runtime, choice.record["machine"])
     return predictor
+
+
+def machine_choice(artifact: "Artifact", model_id: uuid.UUID, threads: int) -> "Choice":
+    """The runtime every worker of this machine serves the model on: the first choice recorded with the
+    model for the machine (registry.record_runtime_choice). Where none is, the runtimes are measured;
+    the machine's workers share the artifact's folder and measure one at a time there
+    (runtimes.choose_cached), so the others wait and read the first one's choice. Recording only where
+    none is recorded settles the rest (a worker whose copy of the artifact lost its runtimes.json)."""
+    from grocery import runtimes
+
+    machine = runtimes.machine_key(threads)
+    with sessions()() as session:
+        recorded = registry.runtime_choice(session, model_id=model_id, machine=machine)
+    if recorded is not None and runtimes.is_current(artifact, recorded):
+        return runtimes.Choice(recorded["runtime"], recorded)
+    measured = runtimes.choose_cached(artifact, threads=threads)
+    with sessions()() as session:
+        kept = registry.record_runtime_choice(
+            session, model_id=model_id, machine=machine, choice=measured.record, replacing=recorded
+        )
+        session.commit()
+    if measured.measured:
+        log.info("measured the runtimes of model %s here (%s): %s is fastest", model_id, machine, measured.runtime)
+    return runtimes.Choice(kept["runtime"], kept)
