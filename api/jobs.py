@@ -17,9 +17,16 @@ from api.schemas import JobRequest
 from grocery import storage
 from service import confinement, contract, crud, lifecycle, registry, shards
 from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
-from service.specs import PredictInput, PredictJobRequest, PredictSpec, TrainJobRequest, TrainParams
+from service.specs import (
+    EvaluateJobRequest,
+    EvaluateSpec,
+    PredictInput,
+    PredictSpec,
+    TrainJobRequest,
+    TrainParams,
+)
 from service.states import FINISHED_STATUSES, Lane, Priority, Status
-from service.tables import Job
+from service.tables import Job, Model
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
@@ -100,14 +107,14 @@ def submit_job():
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(session, existing, body_hash)
-        model_id = _resolve_model_id(session, asked.model) if asked.model is not None else None
-        spec = checked_spec(asked)
+        model = resolved_model(session, asked.model) if asked.model is not None else None
+        spec = checked_spec(asked, model)
         new = NewJob(
             kind=KINDS[asked.type],
             params=spec.stored(),
             owner_token_id=auth.owner_id(),
             files_named=spec.files_named,
-            model_id=model_id,
+            model_id=model.id if model else None,
             idempotency_key=key,
             request_hash=body_hash,
             lane=lane_of(KINDS[asked.type], spec.files_named),
@@ -127,7 +134,7 @@ def submit_upload(key: str | None):
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(session, existing, body_hash)
-        model_id = _resolve_model_id(session, form.model)
+        model_id = resolved_model(session, form.model).id
         job_id = uuid.uuid4()
         job_uploads = storage.join(settings.upload_dir, str(job_id))
         try:
@@ -175,9 +182,9 @@ def record_job(session, new: NewJob) -> tuple[Job, bool]:
 
 
 def lane_of(kind: JobKind, files: int) -> Lane:
-    """Sharded jobs of a few files named up front (a manifest, uploads) are interactive work."""
+    """Jobs of a few files named up front (a manifest, uploads), of a kind with that lane, are interactive."""
     small = 0 < files <= resources().settings.interactive_max_files
-    return Lane.INTERACTIVE if kind.shard is not None and small else Lane.BULK
+    return Lane.INTERACTIVE if kind.interactive and small else Lane.BULK
 
 
 def check_priority(priority: Priority) -> None:
@@ -196,20 +203,52 @@ def replay(session, existing: Job, body_hash: str):
     return jsonify(job_json(shown(session, existing))), 200, {"Location": f"/jobs/{existing.id}"}
 
 
-def checked_spec(asked: TrainJobRequest | PredictJobRequest) -> TrainParams | PredictSpec:
+def checked_spec(asked: JobRequest, model: Model | None) -> TrainParams | PredictSpec | EvaluateSpec:
     """The job's spec with every path resolved and confined to this token's roots."""
     settings = resources().settings
+    scope = confinement.request_scope(settings, auth.token_roots())
     try:
         if isinstance(asked, TrainJobRequest):
             return confinement.training_files(asked.params, settings, auth.token_roots())
-        source = checked_source(asked.input, confinement.request_scope(settings, auth.token_roots()))
+        if isinstance(asked, EvaluateJobRequest):
+            spec = checked_evaluation(asked, model, scope)
+        else:
+            spec = asked.spec(checked_source(asked.input, scope))
     except confinement.PathRefused as e:
         raise APIError(400, e.code, str(e), {"field": e.field}) from None
-    check_shard_size(asked.shard_size, files=len(source["paths"]) if "paths" in source else None)
-    spec = asked.spec(source)
+    check_shard_size(asked.shard_size, files=len(spec.input.paths) if spec.input.paths is not None else None)
     if spec.output is not None:
         spec.output.url = checked_output_url(spec.output.url)
     return spec
+
+
+def checked_evaluation(asked: EvaluateJobRequest, model: Model, scope: confinement.ReadScope) -> EvaluateSpec:
+    """An evaluation's labelled set, confined: a split's files and labels from its index, a manifest's,
+    or a folder or prefix whose subfolders name the classes (labels read by the workers)."""
+    labelled = asked.input
+    level = (labelled.index.label_level if labelled.index else None) or model.label_level
+    named = labelled.model_dump(exclude_none=True, exclude={"manifest"})
+    labels = None
+    if labelled.index is not None:
+        index = labelled.index
+        settings, roots = resources().settings, auth.token_roots()
+        paths, labels = confinement.labelled_index(index.data_dir, index.split, level, settings, roots)
+        source = {"paths": paths}
+    elif labelled.manifest is not None:
+        check_manifest_size(len(labelled.manifest), "input.manifest")
+        source = {"paths": [str(scope.real_path(f.path, "input.manifest")) for f in labelled.manifest]}
+        labels, named = [f.label for f in labelled.manifest], {"manifest": {"files": len(labelled.manifest)}}
+    else:
+        folder = PredictInput(folder=labelled.folder, url=labelled.url, pattern=labelled.pattern)
+        source = checked_source(folder, scope)
+    values = {"input": source, "labels": labels, "label_level": level, "named": named}
+    return EvaluateSpec.model_validate({"model": asked.model, "shard_size": asked.shard_size, **values})
+
+
+def check_manifest_size(files: int, field: str) -> None:
+    limit = resources().settings.max_job_files
+    if files > limit:
+        raise APIError(413, "too_many_files", f"{field}: more than {limit} files (GROCERY_MAX_JOB_FILES)")
 
 
 def checked_source(asked: PredictInput, scope: confinement.ReadScope) -> dict:
@@ -223,9 +262,7 @@ def checked_source(asked: PredictInput, scope: confinement.ReadScope) -> dict:
     elif asked.url is not None:
         source["url"] = checked_prefix(scope.real_prefix(asked.url, "input.url"))
     else:
-        limit = resources().settings.max_job_files
-        if len(asked.paths) > limit:
-            raise APIError(413, "too_many_files", f"input.paths: more than {limit} files (GROCERY_MAX_JOB_FILES)")
+        check_manifest_size(len(asked.paths), "input.paths")
         source["paths"] = [str(scope.real_path(p, "input.paths")) for p in asked.paths]
     return source
 
@@ -280,11 +317,11 @@ def check_shard_size(shard_size: int | None, *, files: int | None) -> None:
         )
 
 
-def _resolve_model_id(session, reference: str) -> uuid.UUID:
+def resolved_model(session, reference: str) -> Model:
     model = registry.resolve_model(session, reference=reference)
     if model is None:
         raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
-    return model.id
+    return model
 
 
 @blueprint.get("/jobs/<job_id>")

@@ -1,6 +1,7 @@
 """Metrics from predictions: top-1, top-5, per-class accuracy, confusion matrix files."""
 
 import csv
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,3 +74,52 @@ def write_confusion_png(path: Path, confusion: Sequence[Sequence[int]], class_na
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def labelled_report(
+    true_labels: Sequence[str | None],
+    ranked_labels: Sequence[Sequence[str] | None],
+    confidences: Sequence[float | None],
+    class_names: Sequence[str],
+    *,
+    bins: int = 15,
+) -> dict:
+    """An evaluation over files whose labels are names: each file's true label (None: unlabelled), its
+    predicted labels best first (None: it could not be read, a miss) and the top one's confidence.
+    Files without a label, or with one the model does not know, are counted apart and not scored."""
+    ids = {name: i for i, name in enumerate(class_names)}
+    scored = [i for i, truth in enumerate(true_labels) if truth in ids]
+    unknown = Counter(truth for truth in true_labels if truth is not None and truth not in ids)
+    top5 = [[ids[name] for name in ranked_labels[i] if name in ids] if ranked_labels[i] else None for i in scored]
+    metrics = classification_metrics([ids[true_labels[i]] for i in scored], top5, class_names)
+    confusion = np.asarray(metrics["confusion"])
+    predicted = confusion.sum(0)
+    for i, name in enumerate(class_names):
+        stats = metrics["per_class"][name]
+        stats["recall"] = stats.pop("accuracy")
+        stats["precision"] = float(confusion[i, i] / predicted[i]) if predicted[i] else None
+    hits = [bool(top5[k]) and top5[k][0] == ids[true_labels[i]] for k, i in enumerate(scored)]
+    return {
+        **metrics,
+        "ece": expected_calibration_error([confidences[i] for i in scored], hits, bins=bins),
+        "unlabelled": sum(truth is None for truth in true_labels),
+        "unknown_labels": dict(sorted(unknown.items())),
+        "classes": list(class_names),
+    }
+
+
+def expected_calibration_error(confidences: Sequence[float | None], hits: Sequence[bool], *, bins: int = 15) -> float:
+    """How far confidence is from accuracy, averaged over equal-width confidence bins weighted by their
+    files (Guo et al. 2017); files that could not be read (no confidence) are left out."""
+    pairs = [(c, h) for c, h in zip(confidences, hits, strict=True) if c is not None]
+    if not pairs:
+        return 0.0
+    conf = np.array([c for c, _ in pairs], dtype=np.float64)
+    hit = np.array([h for _, h in pairs], dtype=np.float64)
+    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.sum() * abs(hit[inside].mean() - conf[inside].mean())
+    return float(gap / len(pairs))

@@ -28,6 +28,7 @@ COLUMN_TYPES = {
     "top5": TOP5,
     "error_code": pa.string(),
     "error_message": pa.string(),
+    "true_label": pa.string(),
 }
 # In RESULT_COLUMNS' order; a column added there without a type here fails at import, not in a file.
 SCHEMA = pa.schema([pa.field(name, COLUMN_TYPES[name], nullable=name != "path") for name in RESULT_COLUMNS])

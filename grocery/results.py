@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-RESULT_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message")
+RESULT_COLUMNS = ("path", "label", "class_id", "confidence", "top5", "error_code", "error_message", "true_label")
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Prediction:
     confidence: float | None = None
     top5: list[dict] | None = None
     error: dict | None = None  # {"code": ..., "message": ...} when the file could not be classified
+    true_label: str | None = None  # in an evaluation, the file's label as its labelled set names it
 
     @classmethod
     def failed(cls, path: str, code: str, message: str) -> "Prediction":
@@ -27,8 +28,8 @@ class Prediction:
     @classmethod
     def from_row(cls, row) -> "Prediction":
         """From a flat row: a mapping, or an object with RESULT_COLUMNS attributes (a table row)."""
-        *fields, code, message = row_values(row)
-        return cls(*fields, error={"code": code, "message": message} if code else None)
+        *fields, code, message, true_label = row_values(row)
+        return cls(*fields, error={"code": code, "message": message} if code else None, true_label=true_label)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,7 +37,8 @@ class Prediction:
     def to_row(self) -> dict:
         error = self.error or {}
         fields = (self.path, self.label, self.class_id, self.confidence, self.top5)
-        return dict(zip(RESULT_COLUMNS, (*fields, error.get("code"), error.get("message")), strict=True))
+        values = (*fields, error.get("code"), error.get("message"), self.true_label)
+        return dict(zip(RESULT_COLUMNS, values, strict=True))
 
 
 def row_values(row) -> tuple:
@@ -48,5 +50,6 @@ def row_values(row) -> tuple:
 
 def csv_values(row) -> tuple:
     """A flat row's CSV fields, in RESULT_COLUMNS order: top5 as JSON text (csv writes None as empty)."""
-    path, label, class_id, confidence, top5, code, message = row_values(row)
-    return path, label, class_id, confidence, json.dumps(top5) if top5 is not None else None, code, message
+    path, label, class_id, confidence, top5, code, message, true_label = row_values(row)
+    top5_text = json.dumps(top5) if top5 is not None else None
+    return path, label, class_id, confidence, top5_text, code, message, true_label

@@ -191,33 +191,61 @@ def training_files(spec: TrainParams, settings: Settings, token_roots) -> TrainP
     Returns the spec with real paths; raises PathRefused naming the field. The service's own
     dataset (GROCERY_DATA_DIR, used when no data_dir is given) is always allowed."""
     scope = request_scope(settings, token_roots)
-    default_data = real(settings.data_dir)
-    checked = {}
     for name in ("data_dir", "weights"):
         if storage.is_url(getattr(spec, name) or ""):
             message = "training reads its files from the worker's disk; object URLs are prediction inputs"
             raise PathRefused(f"params.{name}", message, "unsupported_url")
-    if spec.data_dir is not None:
-        data_dir = scope.real_path(spec.data_dir, "params.data_dir")
-        if not data_dir.is_dir():
-            raise PathRefused("params.data_dir", f"{spec.data_dir!r} is not a directory", "path_not_found")
-        checked["data_dir"] = str(data_dir)
-    else:
-        data_dir = default_data
+    data_dir, dataset_scope = confined_dataset(spec.data_dir, scope, settings, "params.data_dir")
+    checked = {"data_dir": str(data_dir)} if spec.data_dir is not None else {}
     weights = spec.weights
     if weights is not None and weights not in WEIGHTS_NAMES:
         resolved = scope.real_path(weights, "params.weights")
         if not resolved.is_file():
             raise PathRefused("params.weights", f"{weights!r} is not a file", "path_not_found")
         checked["weights"] = str(resolved)
-    roots = (*scope.roots, default_data) if data_dir == default_data else scope.roots
-    dataset_scope = ReadScope(roots, scope.uploads, named=scope.named)
     for name in TRAINING_INDEXES:
-        for line_no, relative in _index_paths(data_dir / name):
-            _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: {name}:{line_no}")
+        confine_index(data_dir, name, dataset_scope, "params.data_dir")
     for line_no, relative in _class_table_paths(data_dir / "classes.csv"):
         _dataset_member(data_dir, relative, dataset_scope, f"params.data_dir: classes.csv:{line_no}")
     return spec.model_copy(update=checked)
+
+
+def confined_dataset(given: str | None, scope: ReadScope, settings: Settings, field: str) -> tuple[Path, ReadScope]:
+    """A dataset folder (``given``, else the service's own, always allowed) and what its index lines
+    may point into."""
+    default_data = real(settings.data_dir)
+    if given is None:
+        return default_data, ReadScope((*scope.roots, default_data), scope.uploads, named=scope.named)
+    data_dir = scope.real_path(given, field)
+    if not data_dir.is_dir():
+        raise PathRefused(field, f"{given!r} is not a directory", "path_not_found")
+    roots = (*scope.roots, default_data) if data_dir == default_data else scope.roots
+    return data_dir, ReadScope(roots, scope.uploads, named=scope.named)
+
+
+def confine_index(data_dir: Path, name: str, scope: ReadScope, field: str) -> None:
+    """Every line of the dataset's index file ``name`` names a file inside ``scope``."""
+    for line_no, relative in _index_paths(data_dir / name):
+        _dataset_member(data_dir, relative, scope, f"{field}: {name}:{line_no}")
+
+
+def labelled_index(
+    data_dir: str | None, split: str, label_level: str, settings: Settings, token_roots
+) -> tuple[list[str], list[str]]:
+    """An evaluation's split, confined like a training's dataset: its files' real paths and labels."""
+    from grocery.index import DatasetError, read_classes, read_split
+
+    scope = request_scope(settings, token_roots)
+    folder, dataset_scope = confined_dataset(data_dir, scope, settings, "input.index.data_dir")
+    if not (folder / f"{split}.txt").is_file():
+        raise PathRefused("input.index.split", f"the dataset has no {split}.txt", "path_not_found")
+    confine_index(folder, f"{split}.txt", dataset_scope, "input.index")
+    try:
+        names = [c.name for c in read_classes(folder, label_level)]
+        samples = read_split(folder, split, label_level, len(names))
+    except DatasetError as e:
+        raise PathRefused("input.index", str(e), "invalid_dataset") from None
+    return [str(sample.path) for sample in samples], [names[sample.label] for sample in samples]
 
 
 def _dataset_member(data_dir: Path, relative: str, scope: ReadScope, field: str) -> None:

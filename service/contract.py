@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # The modules that define the tasks (a worker imports them as it starts): each kind's, and the reconciler.
 WORKER_MODULES = (*dict.fromkeys(kind.module for kind in KINDS.values()), "worker.reconciler")
+# The unique index two submissions with one Idempotency-Key meet at (service/tables.py).
+IDEMPOTENCY_INDEX = "jobs_owner_token_id_idempotency_key"
 # An export's record count, sent before its body so a client can tell a cut download from a whole one.
 ROW_COUNT_HEADER = "X-Row-Count"
 
@@ -77,8 +79,10 @@ def submit(session: Session, celery: Celery, new: NewJob) -> Job | None:
     try:
         job = crud.create_job(session, new=new)
         session.commit()
-    except IntegrityError:
+    except IntegrityError as e:
         session.rollback()
+        if getattr(e.orig.diag, "constraint_name", None) != IDEMPOTENCY_INDEX:
+            raise
         return None
     enqueue(celery, job)
     return job

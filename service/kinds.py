@@ -30,13 +30,15 @@ class JobKind:
     progress_unit: str
     module: str  # the worker module that defines its tasks
     # A sharded job is listed into shards that workers claim one by one: once listed, the job lives
-    # in its shards (the reconciler watches them, not the job), and the last shard ends it.
+    # in its shards (the reconciler watches them, not the job), and the last shard finishes it.
     shard: Task | None = None
+    # Jobs of a few files named up front run in the interactive lane, ahead of bulk work.
+    interactive: bool = False
 
     @property
     def tasks(self) -> tuple[Task, ...]:
         """What a worker that serves this kind runs."""
-        lanes = (Task(self.start.name, INTERACTIVE_QUEUE),) if self.shard else ()
+        lanes = (Task(self.start.name, INTERACTIVE_QUEUE),) if self.interactive else ()
         return (*lanes, self.start, *((self.shard,) if self.shard else ()))
 
     def task(self, lane: str) -> Task:
@@ -64,12 +66,23 @@ PREDICT = JobKind(
     progress_unit="files",
     module="worker.prediction",
     shard=Task("worker.prediction.run_predict_shard", queue="shards"),
+    interactive=True,
 )
-KINDS = {kind.name: kind for kind in (TRAIN, PREDICT)}
+EVALUATE = JobKind(
+    name="evaluate",
+    help="a model's accuracy on labelled photos: a split's index, class-named folders or a labelled manifest",
+    request=specs.EvaluateJobRequest,
+    spec=specs.EvaluateSpec,
+    start=Task("worker.evaluation.run_evaluate_job", queue="predict"),
+    progress_unit="files",
+    module="worker.evaluation",
+    shard=PREDICT.shard,  # its shards are classified as a prediction's, with their true labels kept
+)
+KINDS = {kind.name: kind for kind in (TRAIN, PREDICT, EVALUATE)}
 JOB_TYPES = tuple(KINDS)
 # Kinds whose jobs, once listed, live in their shards (the reconciler watches the shards), and their tasks.
 SHARDED_TYPES = tuple(name for name, kind in KINDS.items() if kind.shard)
-SHARD_TASKS = tuple(KINDS[name].shard for name in SHARDED_TYPES)
+SHARD_TASKS = tuple(dict.fromkeys(KINDS[name].shard for name in SHARDED_TYPES))
 TASKS = tuple(dict.fromkeys(task for kind in KINDS.values() for task in kind.tasks))
 # The order a worker takes work in (Redis is asked in this order): interactive work first; then the
 # listings that start sharded jobs (quick, and they make the work), so that a job submitted behind a

@@ -7,6 +7,7 @@ listing or a shard, ends it, under the job row's lock so that exactly one of the
 """
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import NamedTuple
 
@@ -225,16 +226,24 @@ def outcome(session: Session, *, job_id: uuid.UUID, max_failed_fraction: float) 
 
 
 def finish_if_done(
-    session: Session, *, job_id: uuid.UUID, max_failed_fraction: float, output: dict | None = None
+    session: Session,
+    *,
+    job_id: uuid.UUID,
+    max_failed_fraction: float,
+    output: dict | None = None,
+    summarize: Callable[[Session, Job], dict] | None = None,
 ) -> Status | None:
     """Finish the job if its listing is done and no shard is left, as ``outcome`` decides under the
     row's lock, through the attempt-guarded path every job finishes by; returns the status it finished
     with. A job with an output object finishes only with ``output`` (what became of the object) in
-    hand, so that its finish says where its results are: the caller writes the object first."""
+    hand, so that its finish says where its results are: the caller writes the object first.
+    ``summarize`` adds what the job's kind reports from its complete results (an evaluation's metrics)."""
     ended = outcome(session, job_id=job_id, max_failed_fraction=max_failed_fraction)
     if ended is None or (output is None and wants_output(session, job_id, ended.status)):
         return None
     result = {**ended.summary, "results": f"/jobs/{job_id}/results", **({"output": output} if output else {})}
+    if summarize is not None and ended.status != Status.CANCELLED:
+        result.update(summarize(session, session.get(Job, job_id)))
     if output:
         add_event(session, job_id=job_id, kind="output", data=output)
     finished = finish_job(

@@ -5,11 +5,13 @@ spec's JSON, and by the workers, which parse that JSON back into the same spec.
 A spec is the only reader of a job's params: code outside this module takes a spec's attributes,
 never ``params[...]``."""
 
+import functools
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from grocery.config import SERVICE_PARAMS, Param
+from grocery.index import LABEL_LEVELS
 from service.states import Priority
 
 # A request names a priority by its word (strict validation takes no enum member from JSON).
@@ -119,6 +121,10 @@ class PredictSpec(PredictOptions):
     input: StoredInput
     source: Literal[PREDICT_SOURCE] | None = None  # POST /predict's jobs
 
+    def true_label(self, path: str) -> None:
+        """A prediction knows no true labels (an evaluation does: EvaluateSpec)."""
+        return None
+
     @property
     def files_named(self) -> int:
         return self.input.files_named
@@ -155,3 +161,81 @@ class PredictJobRequest(PredictOptions):
         """The job's spec, with its input as the API confined it."""
         options = self.model_dump(include={"model", "output", "shard_size", "max_failed_fraction"})
         return PredictSpec.model_validate({**options, "input": source})
+
+
+LABEL = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class LabelledIndex(Strict):
+    """A split of a dataset laid out as the Grocery Store Dataset: DATA_DIR/<split>.txt, lines
+    "path, fine id, coarse id", with DATA_DIR/classes.csv naming the ids."""
+
+    data_dir: str | None = Field(None, description="a dataset inside the allowed input roots (default: the service's)")
+    split: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")] = Field(
+        description="the index file's name without .txt, e.g. test or val"
+    )
+    label_level: Literal[LABEL_LEVELS] | None = Field(None, description="coarse or fine (default: the model's)")
+
+
+class LabelledFile(Strict):
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    label: LABEL | None = Field(description="its class name; null: unlabelled (counted, not scored)")
+
+
+class EvaluateInput(Strict):
+    """A labelled set: exactly one of an index, a folder or prefix whose subfolders are class names
+    (the ImageFolder layout), or a manifest of labelled files."""
+
+    index: LabelledIndex | None = None
+    folder: str | None = Field(None, description="a folder inside the allowed input roots: <class name>/<photo>")
+    url: Annotated[str, Field(pattern=r"^s3://", max_length=2048)] | None = Field(
+        None, description="an object prefix inside the allowed input roots: <class name>/<photo>"
+    )
+    manifest: Annotated[list[LabelledFile], Field(min_length=1, max_length=100_000)] | None = None
+    pattern: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None, description="folder or url: a glob on file names (default: the image extensions)"
+    )
+
+    @model_validator(mode="after")
+    def exactly_one_set(self):
+        if sum(given is not None for given in (self.index, self.folder, self.url, self.manifest)) != 1:
+            raise ValueError("give exactly one of 'index', 'folder', 'url' or 'manifest'")
+        return self
+
+
+class EvaluateJobRequest(Strict):
+    type: Literal["evaluate"]
+    model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
+    input: EvaluateInput
+    shard_size: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="files per shard task (default GROCERY_SHARD_SIZE)"
+    )
+    priority: PriorityName = Field(str(Priority.NORMAL), description=PRIORITY_HELP)
+
+
+class EvaluateSpec(Strict):
+    """An evaluation job's params: its files as a prediction job's input (confined), and how each
+    file's true label is known: ``labels`` beside a manifest's paths (an index's or the request's), or
+    else the first folder below the input folder or prefix."""
+
+    model: str
+    input: StoredInput
+    labels: list[str | None] | None = None
+    label_level: Literal[LABEL_LEVELS]
+    named: dict = Field(description="the labelled set as the request named it (for reports)")
+    shard_size: int | None = None
+
+    # An evaluation writes no output object, and counts an unreadable file as a miss: it fails only
+    # when its input holds no image at all.
+    output: ClassVar[None] = None
+    max_failed_fraction: ClassVar[float] = 1.0
+
+    @functools.cached_property
+    def _labels_by_path(self) -> dict[str, str | None]:
+        return dict(zip(self.input.paths or (), self.labels or (), strict=True))
+
+    def true_label(self, path: str) -> str | None:
+        if self.labels is not None:
+            return self._labels_by_path.get(path)
+        below = path.removeprefix(self.input.folder or self.input.url or "").strip("/").split("/")
+        return below[0] if len(below) > 1 else None  # a file beside the class folders has none

@@ -219,3 +219,5 @@ class PredictionRow(Base):
     top5: Mapped[list | None]
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # An evaluation's: the file's label as its labelled set names it (None: a prediction, or unlabelled).
+    true_label: Mapped[str | None] = mapped_column(String(128))

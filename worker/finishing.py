@@ -4,12 +4,26 @@ under the job row's lock, through the attempt-guarded path every job finishes by
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from service import crud, exports, shards
-from service.specs import PredictSpec
+from service.kinds import KINDS
 from worker.process import announce_finish, sessions, worker_settings
 
 log = logging.getLogger(__name__)
+
+
+# What a kind adds to its result as it finishes (an evaluation's metrics), by kind: its worker module
+# declares it with @summary_of, as its tasks with @app.task.
+SUMMARIES: dict[str, Callable] = {}
+
+
+def summary_of(kind: str):
+    def declare(summarize: Callable) -> Callable:
+        SUMMARIES[kind] = summarize
+        return summarize
+
+    return declare
 
 
 def finish_job_if_done(job_id: uuid.UUID) -> None:
@@ -18,13 +32,16 @@ def finish_job_if_done(job_id: uuid.UUID) -> None:
     place (two workers finishing the last shards at once may both write it: the same rows, the same
     file; the attempt guard lets one of them finish the job)."""
     with sessions()() as session:
-        spec = PredictSpec.of_job(crud.get_job(session, job_id=job_id).params)
+        job = crud.get_job(session, job_id=job_id)
+        spec = KINDS[job.type].spec.of_job(job.params)
         limit = worker_settings().max_failed_fraction if spec.max_failed_fraction is None else spec.max_failed_fraction
         ended = shards.outcome(session, job_id=job_id, max_failed_fraction=limit) if spec.output else None
         with_output = ended is not None and shards.wants_output(session, job_id, ended.status)
     output = deliver_output(job_id, spec.output.url) if with_output else None
     with sessions()() as session:
-        status = shards.finish_if_done(session, job_id=job_id, max_failed_fraction=limit, output=output)
+        status = shards.finish_if_done(
+            session, job_id=job_id, max_failed_fraction=limit, output=output, summarize=SUMMARIES.get(job.type)
+        )
         session.commit()
     if status is not None:
         log.info("prediction job %s %s", job_id, status)

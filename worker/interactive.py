@@ -5,6 +5,7 @@ between two of its batches."""
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from service import crud
 from service.attempts import Verdict
@@ -14,7 +15,15 @@ from service.tables import JobShard, Model
 from worker.listing import list_job
 from worker.model_cache import cached_predictor
 from worker.process import hard_time_limit, presence, sessions, worker_settings
-from worker.shard_runs import ShardTimeLimit, claim_for_run, finish_run, retry_or_fail, shard_work, write_rows
+from worker.shard_runs import (
+    ShardTimeLimit,
+    claim_for_run,
+    finish_run,
+    retry_or_fail,
+    shard_work,
+    spec_of,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +62,14 @@ def run_interactive(task, job_ids: list[str]) -> None:
     singles = [shard_id for shard_id in map(functools.partial(list_job, task), job_ids) if shard_id is not None]
     claimed = [c for c in (claim_for_run(task, shard_id) for shard_id in singles) if c is not None]
     by_model = {}
-    for shard, _, model, scope in claimed:
-        by_model.setdefault(model.id, (model, []))[1].append((shard, scope))
+    for shard, job, model, scope in claimed:
+        by_model.setdefault(model.id, (model, []))[1].append((shard, scope, spec_of(job).true_label))
     for model, group in by_model.values():
         classify_together(model, group)
 
 
-def classify_together(model: Model, group: list[tuple[JobShard, ReadScope]]) -> None:
-    works = [shard_work(shard, shard.attempts, scope) for shard, scope in group]
+def classify_together(model: Model, group: list[tuple[JobShard, ReadScope, Callable]]) -> None:
+    works = [shard_work(shard, shard.attempts, scope, true_label) for shard, scope, true_label in group]
     finished = set()
     limit = worker_settings().predict_time_limit
 

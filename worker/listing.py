@@ -8,15 +8,17 @@ from pathlib import Path
 
 from service import confinement, crud, shards
 from service.contract import send
-from service.kinds import PREDICT
+from service.kinds import KINDS, PREDICT
 from service.settings import Settings
-from service.specs import PredictSpec
+from service.specs import EvaluateSpec, PredictSpec
 from service.states import Status
 from worker.celery_app import app
 from worker.finishing import finish_job_if_done
 from worker.process import error_code, sessions, start, worker_settings
 
 log = logging.getLogger(__name__)
+# The specs of the kinds whose input is listed into shards: each has input, shard_size and true_label.
+ShardedSpec = PredictSpec | EvaluateSpec
 # An input smaller than SPREAD full shards is cut into SPREAD smaller ones (of at least
 # MIN_SHARD files), so that a few thousand images still keep every worker busy to the end.
 SPREAD, MIN_SHARD = 8, 64
@@ -29,7 +31,7 @@ def list_job(task, job_id: str) -> int | None:
     if started is None:
         return None
     reporter, job = started
-    spec = PredictSpec.of_job(job.params)
+    spec = KINDS[job.type].spec.of_job(job.params)
     settings = worker_settings()
     try:
         outcome, single = list_into_shards(job.id, spec, reporter.attempt, settings)
@@ -53,7 +55,7 @@ def list_job(task, job_id: str) -> int | None:
     return single
 
 
-def list_into_shards(job_id, spec: PredictSpec, attempt: int, settings: Settings) -> tuple[str, int | None]:
+def list_into_shards(job_id, spec: ShardedSpec, attempt: int, settings: Settings) -> tuple[str, int | None]:
     """Stream the input's files into shards, enqueuing each as it is recorded, but for a job of one
     shard: that shard's id is returned, to run at once."""
     files = input_files(job_id, spec, settings)
@@ -101,7 +103,7 @@ def shard_chunks(files: Iterator[str], size: int | None, default: int) -> Iterat
     yield from chunked(itertools.chain(head, files), default)
 
 
-def input_files(job_id, spec: PredictSpec, settings: Settings) -> Iterator[str]:
+def input_files(job_id, spec: ShardedSpec, settings: Settings) -> Iterator[str]:
     from grocery import storage
     from grocery.listing import name_matcher, walk_files
 

@@ -5,12 +5,14 @@ policy, then its remaining files become error rows."""
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from grocery.results import Prediction
 from service import attempts, crud, predictions, shards, tokens
 from service.attempts import Verdict
 from service.confinement import ReadScope, job_scope
+from service.kinds import KINDS
 from service.settings import Settings
 from service.specs import PredictSpec
 from service.states import Lane, Status
@@ -79,7 +81,8 @@ def run_shard(task, shard_id: int, *, fair: bool = False, pause=None) -> Status 
         with hard_time_limit(limits.predict_time_limit, on_hard_limit):
             deadline = time.monotonic() + limits.predict_soft_time_limit
             between_batches = (lambda: pause(task, shard)) if pause and job.lane == Lane.BULK else None
-            stopped = classify_shard(shard, attempt, scope, model, deadline, between_batches)
+            work = shard_work(shard, attempt, scope, spec_of(job).true_label)
+            stopped = classify_shard(work, model, deadline, between_batches)
         status, message = (Status.CANCELLED if stopped else Status.SUCCEEDED), None
     except Exception as e:
         log.exception("shard %s of job %s failed (attempt %s)", shard.number, job.id, attempt)
@@ -123,7 +126,7 @@ def read_scope(session, job: Job, settings: Settings) -> ReadScope:
     """What this job's files may resolve to: checked again here, at the moment they are read (a
     symlink may have changed since the submission was checked)."""
     owner = tokens.get_token(session, token_id=job.owner_token_id)
-    source = PredictSpec.of_job(job.params).input
+    source = PredictSpec.input_of(job.params)
     return job_scope(settings, job_id=job.id, source=source, token_roots=owner.roots if owner else None)
 
 
@@ -138,9 +141,15 @@ class ShardWork:
     done: int
     failed: int
     labels: Counter
+    true_label: Callable[[str], str | None]  # the file's label where the job knows it (an evaluation)
 
 
-def shard_work(shard: JobShard, attempt: int, scope: ReadScope) -> ShardWork:
+def spec_of(job: Job):
+    """The job's spec, as its kind reads it."""
+    return KINDS[job.type].spec.of_job(job.params)
+
+
+def shard_work(shard: JobShard, attempt: int, scope: ReadScope, true_label: Callable) -> ShardWork:
     """What is left of the shard: a retried shard resumes after the rows its earlier attempts wrote."""
     with sessions()() as session:
         finished = shards.done_paths(session, job_id=shard.job_id, paths=shard.paths)
@@ -150,7 +159,7 @@ def shard_work(shard: JobShard, attempt: int, scope: ReadScope) -> ShardWork:
     outside = "the file resolves outside the job's input roots"
     refused = [Prediction.failed(p, "outside_root", outside).to_row() for p in todo if p in escaping]
     kept = [p for p in todo if p not in escaping]
-    return ShardWork(shard, attempt, kept, refused, done, failed, Counter(labels))
+    return ShardWork(shard, attempt, kept, refused, done, failed, Counter(labels), true_label)
 
 
 def write_rows(
@@ -158,6 +167,8 @@ def write_rows(
 ) -> tuple[Verdict, bool]:
     """Write a batch of the shard's rows and its progress. Returns (verdict, interactive_waiting); on
     Verdict.LOST (this attempt no longer owns the shard) nothing was written."""
+    for row in rows:
+        row["true_label"] = work.true_label(row["path"])
     work.done += len(rows)
     work.failed += sum(row["error_code"] is not None for row in rows)
     work.labels.update(row["label"] for row in rows if row["label"] is not None)
@@ -185,11 +196,10 @@ def write_rows(
     return verdict, interactive_waiting
 
 
-def classify_shard(shard: JobShard, attempt: int, scope: ReadScope, model: Model, deadline: float, pause=None) -> bool:
+def classify_shard(work: ShardWork, model: Model, deadline: float, pause=None) -> bool:
     """Classify the shard's files that have no result yet; returns True when told to stop. Between
     batches, ``pause`` serves interactive jobs waiting meanwhile. Past ``deadline`` (the soft time
     limit) it raises, and the retry resumes after the rows written."""
-    work = shard_work(shard, attempt, scope)
     predictor = cached_predictor(str(model.id), model.artifact_path)
     for batch in batches(work.first_rows, predictor.predict_files(work.todo), predictor.batch_size):
         verdict, interactive_waiting = write_rows(
