@@ -106,6 +106,13 @@ OPERATIONS = {
     ),
     "models.list_models": Op("Registered models, newest first", {"200": JOB}),
     "models.get_model": Op("A model by id, 'latest' or alias", {"200": JOB}),
+    "models.compare_models": Op(
+        "Models a and b on the set of a succeeded evaluation job: both top-1, B minus A with a 95% paired "
+        "bootstrap interval, McNemar's exact p-value and the classes that changed most (409: one of them "
+        "has no evaluation of that set)",
+        {"200": JOB},
+        query=(("a", "string"), ("b", "string"), ("evaluation", "string")),
+    ),
     "models.delete_model": Op(
         "Delete a model no alias names and no queued or running job uses, with its artifact (409 else)", DELETED
     ),

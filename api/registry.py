@@ -1,14 +1,17 @@
-"""The model registry: GET /models, GET /models/<id>, PUT /models/aliases/<name>."""
+"""The model registry: GET /models, GET /models/<id>, GET /models/compare, PUT /models/aliases/<name>."""
 
 import uuid
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
-from api.deps import iso, json_body
+from api.deps import existing_job, iso, json_body
 from api.errors import APIError
 from api.resources import resources
 from api.schemas import AliasRequest
-from service import lifecycle, registry
+from service import crud, lifecycle, predictions, registry
+from service.kinds import EVALUATE
+from service.specs import EvaluateSpec
+from service.states import Status
 from service.tables import Model
 
 blueprint = Blueprint("models", __name__)
@@ -40,6 +43,43 @@ def list_models():
                 ]
             }
         )
+
+
+@blueprint.get("/models/compare")
+def compare_models():
+    """Models a and b on the set an evaluation job evaluated: each model's newest evaluation of it,
+    paired file by file (grocery.evaluation.paired_comparison)."""
+    from grocery.evaluation import paired_comparison  # numpy only: no torch in the API
+
+    references = {name: request.args.get(name) for name in ("a", "b", "evaluation")}
+    if not all(references.values()):
+        raise APIError(400, "invalid_parameter", "give a and b (model ids or aliases) and evaluation (a job id)")
+    with resources().sessions() as session:
+        evaluation = existing_job(session, references["evaluation"])
+        if evaluation.type != EVALUATE.name or evaluation.status != Status.SUCCEEDED:
+            raise APIError(409, "not_an_evaluation", f"job {evaluation.id} is not a succeeded evaluation job")
+        jobs = {name: evaluation_of(session, evaluation, references[name]) for name in ("a", "b")}
+        paired = predictions.paired_labels(session, job_a=jobs["a"].id, job_b=jobs["b"].id)
+    truths, labels_a, labels_b = (list(column) for column in zip(*paired, strict=True)) if paired else ([], [], [])
+    report = paired_comparison(truths, labels_a, labels_b)
+    sides = {name: {"model_id": str(job.model_id), "evaluation": str(job.id)} for name, job in jobs.items()}
+    return jsonify({**sides, **report})
+
+
+def evaluation_of(session, evaluation, reference: str):
+    model = registry.resolve_model(session, reference=reference)
+    if model is None:
+        raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
+    found = crud.evaluation_on_the_same_set(session, evaluation=evaluation, model_id=model.id)
+    if found is None:
+        raise APIError(
+            409,
+            "not_evaluated",
+            f"model {model.id} has no succeeded evaluation on that set: submit one with its input "
+            f"(POST /jobs with type evaluate, model {model.id})",
+            {"model_id": str(model.id), "set": EvaluateSpec.of_job(evaluation.params).named},
+        )
+    return found
 
 
 @blueprint.get("/models/<reference>")

@@ -123,3 +123,73 @@ def expected_calibration_error(confidences: Sequence[float | None], hits: Sequen
         if inside.any():
             gap += inside.sum() * abs(hit[inside].mean() - conf[inside].mean())
     return float(gap / len(pairs))
+
+
+def paired_comparison(
+    true_labels: Sequence[str],
+    labels_a: Sequence[str | None],
+    labels_b: Sequence[str | None],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    changed: int = 5,
+) -> dict:
+    """Two models' answers on the same files: both accuracies, B's minus A's with a 95% interval from a
+    paired bootstrap over the files, McNemar's exact test on the files they disagree on, and the classes
+    whose accuracy changed most. A label of None (a file one could not read) is wrong."""
+    right_a = np.array([a == t for a, t in zip(labels_a, true_labels, strict=True)], dtype=bool)
+    right_b = np.array([b == t for b, t in zip(labels_b, true_labels, strict=True)], dtype=bool)
+    count = len(true_labels)
+    b_only, a_only = int((right_b & ~right_a).sum()), int((right_a & ~right_b).sum())
+    return {
+        "files": count,
+        "a_top1": float(right_a.mean()) if count else None,
+        "b_top1": float(right_b.mean()) if count else None,
+        "difference": (b_only - a_only) / count if count else None,
+        "ci95": paired_bootstrap(b_only, a_only, count, resamples=resamples, seed=seed),
+        "mcnemar": {"a_only": a_only, "b_only": b_only, "p_value": mcnemar_exact(a_only, b_only)},
+        "classes_changed": classes_changed(true_labels, right_a, right_b)[:changed],
+    }
+
+
+def paired_bootstrap(gains: int, losses: int, count: int, *, resamples: int, seed: int) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of the accuracy difference over files drawn with replacement.
+    A file contributes +1 (only B right), -1 (only A right) or 0, so a resample's difference is its
+    multinomial counts of those three: the same distribution as drawing the files, in O(resamples)."""
+    if count == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    shares = [gains / count, losses / count, (count - gains - losses) / count]
+    drawn = rng.multinomial(count, shares, size=resamples)
+    differences = (drawn[:, 0] - drawn[:, 1]) / count
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant files' split against a fair coin (binomial)."""
+    from math import comb
+
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, k) for k in range(min(a_only, b_only) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def classes_changed(true_labels: Sequence[str], right_a: np.ndarray, right_b: np.ndarray) -> list[dict]:
+    """Per true class, both accuracies and B's change, the largest changes first."""
+    by_class: dict[str, list[int]] = {}
+    for i, truth in enumerate(true_labels):
+        by_class.setdefault(truth, []).append(i)
+    rows = [
+        {
+            "class": name,
+            "files": len(members),
+            "a_top1": float(right_a[members].mean()),
+            "b_top1": float(right_b[members].mean()),
+            "change": float(right_b[members].mean() - right_a[members].mean()),
+        }
+        for name, members in by_class.items()
+    ]
+    return sorted(rows, key=lambda row: (-abs(row["change"]), row["class"]))

@@ -4,11 +4,13 @@ in service/attempts.py), cancellation. Callers own the transaction."""
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ARRAY, Text, and_, case, func, literal, or_, select, update
+from sqlalchemy import ARRAY, Text, and_, case, func, literal, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer, with_expression
 
 from service import attempts
 from service.kinds import NewJob
+from service.specs import EvaluateSpec
 from service.states import LIVE_STATUSES, Lane, Status
 from service.tables import Job, JobEvent
 
@@ -212,3 +214,27 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
         return Status.RUNNING
     return None
+
+
+def evaluation_on_the_same_set(session: Session, *, evaluation: Job, model_id: uuid.UUID) -> Job | None:
+    """The newest succeeded evaluation of ``model_id`` on the files, labels and label level that
+    ``evaluation`` evaluated (itself, when it is that model's)."""
+    spec = EvaluateSpec.of_job(evaluation.params)
+    stored = spec.stored()
+
+    def same(key: str):
+        # A key the spec leaves out is JSON null on both sides (the row's is missing, SQL NULL).
+        return func.coalesce(Job.params[key], JSONB_NULL) == literal(stored.get(key), JSONB)
+
+    query = select(Job).where(
+        Job.type == evaluation.type,
+        Job.status == Status.SUCCEEDED,
+        Job.model_id == model_id,
+        same("input"),
+        same("labels"),
+        same("label_level"),
+    )
+    return session.scalar(query.order_by(Job.finished_at.desc()).limit(1))
+
+
+JSONB_NULL = literal_column("'null'::jsonb")

@@ -4,9 +4,9 @@ batches, read in pages, counted, streamed. Callers own the transaction."""
 import uuid
 from collections.abc import Iterator
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.tables import PredictionRow
 
@@ -74,3 +74,15 @@ def prediction_pages(
         after_id = page[-1].id
         for prediction in page:
             session.expunge(prediction)  # the identity map would otherwise keep every row
+
+
+def paired_labels(session: Session, *, job_a: uuid.UUID, job_b: uuid.UUID) -> list[tuple[str, str | None, str | None]]:
+    """(true label, A's label, B's label) of each labelled file both evaluation jobs classified, by path."""
+    a, b = aliased(PredictionRow), aliased(PredictionRow)
+    query = (
+        select(a.true_label, a.label, b.label)
+        .join(b, and_(b.path == a.path, b.job_id == job_b))
+        .where(a.job_id == job_a, a.true_label.is_not(None))
+        .order_by(a.id)
+    )
+    return [tuple(row) for row in session.execute(query)]

@@ -1,0 +1,71 @@
+"""GET /models/compare: two models' evaluations of one set, paired file by file, against figures
+worked out by hand (McNemar's exact p-value from the binomial table; the bootstrap's interval against
+the normal approximation it should be close to)."""
+
+import math
+
+import factories
+
+from grocery.evaluation import mcnemar_exact, paired_bootstrap
+from service import predictions
+
+TRUTHS = ["Apple"] * 10 + ["Pear"] * 10
+A_SAYS = ["Apple"] * 20  # right on the ten apples only
+B_SAYS = ["Apple"] * 9 + ["Milk"] + ["Pear"] * 10  # one apple worse, ten pears better
+
+
+def evaluation(session, model, answers: list[str]):
+    params = {
+        "model": str(model.id),
+        "input": {"paths": [f"/photos/{i}.jpg" for i in range(20)]},
+        "labels": TRUTHS,
+        "label_level": "coarse",
+        "named": {"manifest": {"files": 20}},
+    }
+    job = factories.job(session, type="evaluate", status="succeeded", params=params, model_id=model.id)
+    rows = [
+        {"path": path, "label": label, "class_id": 0, "confidence": 0.9, "top5": [], "true_label": truth}
+        for path, label, truth in zip(params["input"]["paths"], answers, TRUTHS, strict=True)
+    ]
+    predictions.add_predictions(session, job_id=job.id, rows=rows)
+    return job
+
+
+def test_two_models_on_one_set_give_the_hand_computed_difference_interval_and_p_value(client, settings, tmp_path):
+    with factories.store_session(settings.database_url) as session:
+        a, b = factories.model(session, artifact=tmp_path / "a"), factories.model(session, artifact=tmp_path / "b")
+        a_job = evaluation(session, a, A_SAYS)
+        evaluation(session, b, B_SAYS)
+        ids = str(a.id), str(b.id), str(a_job.id)
+    report = client.get(
+        "/models/compare", query_string=dict(zip(("a", "b", "evaluation"), ids, strict=True))
+    ).get_json()
+    assert "files" in report, report
+    assert (report["files"], report["a_top1"], report["b_top1"]) == (20, 0.5, 0.95)
+    assert report["difference"] == 0.45
+    # Discordant files: 1 only A got right, 10 only B: p = 2 * (C(11,0) + C(11,1)) / 2^11.
+    assert report["mcnemar"] == {"a_only": 1, "b_only": 10, "p_value": 2 * 12 / 2048}
+    # Per file +1 ten times, -1 once, 0 nine times: the mean's standard error is sqrt(0.3475 / 20).
+    low, high = report["ci95"]
+    margin = 1.96 * math.sqrt((11 / 20 - 0.45**2) / 20)
+    assert abs(low - (0.45 - margin)) < 0.03 and abs(high - (0.45 + margin)) < 0.03
+    assert report["classes_changed"][0] == {"class": "Pear", "files": 10, "a_top1": 0.0, "b_top1": 1.0, "change": 1.0}
+    assert report["a"]["model_id"] == ids[0] and report["b"]["model_id"] == ids[1]
+
+
+def test_the_statistics_are_the_tables_and_the_seeds(settings):
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(5, 5) == 1.0
+    assert mcnemar_exact(0, 6) == 2 / 64  # the smallest count that reaches p < 0.05
+    assert paired_bootstrap(10, 1, 20, resamples=2000, seed=7) == paired_bootstrap(10, 1, 20, resamples=2000, seed=7)
+    assert paired_bootstrap(0, 0, 20, resamples=100, seed=0) == [0.0, 0.0]
+
+
+def test_a_model_without_an_evaluation_of_the_set_is_a_409_that_says_what_to_run(client, settings, tmp_path):
+    with factories.store_session(settings.database_url) as session:
+        a, b = factories.model(session, artifact=tmp_path / "a"), factories.model(session, artifact=tmp_path / "b")
+        a_job = evaluation(session, a, A_SAYS)
+        ids = str(a.id), str(b.id), str(a_job.id)
+    refused = client.get("/models/compare", query_string=dict(zip(("a", "b", "evaluation"), ids, strict=True)))
+    error = refused.get_json()["error"]
+    assert refused.status_code == 409 and error["code"] == "not_evaluated" and error["details"]["model_id"] == ids[1]
+    assert client.get("/models/compare?a=latest").status_code == 400
