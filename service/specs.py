@@ -239,3 +239,14 @@ class EvaluateSpec(Strict):
             return self._labels_by_path.get(path)
         below = path.removeprefix(self.input.folder or self.input.url or "").strip("/").split("/")
         return below[0] if len(below) > 1 else None  # a file beside the class folders has none
+
+
+class Gate(Strict):
+    """What a model must show on an evaluated set before an alias moves to it (service/gates.py)."""
+
+    evaluation: str = Field(description="a succeeded evaluation job: the model is judged on its set")
+    min_top1: Annotated[float, Field(ge=0, le=1)] | None = Field(None, description="the least top-1 it needs there")
+    not_worse_than: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="an alias (e.g. production) or model id whose top-1 on that set it must reach"
+    )
+    margin: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="how far below not_worse_than it may be")

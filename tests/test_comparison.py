@@ -6,7 +6,7 @@ import math
 
 import factories
 
-from grocery.evaluation import mcnemar_exact, paired_bootstrap
+from grocery.evaluation import labelled_report, mcnemar_exact, paired_bootstrap
 from service import predictions
 
 TRUTHS = ["Apple"] * 10 + ["Pear"] * 10
@@ -28,6 +28,8 @@ def evaluation(session, model, answers: list[str]):
         for path, label, truth in zip(params["input"]["paths"], answers, TRUTHS, strict=True)
     ]
     predictions.add_predictions(session, job_id=job.id, rows=rows)
+    # The figures the worker keeps as it finishes (worker/evaluation.py).
+    job.result = {"evaluation": labelled_report(TRUTHS, [[label] for label in answers], [0.9] * 20, model.class_names)}
     return job
 
 
@@ -69,3 +71,35 @@ def test_a_model_without_an_evaluation_of_the_set_is_a_409_that_says_what_to_run
     error = refused.get_json()["error"]
     assert refused.status_code == 409 and error["code"] == "not_evaluated" and error["details"]["model_id"] == ids[1]
     assert client.get("/models/compare?a=latest").status_code == 400
+
+
+def test_a_gate_moves_an_alias_only_when_it_holds_and_says_why_when_not(client, settings, tmp_path):
+    with factories.store_session(settings.database_url) as session:
+        a, b, c = (factories.model(session, artifact=tmp_path / name) for name in "abc")
+        a_job = evaluation(session, a, A_SAYS)  # 0.5
+        evaluation(session, b, B_SAYS)  # 0.95
+        evaluation(session, c, A_SAYS)  # 0.5
+        a, b, c, the_set = str(a.id), str(b.id), str(c.id), str(a_job.id)
+    assert client.put("/models/aliases/production", json={"model_id": a}).status_code == 200
+    gate = {"evaluation": the_set, "min_top1": 0.9, "not_worse_than": "production"}
+    moved = client.put("/models/aliases/production", json={"model_id": b, "gate": gate})
+    assert moved.status_code == 200 and moved.get_json()["id"] == b
+    refused = client.put("/models/aliases/production", json={"model_id": c, "gate": {**gate, "min_top1": None}})
+    error = refused.get_json()["error"]
+    assert refused.status_code == 409 and error["code"] == "gate_failed"
+    figures = error["details"]["figures"]
+    assert figures["model"]["top1"] == 0.5 and figures["not_worse_than"]["top1"] == 0.95
+    assert figures["not_worse_than"]["model_id"] == b and "below production's 0.9500" in error["message"]
+    assert client.get("/models/production").get_json()["id"] == b  # nothing moved
+    # Within the margin it passes; below the floor it does not, whatever else holds.
+    lenient = {**gate, "min_top1": None, "margin": 0.5}
+    assert client.put("/models/aliases/production", json={"model_id": c, "gate": lenient}).status_code == 200
+    floor = client.put(
+        "/models/aliases/staging", json={"model_id": a, "gate": {"evaluation": the_set, "min_top1": 0.6}}
+    )
+    assert floor.status_code == 409 and "below the gate's 0.6000" in floor.get_json()["error"]["message"]
+    unevaluated = factories.store_session(settings.database_url)
+    with unevaluated as session:
+        d = str(factories.model(session, artifact=tmp_path / "d").id)
+    missing = client.put("/models/aliases/staging", json={"model_id": d, "gate": {"evaluation": the_set}})
+    assert missing.status_code == 409 and "no succeeded evaluation" in missing.get_json()["error"]["message"]
