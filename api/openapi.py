@@ -106,6 +106,12 @@ OPERATIONS = {
     ),
     "models.list_models": Op("Registered models, newest first", {"200": JOB}),
     "models.get_model": Op("A model by id, 'latest' or alias", {"200": JOB}),
+    "cards.model_card": Op(
+        "A model's card: what it is, its lineage (photos and index digests, code version, settings, base "
+        "weights, machine, minutes) and every evaluation; format=json (default) or markdown",
+        {"200": JOB},
+        query=(("format", "string"),),
+    ),
     "models.compare_models": Op(
         "Models a and b on the set of a succeeded evaluation job: both top-1, B minus A with a 95% paired "
         "bootstrap interval, McNemar's exact p-value and the classes that changed most (409: one of them "

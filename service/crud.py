@@ -238,3 +238,9 @@ def evaluation_on_the_same_set(session: Session, *, evaluation: Job, model_id: u
 
 
 JSONB_NULL = literal_column("'null'::jsonb")
+
+
+def evaluations_of(session: Session, *, model_id: uuid.UUID, kind: str) -> list[Job]:
+    """The model's succeeded jobs of an evaluating ``kind``, newest first (its card lists them)."""
+    query = select(Job).where(Job.type == kind, Job.model_id == model_id, Job.status == Status.SUCCEEDED)
+    return list(session.scalars(query.order_by(Job.finished_at.desc())))

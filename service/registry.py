@@ -19,6 +19,7 @@ def register_model(
     artifact_path: str,
     job_id: uuid.UUID | None,
     serving: dict | None = None,
+    lineage: dict | None = None,
 ) -> Model:
     model = Model(
         id=uuid.uuid4(),
@@ -29,6 +30,7 @@ def register_model(
         artifact_path=artifact_path,
         job_id=job_id,
         serving=serving or {},
+        lineage=lineage or {},
     )
     session.add(model)
     session.flush()

@@ -191,6 +191,8 @@ class Model(Base):
     artifact_path: Mapped[str] = mapped_column(Text)
     # What serving needs: its exports and their checks, and the runtime each machine chose for it.
     serving: Mapped[dict] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
+    # Where it comes from, for its model card: data, code, settings, machine and minutes (grocery.lineage).
+    lineage: Mapped[dict] = mapped_column(default=dict, server_default=text("'{}'::jsonb"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 

@@ -49,6 +49,14 @@ def test_an_evaluation_of_a_split_gives_grocery_evaluates_figures(
     assert len(rows) == report["count"] == 16 and all(row["true_label"] for row in rows)
     hits = sum(row["label"] == row["true_label"] for row in rows)
     assert hits / len(rows) == report["top1"]
+    # The model's card lists the evaluation.
+    (listed,) = [
+        e for e in client.get(f"/models/{model_id}/card").get_json()["evaluations"] if e["job_id"] == job["id"]
+    ]
+    assert listed["top1"] == report["top1"] and listed["set"] == {"index": {"split": "val"}}
+    assert f"top-1 {report['top1']:.4f}" in client.get(f"/models/{model_id}/card?format=markdown").get_data(
+        as_text=True
+    )
 
 
 def test_class_folders_with_an_unknown_class_and_an_unlabelled_file_report_both(

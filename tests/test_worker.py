@@ -46,6 +46,16 @@ def test_train_then_predict(stack, client, tiny_dataset):
     assert job["model_id"] == job["result"]["model_id"]
     settings = job["result"]["settings"]
     assert settings["epochs"] == 2 and settings["label_level"] == "coarse" and settings["input_size"] > 0
+    # Its card says where it comes from: the photos, the code, the settings and the machine.
+    card = client.get(f"/models/{job['model_id']}/card").get_json()
+    lineage = card["lineage"]
+    photos = len(list((tiny_dataset / "train").rglob("*.jpg"))) + len(list((tiny_dataset / "val").rglob("*.jpg")))
+    assert lineage["data"]["photos"]["files"] == photos and lineage["data"]["splits"] == "train+val"
+    assert lineage["code"]["version"] and lineage["settings"] == settings and lineage["base_weights"] == "imagenet"
+    assert lineage["machine"]["device"] == "cpu" and lineage["training_seconds"] > 0
+    assert card["training_job"] == job["id"] and card["evaluations"] == []
+    written = client.get(f"/models/{job['model_id']}/card?format=markdown")
+    assert written.mimetype == "text/markdown" and f"{photos} photos" in written.get_data(as_text=True)
     events = client.get(f"/jobs/{job['id']}/events").get_json()["events"]
     assert [e["data"]["status"] for e in events if e["kind"] == "state"] == ["queued", "running", "succeeded"]
     assert [e["data"]["epoch"] for e in events if e["kind"] == "epoch"] == [1, 2]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grocery import storage
+from grocery.config import WEIGHTS_NAMES
 from service import artifacts, tokens
 from service.confinement import PathRefused, training_files
 from service.contract import send
@@ -39,7 +40,7 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
     from grocery.engine import fit, resumed_config
     from grocery.export import prepare_for_serving
 
-    settings, spec = worker_settings(), TrainParams.of_job(job.params)
+    settings, spec, started = worker_settings(), TrainParams.of_job(job.params), time.monotonic()
     stop = StopReasons(settings.train_soft_time_limit)
 
     def on_hard_limit():
@@ -96,9 +97,31 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
         "metrics": result.metrics,
         "class_names": _class_names(files.output),
         "serving": serving,
+        "lineage": lineage(config, given_data_dir, seconds=time.monotonic() - started, device=job.device),
     }
     result_json = {"metrics": result.metrics, "confusion": last_confusion or None}
     return reporter.finish(Status.SUCCEEDED, result=result_json, model=metadata)
+
+
+def lineage(config, given_data_dir: str | None, *, seconds: float, device: str) -> dict:
+    """Where the model comes from, for its card: photos and index, code, settings, machine, minutes."""
+    from grocery import index
+    from grocery import lineage as library
+
+    data = {
+        "data_dir": given_data_dir,  # None: the service's own dataset
+        "splits": config.train_split,
+        "index_fingerprint": index.fingerprint(config.data_dir, config.train_split),
+        "photos": library.photos_fingerprint(config.data_dir, config.train_split),
+    }
+    return {
+        "data": data,
+        "code": library.code_version(),
+        "settings": effective_settings(config, given_data_dir),
+        "base_weights": config.weights if config.weights in WEIGHTS_NAMES else "a weights file",
+        "machine": {**library.machine(), "device": device},
+        "training_seconds": round(seconds, 1),
+    }
 
 
 def effective_settings(config, given_data_dir: str | None) -> dict:

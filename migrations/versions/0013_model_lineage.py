@@ -1,0 +1,26 @@
+"""model cards: where each model comes from, models.lineage
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column(
+        "models",
+        sa.Column("lineage", postgresql.JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_column("models", "lineage")
