@@ -9,6 +9,7 @@ import factories
 import pytest
 from conftest import start_worker, stop_worker
 
+from api.ui import job_page
 from service import crud, shards, tokens
 
 
@@ -23,6 +24,12 @@ def waiting(client, job_id, **headers) -> dict | None:
     response = client.get(f"/jobs/{job_id}", headers=headers)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["waiting"]
+
+
+def page_line(client, job_id, **headers) -> str:
+    """What the job's page says under its status while the job waits."""
+    header = job_page.header(client.get(f"/jobs/{job_id}", headers=headers).get_json())
+    return next(part.children for part in header if getattr(part, "id", None) == "job-waiting")
 
 
 def queued_train_job(database_url, **fields):
@@ -57,6 +64,7 @@ def test_with_workers_stopped_a_queued_job_says_so(client, settings, database_ur
         # 3 starts in 300 s: one every 100 s; the job ahead of it, then itself.
         assert behind["recent_starts"] == {"count": 3, "window_seconds": 300}
         assert behind["estimated_start_seconds"] == 200.0
+        assert page_line(client, second) == f"Waiting: {behind['reason']['message']}; it should start in about 200 s"
         other = waiting(client, predict)  # a training worker does not take the predict queue
         assert other["reason"]["code"] == "no_worker" and "--queues predict" in other["reason"]["message"]
     finally:
@@ -65,6 +73,7 @@ def test_with_workers_stopped_a_queued_job_says_so(client, settings, database_ur
     stopped = waiting(client, second)
     assert stopped["reason"]["code"] == "no_worker" and stopped["workers"]["live"] == 0
     assert stopped["estimated_start_seconds"] is None
+    assert page_line(client, second) == f"Waiting: {stopped['reason']['message']}"
 
 
 def test_with_a_token_at_its_quota_a_queued_job_says_that(make_app, database_url):
@@ -83,6 +92,7 @@ def test_with_a_token_at_its_quota_a_queued_job_says_that(make_app, database_url
     assert quota["at_limit"] and (quota["jobs"], quota["jobs_limit"]) == (2, 2)
     assert "2 of its 2 jobs" in quota["message"] and "429" in quota["message"]
     assert full["reason"]["code"] == "no_worker"  # the quota was met when it was submitted: not why it waits
+    assert quota["message"] in page_line(client, first, Authorization=f"Bearer {small}")
     # An operator looking at it sees its owner's quota, not the operator's own.
     assert waiting(client, first, Authorization=f"Bearer {operator}")["quota"] == quota
     room = waiting(client, other, Authorization=f"Bearer {roomy}")["quota"]
