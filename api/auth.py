@@ -165,10 +165,10 @@ def token_roots() -> list[str] | None:
 
 def quotas() -> tuple[int, int]:
     """(jobs, files) this request's owner may have queued or running: its token's own, else the service's."""
-    settings, token = resources().settings, g.get("token")
-    jobs = token.max_active_jobs if token is not None and token.max_active_jobs else settings.token_max_active_jobs
-    files = token.max_active_files if token is not None and token.max_active_files else settings.token_max_active_files
-    return jobs, files
+    settings = resources().settings
+    return tokens.quotas_of(
+        g.get("token"), default_jobs=settings.token_max_active_jobs, default_files=settings.token_max_active_files
+    )
 
 
 def sees_every_job() -> bool:

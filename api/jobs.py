@@ -15,7 +15,7 @@ from api.errors import APIError
 from api.resources import resources
 from api.schemas import JobRequest
 from grocery import storage
-from service import confinement, contract, crud, lifecycle, registry, shards
+from service import confinement, contract, crud, lifecycle, registry, shards, waiting
 from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
 from service.specs import (
     EvaluateJobRequest,
@@ -79,6 +79,12 @@ def done_fraction(job: Job) -> float | None:
     batches = (job.progress_detail or {}).get("batches") or {}
     within = batches["done"] / batches["total"] if batches.get("total") else 0.0
     return min(1.0, (job.progress_done + within) / job.progress_total)
+
+
+def waiting_job_json(session, job: Job) -> dict:
+    """A job as a single job's answers show it (GET /jobs/<id>, a submission's): with, while it waits,
+    where it stands and why (service/waiting.py). Lists leave that out: it costs a few queries a job."""
+    return {**job_json(job), "waiting": waiting.why_waiting(session, job=job, settings=resources().settings)}
 
 
 def shown(session, job: Job) -> Job:
@@ -193,14 +199,14 @@ def check_priority(priority: Priority) -> None:
 
 
 def accepted(session, job: Job):
-    return jsonify(job_json(shown(session, job))), 202, {"Location": f"/jobs/{job.id}"}
+    return jsonify(waiting_job_json(session, shown(session, job))), 202, {"Location": f"/jobs/{job.id}"}
 
 
 def replay(session, existing: Job, body_hash: str):
     """The answer to a retried submission: the same job, or 409 when the key came with another body."""
     if existing.request_hash != body_hash:
         raise APIError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different request body")
-    return jsonify(job_json(shown(session, existing))), 200, {"Location": f"/jobs/{existing.id}"}
+    return jsonify(waiting_job_json(session, shown(session, existing))), 200, {"Location": f"/jobs/{existing.id}"}
 
 
 def checked_spec(asked: JobRequest, model: Model | None) -> TrainParams | PredictSpec | EvaluateSpec:
@@ -328,7 +334,7 @@ def resolved_model(session, reference: str) -> Model:
 def get_job(job_id: str):
     with resources().sessions() as session:
         job = shown(session, existing_job(session, job_id))
-        payload = job_json(job)
+        payload = waiting_job_json(session, job)
         if KINDS[job.type].shard is not None and job.status == Status.RUNNING:
             payload["summary"] = shards.job_summary(session, job=job)
         elif KINDS[job.type].shard is not None and job.result and "labels" in job.result:

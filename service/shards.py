@@ -54,10 +54,9 @@ def claim_shard(session: Session, *, shard_id: int | None, worker: str, device: 
 PRIORITY_RANK = case({priority: rank for rank, priority in enumerate(Priority)}, value=Job.priority)
 
 
-def next_shard(session: Session) -> int | None:
-    """The queued shard a free worker should run, locked: round-robin across owners, then across an
-    owner's jobs (the fewest shards running first, then the oldest job), within a priority level,
-    higher levels first. So a job submitted behind a million files starts at the next free worker."""
+def running_shards():
+    """Shards running per job and per owner (subqueries with a ``shards`` column): the counts the
+    fair-share order compares (next_shard, and service.waiting's place of a job in it)."""
     running = select(JobShard.job_id, func.count().label("shards")).where(JobShard.status == Status.RUNNING)
     by_job = running.group_by(JobShard.job_id).subquery()
     owner_running = (
@@ -66,6 +65,14 @@ def next_shard(session: Session) -> int | None:
         .group_by(Job.owner_token_id)
         .subquery()
     )
+    return by_job, owner_running
+
+
+def next_shard(session: Session) -> int | None:
+    """The queued shard a free worker should run, locked: round-robin across owners, then across an
+    owner's jobs (the fewest shards running first, then the oldest job), within a priority level,
+    higher levels first. So a job submitted behind a million files starts at the next free worker."""
+    by_job, owner_running = running_shards()
     query = (
         select(JobShard.id)
         .join(Job, Job.id == JobShard.job_id)

@@ -75,5 +75,13 @@ def get_token(session: Session, *, token_id: uuid.UUID | None) -> ApiToken | Non
     return session.get(ApiToken, token_id) if token_id is not None else None
 
 
+def quotas_of(token: ApiToken | None, *, default_jobs: int, default_files: int) -> tuple[int, int]:
+    """(jobs, files) the token's owner may have queued or running: the token's own, else the defaults
+    (GROCERY_TOKEN_MAX_ACTIVE_JOBS / _FILES)."""
+    jobs = token.max_active_jobs if token is not None and token.max_active_jobs else default_jobs
+    files = token.max_active_files if token is not None and token.max_active_files else default_files
+    return jobs, files
+
+
 def list_tokens(session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at)))

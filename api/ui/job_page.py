@@ -67,6 +67,14 @@ def header(job: dict) -> list:
             className="facts",
         ),
     ]
+    if waiting := job.get("waiting"):  # why it is not running yet, under its status
+        estimate = waiting["estimated_start_seconds"]
+        said = [
+            waiting["reason"]["message"],
+            estimate and f"it should start in about {estimate:.0f} s",
+            waiting["quota"]["message"],
+        ]
+        parts.insert(1, html.P("Waiting: " + "; ".join(filter(None, said)), id="job-waiting", className="muted"))
     if job.get("error"):
         parts.append(message(f"{job['error']['code']}: {job['error']['message']}"))
     if job["status"] not in FINISHED_STATUSES:
