@@ -1,13 +1,14 @@
 """GET /models/<id>/card: a model's card (SageMaker model cards, MLflow's lineage), as JSON or Markdown:
 what it is, where it comes from (data, code, settings, machine, minutes: recorded as it was trained),
-how it scored in training and on every evaluation since."""
+how it scored in training and on every evaluation since. GET /models/<id>/download: the model itself,
+to take elsewhere."""
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from api.deps import iso
 from api.errors import APIError
 from api.resources import resources
-from service import crud, registry
+from service import artifacts, crud, registry
 from service.kinds import EVALUATE
 from service.tables import Job, Model
 
@@ -101,3 +102,42 @@ def markdown(card: dict) -> str:
             f"{entry['unknown_labels']} unknown labels)"
         )
     return "\n".join(lines) + "\n"
+
+
+# What a user may take away: the ONNX graph that answers in the model's own labels (class names in its
+# metadata: grocery.export.export_for_download), or the weights as safetensors.
+DOWNLOADS = {
+    "onnx": ("model.download.onnx", "application/octet-stream"),
+    "safetensors": ("model.safetensors", "application/octet-stream"),
+}
+
+
+@blueprint.get("/models/<reference>/download")
+def download_model(reference: str):
+    """The file, streamed with Content-Length, ETag and Range (a cut download resumes)."""
+    output = request.args.get("format", "onnx")
+    if output not in DOWNLOADS:
+        raise APIError(400, "invalid_parameter", f"format must be one of {list(DOWNLOADS)}")
+    name, mimetype = DOWNLOADS[output]
+    with resources().sessions() as session:
+        model = registry.resolve_model(session, reference=reference)
+        if model is None:
+            raise APIError(404, "model_not_found", f"no model {reference!r} (a model id, 'latest' or an alias)")
+    path = artifacts.download_copy(
+        resources().settings, model_id=str(model.id), artifact_path=model.artifact_path, name=name
+    )
+    if path is None:
+        raise APIError(
+            404,
+            "not_exported",
+            f"model {model.id} has no {output} file to download (trained before downloads were exported)",
+        )
+    filename = f"grocery-{model.arch}-v{model.version}.{output}"
+    return send_file(
+        path,
+        mimetype=mimetype or "application/octet-stream",
+        as_attachment=True,
+        download_name=filename,
+        conditional=True,
+        etag=True,
+    )

@@ -112,6 +112,12 @@ OPERATIONS = {
         {"200": JOB},
         query=(("format", "string"),),
     ),
+    "cards.download_model": Op(
+        "The model to take elsewhere: format=onnx (default; answers in its own labels, class names and "
+        "preprocessing in the graph's metadata) or safetensors; Content-Length, ETag and Range",
+        {"200": {"description": "the file", "content": {"application/octet-stream": {}}}},
+        query=(("format", "string"),),
+    ),
     "models.compare_models": Op(
         "Models a and b on the set of a succeeded evaluation job: both top-1, B minus A with a 95% paired "
         "bootstrap interval, McNemar's exact p-value and the classes that changed most (409: one of them "

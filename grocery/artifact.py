@@ -23,7 +23,7 @@ from grocery.transforms import Preprocessing
 
 WEIGHTS_NAME = "model.safetensors"
 METADATA_NAME = "metadata.json"
-ONNX_NAMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+ONNX_NAMES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "download": "model.download.onnx"}
 CHECK_IMAGES_NAME = "check_images.safetensors"
 # Training's epoch checkpoint, kept in the artifact's folder: read by a resumed run, never by serving.
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -120,7 +120,7 @@ def read_artifact(directory: str | Path) -> Artifact:
 
 def serving_file(name: str) -> bool:
     """Whether serving reads a file of an artifact's folder (what a copy for serving needs)."""
-    return name != CHECKPOINT_NAME
+    return name not in (CHECKPOINT_NAME, ONNX_NAMES["download"])  # the download graph is for users, not serving
 
 
 def update_metadata(directory: str | Path, **entries) -> dict:

@@ -9,6 +9,7 @@ only: the graphs output fine logits, and the runtimes read coarse probabilities 
 """
 
 import contextlib
+import json
 import logging
 import random
 from pathlib import Path
@@ -84,11 +85,64 @@ def prepare_for_serving(
             "onnx-int8",
             lambda: _quantized(quantize_int8(artifact, artifact.onnx_path(), data_dir, calibration_images)),
         )
+    exports["download"] = _attempt(artifact, "download", lambda: export_for_download(artifact, model, checks))
     serving = {"exports": exports, "check_images": len(checks)}
     if reason is not None:
         serving["check_images_error"] = reason
     update_metadata(artifact.path, serving=serving)
     return serving
+
+
+def export_for_download(artifact: Artifact, model: nn.Module, checks: torch.Tensor) -> dict:
+    """``model.download.onnx``: the whole model for a user to run elsewhere (ONNX Runtime), answering in
+    its own labels: one score per class, in the order of the class names kept in the graph's metadata
+    (a coarse model read from fine classes: the log of each coarse class's summed probabilities, so a
+    softmax of the scores is its probabilities). Its input and preprocessing are in the metadata too.
+    Checked against torch on the model's own photos before it is kept."""
+    import onnx
+    import onnxruntime as ort
+
+    target = artifact.onnx_path("download")
+    partial = target.with_suffix(".partial")
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *_input_shape(artifact)),),
+        str(partial),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["scores"],
+        opset_version=OPSET,
+        dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}},
+    )
+    graph = onnx.load(str(partial))
+    onnx.helper.set_model_props(graph, download_metadata(artifact))
+    onnx.save(graph, str(partial))
+    batch = check_batch(artifact, checks)
+    inputs = normalize(batch, artifact.preprocessing)
+    with torch.inference_mode():
+        expected = model(inputs).numpy()
+    session = ort.InferenceSession(str(partial), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(None, {"input": inputs.numpy()})
+    difference = float(np.abs(actual - expected).max())
+    if not difference <= EXPORT_ATOL or not (actual.argmax(1) == expected.argmax(1)).all():
+        raise ExportMismatch(f"the download graph's scores differ from torch's by up to {difference:.3g}")
+    partial.replace(target)
+    return {"ok": True, "file": target.name, "max_abs_diff": difference, "checked_images": len(batch)}
+
+
+def download_metadata(artifact: Artifact) -> dict[str, str]:
+    """What a user needs beside the graph, as ONNX metadata_props (strings)."""
+    pre = artifact.preprocessing
+    return {
+        "class_names": json.dumps(artifact.class_names),
+        "label_level": artifact.metadata["label_level"],
+        "arch": artifact.arch,
+        "input": f"float32 (batch, 3, {pre.input_size}, {pre.input_size}), RGB, pixels/255 less mean over std",
+        "mean": json.dumps(list(pre.mean)),
+        "std": json.dumps(list(pre.std)),
+        "resize": f"{pre.resize}: the whole photo resized to {pre.input_size}x{pre.input_size}",
+        "scores": "one per class, in class_names order: the highest is the prediction; softmax gives probabilities",
+    }
 
 
 def _attempt(artifact: Artifact, fmt: str, step) -> dict:
@@ -123,9 +177,7 @@ def check_export(artifact: Artifact, model: nn.Module, path: Path, checks: torch
     model) on a batch of the model's validation photos."""
     import onnxruntime as ort
 
-    batch = (
-        checks[:CHECK_BATCH] if len(checks) else torch.randint(0, 256, (8, *_input_shape(artifact)), dtype=torch.uint8)
-    )
+    batch = check_batch(artifact, checks)
     inputs = normalize(batch, artifact.preprocessing)
     with torch.inference_mode():
         expected = graph_module(model)(inputs).numpy()
@@ -137,6 +189,13 @@ def check_export(artifact: Artifact, model: nn.Module, path: Path, checks: torch
     if not difference <= EXPORT_ATOL:  # also catches NaN
         raise ExportMismatch(f"the ONNX graph's logits differ from torch's by up to {difference:.3g} (> {EXPORT_ATOL})")
     return {"ok": True, "file": path.name, "max_abs_diff": difference, "checked_images": len(batch)}
+
+
+def check_batch(artifact: Artifact, checks: torch.Tensor) -> torch.Tensor:
+    """The photos an export is checked on: the model's own, else random pixels."""
+    if len(checks):
+        return checks[:CHECK_BATCH]
+    return torch.randint(0, 256, (8, *_input_shape(artifact)), dtype=torch.uint8)
 
 
 def _input_shape(artifact: Artifact) -> tuple[int, int, int]:

@@ -32,7 +32,11 @@ class Prediction:
         return cls(*fields, error={"code": code, "message": message} if code else None, true_label=true_label)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Nested, as JSON shows it; a true label only in an evaluation's rows (a prediction has none)."""
+        fields = asdict(self)
+        if fields["true_label"] is None:
+            del fields["true_label"]
+        return fields
 
     def to_row(self) -> dict:
         error = self.error or {}

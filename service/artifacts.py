@@ -30,3 +30,20 @@ def local_folder(settings: Settings, *, model_id: str | uuid.UUID, artifact_path
     if not storage.is_url(artifact_path):
         return Path(artifact_path)
     return storage.cached_tree(artifact_path, cache_folder(settings, model_id=model_id), matches=matches)
+
+
+def download_copy(settings: Settings, *, model_id: str | uuid.UUID, artifact_path: str, name: str) -> Path | None:
+    """One file of a model's artifact as a local path to send: its own, or for one in a bucket this
+    machine's copy of that one object; None when the artifact has no such file."""
+    if not storage.is_url(artifact_path):
+        path = Path(artifact_path) / name
+        return path if path.is_file() else None
+    try:
+        return (
+            storage.cached_tree(artifact_path, cache_folder(settings, model_id=model_id), matches=lambda n: n == name)
+            / name
+        )
+    except storage.StorageError as e:
+        if e.code == "not_found":
+            return None
+        raise

@@ -87,6 +87,7 @@ def result_row(path: str, *, label: str | None = "Apple", error: str | None = No
         "top5": None,
         "error_code": error,
         "error_message": error,
+        "true_label": None,
         **fields,
     }
 

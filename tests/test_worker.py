@@ -34,7 +34,7 @@ TRAIN = {
 }
 
 
-def test_train_then_predict(stack, client, tiny_dataset):
+def test_train_then_predict(stack, client, tiny_dataset, tmp_path):
     submitted = client.post("/jobs", json={"type": "train", "params": {**TRAIN, "data_dir": str(tiny_dataset)}})
     assert submitted.status_code == 202
     job = wait_for(client, submitted.get_json()["id"], FINISHED)
@@ -88,6 +88,39 @@ def test_train_then_predict(stack, client, tiny_dataset):
     shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
     assert {s["runtime"] for s in shards} == {choice["runtime"]}
     assert job["result"]["runtimes"] == {choice["runtime"]: len(shards)}
+    downloaded_model_answers_in_its_own_labels(client, model["id"], rows, tmp_path)
+
+
+def downloaded_model_answers_in_its_own_labels(client, model_id: str, rows: list[dict], folder: Path) -> None:
+    """The ONNX file a user downloads, run with ONNX Runtime as its metadata says, gives the service's
+    labels (not fine-class ids); the download resumes (Range) and is cached (ETag)."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    response = client.get(f"/models/{model_id}/download")
+    assert response.status_code == 200 and response.headers["ETag"]
+    (folder / "model.onnx").write_bytes(response.data)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    names, size = json.loads(meta["class_names"]), session.get_inputs()[0].shape[2]
+    mean, std = np.array(json.loads(meta["mean"])), np.array(json.loads(meta["std"]))
+    agree = 0
+    for row in rows:
+        pixels = np.asarray(Image.open(row["path"]).convert("RGB").resize((size, size), Image.BILINEAR)) / 255.0
+        batch = ((pixels - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+        (scores,) = session.run(None, {"input": batch})
+        agree += names[int(scores.argmax())] == row["label"]
+    # PIL's resize is not the service's antialiased one: a borderline photo may tip, not the labels' meaning.
+    assert agree >= len(rows) - 2, f"{agree} of {len(rows)}"
+    part = client.get(f"/models/{model_id}/download", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.data == response.data[:100]
+    unchanged = client.get(f"/models/{model_id}/download", headers={"If-None-Match": response.headers["ETag"]})
+    assert unchanged.status_code == 304
+    weights = client.get(f"/models/{model_id}/download?format=safetensors")
+    assert weights.status_code == 200 and weights.data[:8] and len(weights.data) > 100_000
 
 
 def test_a_model_whose_export_failed_is_served_by_torch(
