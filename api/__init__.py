@@ -26,9 +26,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_auth(app)
 
-    from api import health, jobs, openapi, ops, registry, results, workshop
+    from api import deliveries, health, jobs, openapi, ops, registry, results, workshop
 
-    for module in (jobs, results, registry, health, ops, workshop, openapi):
+    for module in (jobs, deliveries, results, registry, health, ops, workshop, openapi):
         app.register_blueprint(module.blueprint)
     if settings.ui:
         from api.ui import mount_ui
