@@ -52,6 +52,7 @@ def submit_job():
     body = json_body()
     asked = job_request.validate_python(body)
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    notify = checked_notify(asked.notify)  # its name resolved before a database session is held
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(session, existing, body_hash)
@@ -67,7 +68,7 @@ def submit_job():
             request_hash=body_hash,
             lane=lane_of(KINDS[asked.type], spec.files_named),
             priority=asked.priority,
-            notify=checked_notify(asked.notify),
+            notify=notify,
         )
         job, created = record_job(session, new)
         return accepted(session, job) if created else replay(session, job, body_hash)

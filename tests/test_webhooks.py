@@ -3,6 +3,7 @@ real HTTP receivers on loopback (allowed explicitly here, as a deployment would 
 
 import hashlib
 import hmac
+import io
 import ipaddress
 import json
 import os
@@ -294,6 +295,18 @@ def test_a_url_to_a_private_address_is_refused(stack, make_app, url, code, says)
     # An allowed one is taken (the test could not tell a refusal from a broken submission otherwise).
     accepted = client.post("/jobs", json={"type": "train", "notify": {"url": "http://127.0.0.1:9/hook"}})
     assert accepted.status_code == 202 and accepted.get_json()["notify"]["url"] == "http://127.0.0.1:9/hook"
+
+
+def test_an_upload_names_its_webhook_in_form_fields(stack, client):
+    def upload(**fields):
+        files = {"files": (io.BytesIO(factories.jpeg()), "a.jpg")}
+        return client.post("/jobs", data={**files, **fields}, content_type="multipart/form-data")
+
+    accepted = upload(notify_url="http://127.0.0.1:9/hook", notify_events="succeeded")
+    assert accepted.status_code == 202, accepted.get_json()
+    assert accepted.get_json()["notify"] == {"url": "http://127.0.0.1:9/hook", "events": ["succeeded"]}
+    refused = upload(notify_url="http://10.0.0.7/hook")
+    assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": "notify.url"}
 
 
 def test_without_tokens_or_a_service_secret_a_notify_is_refused(stack, make_app):
