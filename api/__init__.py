@@ -26,9 +26,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_auth(app)
 
-    from api import cards, health, jobs, openapi, ops, registry, results, workshop
+    from api import cards, deliveries, health, jobs, openapi, ops, registry, results, workshop
 
-    for module in (jobs, results, registry, cards, health, ops, workshop, openapi):
+    for module in (jobs, deliveries, results, registry, cards, health, ops, workshop, openapi):
         app.register_blueprint(module.blueprint)
     if settings.ui:
         from api.ui import mount_ui

@@ -1,7 +1,6 @@
 """What routes share: request parsing, the job a request may see, the quota (their resources: api/resources.py)."""
 
 import uuid
-from datetime import datetime
 
 from flask import request
 from sqlalchemy.orm import Session
@@ -9,6 +8,7 @@ from sqlalchemy.orm import Session
 from api import auth
 from api.errors import APIError
 from service import crud
+from service.documents import iso  # noqa: F401 (the routes' one spelling of a moment)
 from service.tables import Job
 
 
@@ -26,10 +26,6 @@ def int_arg(name: str, *, default: int, low: int, high: int) -> int:
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise APIError(400, "invalid_parameter", f"{name} must be an integer from {low} to {high}")
     return int(raw)
-
-
-def iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
 
 
 def parse_job_id(text: str) -> uuid.UUID:

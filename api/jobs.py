@@ -4,7 +4,7 @@ import base64
 import hashlib
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
@@ -15,11 +15,13 @@ from api.errors import APIError
 from api.resources import resources
 from api.schemas import JobRequest
 from grocery import storage
-from service import confinement, contract, crud, lifecycle, registry, shards, waiting
+from service import confinement, contract, crud, lifecycle, registry, waiting, webhooks
+from service.documents import MANIFEST_SHOWN, job_document, job_json, shown
 from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
 from service.specs import (
     EvaluateJobRequest,
     EvaluateSpec,
+    Notify,
     PredictInput,
     PredictSpec,
     TrainJobRequest,
@@ -30,66 +32,12 @@ from service.tables import Job, Model
 
 blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
-MANIFEST_SHOWN = 20
-
-
-def job_json(job: Job) -> dict:
-    return {
-        "id": str(job.id),
-        "type": job.type,
-        "status": job.status,
-        "cancel_requested": job.cancel_requested,
-        "progress": progress_json(job),
-        # Loaded as shown (crud.list_jobs, crud.shown_job): a long manifest cut short in SQL.
-        "params": job.shown_params,
-        "model_id": str(job.model_id) if job.model_id else None,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "lane": job.lane,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "worker": job.worker,
-        "device": job.device,
-        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
-        "result": job.result,
-    }
-
-
-def progress_json(job: Job) -> dict:
-    """Done of total units; while the job runs, also what its kind reports within a unit (a training's
-    batches), the seconds since this attempt started and an estimate of those left at its pace."""
-    progress = {"done": job.progress_done, "total": job.progress_total, "unit": job.progress_unit}
-    if job.status != Status.RUNNING or job.started_at is None:
-        return progress
-    elapsed = (datetime.now(timezone.utc) - job.started_at).total_seconds()
-    fraction = done_fraction(job)
-    remaining = elapsed * (1 - fraction) / fraction if fraction else None
-    return {
-        **progress,
-        **(job.progress_detail or {}),
-        "elapsed_seconds": round(elapsed, 1),
-        "remaining_seconds": round(remaining, 1) if remaining is not None else None,
-    }
-
-
-def done_fraction(job: Job) -> float | None:
-    if not job.progress_total:
-        return None
-    batches = (job.progress_detail or {}).get("batches") or {}
-    within = batches["done"] / batches["total"] if batches.get("total") else 0.0
-    return min(1.0, (job.progress_done + within) / job.progress_total)
 
 
 def waiting_job_json(session, job: Job) -> dict:
     """A job as a single job's answers show it (GET /jobs/<id>, a submission's): with, while it waits,
     where it stands and why (service/waiting.py). Lists leave that out: it costs a few queries a job."""
     return {**job_json(job), "waiting": waiting.why_waiting(session, job=job, settings=resources().settings)}
-
-
-def shown(session, job: Job) -> Job:
-    """The job as GET /jobs/<id> shows it: read again with its params as lists show them."""
-    return crud.shown_job(session, job_id=job.id, manifest_shown=MANIFEST_SHOWN)
 
 
 def idempotency_key() -> str | None:
@@ -110,6 +58,7 @@ def submit_job():
     body = json_body()
     asked = job_request.validate_python(body)
     body_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    notify = checked_notify(asked.notify)  # its name resolved before a database session is held
     with resources().sessions() as session:
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(session, existing, body_hash)
@@ -125,6 +74,7 @@ def submit_job():
             request_hash=body_hash,
             lane=lane_of(KINDS[asked.type], spec.files_named),
             priority=asked.priority,
+            notify=notify,
         )
         job, created = record_job(session, new)
         return accepted(session, job) if created else replay(session, job, body_hash)
@@ -135,6 +85,7 @@ def submit_upload(key: str | None):
     form = uploads.upload_form(request.form)
     check_shard_size(form.shard_size, files=None)  # before anything is stored
     output_url = checked_output_url(form.output_url) if form.output_url is not None else None
+    notify = checked_notify(form.notify())
     body_hash = uploads.upload_digest(request.form, request.files)
     settings = resources().settings
     with resources().sessions() as session:
@@ -165,6 +116,7 @@ def submit_upload(key: str | None):
                 request_hash=body_hash,
                 lane=lane_of(PREDICT, spec.files_named),
                 priority=form.priority,
+                notify=notify,
             )
             job, created = record_job(session, new)
         except BaseException:
@@ -288,6 +240,27 @@ def checked_output_url(url: str) -> str:
     return str(parsed)
 
 
+def checked_notify(notify: Notify | None) -> dict | None:
+    """A job's webhook as stored: its URL allowed (service/webhooks.py), and a secret to sign with."""
+    if notify is None:
+        return None
+    settings = resources().settings
+    if auth.owner_id() is None and not settings.webhook_secret:
+        message = (
+            "notify: a job without an API token has its webhooks signed with GROCERY_WEBHOOK_SECRET, which is unset"
+        )
+        raise APIError(400, "webhooks_unsigned", message, {"field": "notify"})
+    try:
+        webhooks.checked_target(notify.url, settings)
+    except webhooks.Refused as e:
+        raise APIError(400, e.code, f"notify.url: {e}", {"field": "notify.url"}) from None
+    except OSError as e:
+        raise APIError(
+            400, "url_not_allowed", f"notify.url: the host does not resolve ({e})", {"field": "notify.url"}
+        ) from None
+    return notify.model_dump(mode="json")
+
+
 def checked_prefix(url: str) -> str:
     """An object prefix that holds something: a typo in a bucket or prefix is a 400, not an empty job."""
     try:
@@ -333,14 +306,10 @@ def resolved_model(session, reference: str) -> Model:
 @blueprint.get("/jobs/<job_id>")
 def get_job(job_id: str):
     with resources().sessions() as session:
-        job = shown(session, existing_job(session, job_id))
-        payload = waiting_job_json(session, job)
-        if KINDS[job.type].shard is not None and job.status == Status.RUNNING:
-            payload["summary"] = shards.job_summary(session, job=job)
-        elif KINDS[job.type].shard is not None and job.result and "labels" in job.result:
-            # An ended job's summary was taken when it ended: no need to count again at every poll.
-            payload["summary"] = {k: v for k, v in job.result.items() if k not in ("results", "output")}
-        return jsonify(payload)
+        job = existing_job(session, job_id)
+        document = job_document(session, job)
+        document["waiting"] = waiting.why_waiting(session, job=job, settings=resources().settings)
+        return jsonify(document)
 
 
 @blueprint.get("/jobs")

@@ -78,6 +78,11 @@ OPERATIONS = {
     "jobs.job_events": Op(
         "State transitions and per-epoch metrics, oldest first, a page at a time", {"200": JOB}, query=PAGE
     ),
+    "deliveries.job_deliveries": Op(
+        "The webhook deliveries of the job's end (its notify): the delivery id its receiver sees, status "
+        "(pending, delivered, failed), attempts, the next one's time, and a log line per attempt",
+        {"200": JOB},
+    ),
     "results.job_results": Op(
         "Per-file prediction results: JSON pages, the whole set streamed with format=csv|jsonl, "
         "or as a Parquet file with format=parquet",

@@ -11,10 +11,10 @@ from api.deps import iso
 from api.errors import APIError
 from api.resources import resources
 from grocery import storage
-from service import ops
+from service import deliveries, ops, webhooks
 from service.broker import queue_depths
 from service.kinds import JOB_TYPES, QUEUES
-from service.states import Status
+from service.states import DeliveryStatus, Status
 from service.tables import JobShard, Worker
 
 blueprint = Blueprint("ops", __name__)
@@ -87,6 +87,7 @@ class ServiceCollector:
             yield from throughput_metrics(session)
             yield from queue_metrics(session)
             yield from growth_metrics(session)
+            yield from webhook_metrics(session)
         yield from pool_metrics()
 
 
@@ -172,6 +173,22 @@ def growth_metrics(session):
     yield GaugeMetricFamily(
         "grocery_result_rows", "Rows of the results table (PostgreSQL's estimate)", value=ops.result_rows(session)
     )
+
+
+def webhook_metrics(session):
+    """Jobs' webhooks: every attempt by its outcome, and the deliveries by status."""
+    attempts = CounterMetricFamily(
+        "grocery_webhook_attempts", "Webhook delivery attempts by outcome (those of kept jobs)", labels=["outcome"]
+    )
+    counted = deliveries.attempt_counts(session)
+    for outcome in webhooks.Outcome:
+        attempts.add_metric([outcome], counted.get(outcome, 0))
+    yield attempts
+    by_status = GaugeMetricFamily("grocery_webhook_deliveries", "Webhook deliveries by status", labels=["status"])
+    counted = deliveries.status_counts(session)
+    for status in DeliveryStatus:
+        by_status.add_metric([status], counted.get(status, 0))
+    yield by_status
 
 
 def pool_metrics():

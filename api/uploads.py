@@ -15,7 +15,7 @@ from werkzeug.utils import secure_filename
 
 from api.errors import APIError
 from grocery import storage
-from service.specs import PriorityName
+from service.specs import Notify, PriorityName
 
 # Not photos: macOS resource forks and Finder metadata that zip tools add.
 IGNORED_PARTS = ("__MACOSX",)
@@ -41,6 +41,15 @@ class UploadForm(BaseModel):
     max_failed_fraction: Annotated[float, Field(ge=0, le=1)] | None = None
     priority: PriorityName = "normal"
     output_url: Annotated[str, Field(max_length=2048)] | None = None  # as a JSON job's output.url
+    # As a JSON job's notify: its url, and its events comma-separated (default all).
+    notify_url: Annotated[str, Field(max_length=2048)] | None = None
+    notify_events: str | None = None
+
+    def notify(self) -> Notify | None:
+        if self.notify_url is None:
+            return None
+        events = {"events": self.notify_events.split(",")} if self.notify_events else {}
+        return Notify.model_validate({"url": self.notify_url, **events})
 
 
 def upload_form(form: MultiDict) -> UploadForm:

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         "--max-active-files", type=int, help="files of its queued and running jobs (GROCERY_TOKEN_MAX_ACTIVE_FILES)"
     )
     commands.add_parser("list", help="tokens: id, name, scopes, created, revoked")
+    secret = commands.add_parser("webhook-secret", help="print the secret that signs the webhooks of a token's jobs")
+    secret.add_argument("token_id")
     revoke = commands.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("token_id")
     args = parser.parse_args(argv)
@@ -50,24 +52,36 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(str(e))
             session.commit()
             where = f"; roots {':'.join(roots)}" if roots else ""
-            print(f"created token {token.id} ({token.name}; scopes {','.join(token.scopes)}{where}); keep it now:")
+            print(f"created token {token.id} ({token.name}; scopes {','.join(token.scopes)}{where})")
+            print(f"its jobs' webhooks are signed with {token.webhook_secret} (`grocery tokens webhook-secret` again)")
+            print("the token, shown this once only; keep it now:")
             print(secret)
         elif args.command == "list":
             for token in tokens.list_tokens(session):
                 revoked = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
                 roots = ":".join(token.roots) if token.roots else "(service roots)"
                 print(f"{token.id}  {token.name:<24} {','.join(token.scopes):<28} {revoked:<8} {roots}")
+        elif args.command == "webhook-secret":
+            token = tokens.get_token(session, token_id=parsed_token_id(parser, args.token_id))
+            if token is None:
+                print(f"grocery tokens: no token {args.token_id}", file=sys.stderr)
+                return 1
+            print(token.webhook_secret)
         else:
-            try:
-                token_id = uuid.UUID(args.token_id)
-            except ValueError:
-                parser.error(f"{args.token_id!r} is not a token id")
+            token_id = parsed_token_id(parser, args.token_id)
             if not tokens.revoke_token(session, token_id=token_id):
                 print(f"grocery tokens: no active token {token_id}", file=sys.stderr)
                 return 1
             session.commit()
             print(f"revoked {token_id}")
     return 0
+
+
+def parsed_token_id(parser: argparse.ArgumentParser, text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        parser.error(f"{text!r} is not a token id")
 
 
 if __name__ == "__main__":

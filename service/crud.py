@@ -8,7 +8,7 @@ from sqlalchemy import ARRAY, Text, and_, case, func, literal, literal_column, o
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer, with_expression
 
-from service import attempts
+from service import attempts, deliveries
 from service.kinds import NewJob
 from service.specs import EvaluateSpec
 from service.states import LIVE_STATUSES, Lane, Status
@@ -28,6 +28,7 @@ def create_job(session: Session, *, new: NewJob) -> Job:
         request_hash=new.request_hash,
         lane=new.lane,
         priority=new.priority,
+        notify=new.notify,
     )
     session.add(job)
     session.flush()
@@ -174,7 +175,9 @@ def finish_job(
     **values,
 ) -> bool:
     """The job's final write, guarded by the attempt, with its state event: a stale or duplicate
-    delivery changes nothing. ``values``: other columns the end sets (a prediction job's count)."""
+    message changes nothing. Its webhook's delivery is written in the same transaction, so a committed
+    end always has it (service/deliveries.py). ``values``: other columns the end sets (a prediction
+    job's count)."""
     error = {"error_code": error_code, "error_message": error_message}
     if not attempts.finish(
         session, table=Job, key=job_id, attempt=attempt, status=status, result=result, **error, **values
@@ -182,6 +185,7 @@ def finish_job(
         return False
     data = {"status": status, **({"error": {"code": error_code, "message": error_message}} if error_code else {})}
     add_event(session, job_id=job_id, kind="state", data=data)
+    deliveries.add_deliveries(session, job_id=job_id, event=status)
     return True
 
 
@@ -203,6 +207,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     )
     if cancelled is not None:
         add_event(session, job_id=job_id, kind="state", data={"status": Status.CANCELLED})
+        deliveries.add_deliveries(session, job_id=job_id, event=Status.CANCELLED)
         return Status.CANCELLED
     flagged = session.scalar(
         update(Job)

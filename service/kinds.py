@@ -125,3 +125,4 @@ class NewJob:
     request_hash: str | None = None
     lane: Lane = Lane.BULK
     priority: Priority = Priority.NORMAL
+    notify: dict | None = None  # its webhook, as stored (specs.Notify)

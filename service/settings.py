@@ -3,6 +3,7 @@
 Each field names its environment variable once (``setting(...)``); ``Settings.from_env`` and its
 inverse ``Settings.to_env`` are both derived from those declarations, so they cannot drift apart."""
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -66,6 +67,22 @@ def _hosts(name: str, value: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in value.split(",") if h.strip())
 
 
+def _networks(name: str, value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated addresses or networks (127.0.0.1, 10.0.0.0/8, ::1)."""
+    try:
+        return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",") if n.strip())
+    except ValueError as e:
+        raise ValueError(f"{name} must be comma-separated addresses or networks such as 10.0.0.0/8: {e}") from None
+
+
+def _bounded_duration(name: str, value: str) -> float:
+    """A duration (_duration's) that must be given: no "for ever"."""
+    seconds = _duration(name, value)
+    if seconds is None:
+        raise ValueError(f"{name} must be a duration such as 1d, 12h or 90s")
+    return seconds
+
+
 def _bind_hosts(bind_host: str) -> tuple[str, ...]:
     """GROCERY_ALLOWED_HOSTS's default: the bind host (a loopback one also answers to the other
     loopback names; a wildcard bind, 0.0.0.0 or ::, to any Host: say which in a deployment)."""
@@ -88,6 +105,8 @@ LOCATION = Codec(_location, str)
 PATHS = Codec(_paths, lambda paths: ":".join(map(str, paths)))
 HOSTS = Codec(_hosts, ",".join)
 DURATION = Codec(_duration, lambda seconds: "" if seconds is None else f"{seconds}s")
+BOUNDED_DURATION = Codec(_bounded_duration, lambda seconds: f"{seconds}s")
+NETWORKS = Codec(_networks, lambda networks: ",".join(map(str, networks)))
 
 
 def setting(variable: str, default: Any, codec: Codec | None = None, unset: Callable[[dict], Any] | None = None):
@@ -183,6 +202,21 @@ class Settings:
     # workshop's one-file POST /predict jobs may have a shorter retention of their own.
     job_retention_seconds: float | None = setting("GROCERY_JOB_RETENTION", None, DURATION)
     predict_retention_seconds: float | None = setting("GROCERY_PREDICT_RETENTION", None, DURATION)
+    # Webhooks (a job's "notify"): the hosts its URL may name (none: webhooks are off), and the addresses
+    # besides public ones those hosts may resolve to (loopback, link-local and private ones are refused
+    # unless a network here holds them: no requests into the deployment's own network).
+    webhook_allowed_hosts: tuple[str, ...] = setting("GROCERY_WEBHOOK_ALLOWED_HOSTS", (), HOSTS)
+    webhook_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        "GROCERY_WEBHOOK_ALLOWED_NETWORKS", (), NETWORKS
+    )
+    # What signs the deliveries of jobs submitted without a token (GROCERY_AUTH=off); a token's jobs are
+    # signed with that token's own secret.
+    webhook_secret: str = setting("GROCERY_WEBHOOK_SECRET", "")
+    # One delivery attempt's time; the first retry's delay (doubling, at most an hour); and how long after
+    # the job's end a delivery is retried before it is given up.
+    webhook_timeout_seconds: float = setting("GROCERY_WEBHOOK_TIMEOUT_SECONDS", 10.0)
+    webhook_retry_seconds: float = setting("GROCERY_WEBHOOK_RETRY_SECONDS", 10.0)
+    webhook_retry_for_seconds: float = setting("GROCERY_WEBHOOK_RETRY_FOR", 86400.0, BOUNDED_DURATION)
 
     @property
     def shard_retry(self) -> RetryPolicy:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from grocery.config import SERVICE_PARAMS, Param
 from grocery.index import LABEL_LEVELS
-from service.states import Priority
+from service.states import FINISHED_STATUSES, Priority
 
 # A request names a priority by its word (strict validation takes no enum member from JSON).
 PriorityName = Literal[tuple(str(priority) for priority in Priority)]
@@ -35,6 +35,39 @@ class Strict(BaseModel):
     def of_job(cls, params: dict):
         """The spec of a stored job (the API checked it; JSON has no strict types to keep)."""
         return cls.model_validate(params, strict=False)
+
+
+# The ends of a job a webhook may be told of.
+EventName = Literal[tuple(str(status) for status in FINISHED_STATUSES)]
+
+
+class Notify(Strict):
+    """A webhook told of the job's end: a signed POST of the job's JSON, after the end is committed."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
+        description="an http or https URL on a host of GROCERY_WEBHOOK_ALLOWED_HOSTS"
+    )
+    events: Annotated[list[EventName], Field(min_length=1, max_length=len(FINISHED_STATUSES))] = Field(
+        default_factory=lambda: [str(status) for status in FINISHED_STATUSES],
+        description="the ends to be told of (default all: succeeded, failed, cancelled)",
+    )
+
+    @model_validator(mode="after")
+    def each_event_once(self):
+        if len(set(self.events)) != len(self.events):
+            raise ValueError("name each event once")
+        return self
+
+    @classmethod
+    def of_job(cls, notify: dict | None) -> "Notify | None":
+        """A stored job's (its own column, jobs.notify)."""
+        return None if notify is None else cls.model_validate(notify, strict=False)
+
+
+class Notifiable(Strict):
+    """What every kind's request may carry besides its own fields."""
+
+    notify: Notify | None = Field(None, description="a webhook told when the job ends")
 
 
 def request_field(p: Param) -> tuple:
@@ -143,7 +176,7 @@ class PredictSpec(PredictOptions):
         return None if source is None else StoredInput.model_validate(source, strict=False)
 
 
-class TrainJobRequest(Strict):
+class TrainJobRequest(Notifiable):
     type: Literal["train"]
     params: TrainParams = TrainParams()
 
@@ -152,7 +185,7 @@ class TrainJobRequest(Strict):
     priority: ClassVar[Priority] = Priority.NORMAL
 
 
-class PredictJobRequest(PredictOptions):
+class PredictJobRequest(PredictOptions, Notifiable):
     type: Literal["predict"]
     input: PredictInput
     priority: PriorityName = Field(str(Priority.NORMAL), description=PRIORITY_HELP)
@@ -203,7 +236,7 @@ class EvaluateInput(Strict):
         return self
 
 
-class EvaluateJobRequest(Strict):
+class EvaluateJobRequest(Notifiable):
     type: Literal["evaluate"]
     model: str = Field("latest", description="a model id, 'latest' or an alias such as 'production'")
     input: EvaluateInput

@@ -50,3 +50,12 @@ class WorkerStatus(StrEnum):
     ONLINE = "online"
     STOPPING = "stopping"  # a warm shutdown: its running work is handed back
     OFFLINE = "offline"
+
+
+class DeliveryStatus(StrEnum):
+    """A webhook notification of a job's end (service/deliveries.py): tried until delivered, or until
+    its retries run out (or the URL is refused at delivery time)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"

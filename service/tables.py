@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, query_expression
 
 from service.kinds import JOB_TYPES
-from service.states import Lane, Priority, Status, one_of
+from service.states import FINISHED_STATUSES, DeliveryStatus, Lane, Priority, Status, one_of
 
 
 class Base(DeclarativeBase):
@@ -98,6 +98,8 @@ class Job(Base):
     files_named: Mapped[int] = mapped_column(BigInteger, server_default="0")
     lane: Mapped[str] = mapped_column(String(16), server_default=Lane.BULK)
     priority: Mapped[str] = mapped_column(String(16), server_default=Priority.NORMAL)
+    # Its webhook (specs.Notify): {"url", "events"}; NULL: none.
+    notify: Mapped[dict | None]
 
 
 class JobShard(Base):
@@ -149,6 +151,8 @@ class ApiToken(Base):
     # Its own quotas (NULL: GROCERY_TOKEN_MAX_ACTIVE_JOBS / _FILES).
     max_active_jobs: Mapped[int | None]
     max_active_files: Mapped[int | None] = mapped_column(BigInteger)
+    # What signs the webhook deliveries of its jobs (HMAC-SHA256): kept as it is, since signing needs it.
+    webhook_secret: Mapped[str] = mapped_column(String(128))
 
 
 class Worker(Base):
@@ -223,3 +227,30 @@ class PredictionRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     # An evaluation's: the file's label as its labelled set names it (None: a prediction, or unlabelled).
     true_label: Mapped[str | None] = mapped_column(String(128))
+
+
+class Delivery(Base):
+    """A webhook notification of one end of one job: written in the transaction that commits the end
+    (an outbox), so a committed end always has it; then POSTed by the workers (worker/deliveries.py)
+    until delivered or given up. Its id goes with every attempt: receivers deduplicate by it."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        CheckConstraint(one_of("status", DeliveryStatus), name="deliveries_status_valid"),
+        CheckConstraint(one_of("event", FINISHED_STATUSES), name="deliveries_event_valid"),
+        UniqueConstraint("job_id", "event", name="deliveries_job_id_event_key"),
+        Index("deliveries_due", "next_attempt_at", postgresql_where=text(f"status = '{DeliveryStatus.PENDING}'")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), server_default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    # When it is next due; while an attempt runs, when that attempt's lease ends.
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]  # delivered, or given up
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # One entry per attempt: number, at, outcome, status_code, error, seconds.
+    log: Mapped[list] = mapped_column(server_default=text("'[]'::jsonb"))

@@ -14,6 +14,7 @@ from service.tables import ApiToken
 
 SCOPES = ("jobs:read", "jobs:write", "ops")
 PREFIX = "gj_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 def token_hash(token: str) -> str:
@@ -29,7 +30,8 @@ def create_token(
     max_active_jobs: int | None = None,
     max_active_files: int | None = None,
 ) -> tuple[ApiToken, str]:
-    """A new token; the secret is returned here and never again. ``roots``: the folders its jobs
+    """A new token; the secret is returned here and never again (its webhook signing secret is kept:
+    ``token.webhook_secret``). ``roots``: the folders its jobs
     may read (checked by the caller: service.confinement.checked_token_roots); None: the service's."""
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
@@ -46,6 +48,7 @@ def create_token(
         roots=roots or None,
         max_active_jobs=max_active_jobs,
         max_active_files=max_active_files,
+        webhook_secret=WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32),
     )
     session.add(token)
     session.flush()
