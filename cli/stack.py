@@ -1,7 +1,7 @@
 """`make run`: the whole service on one machine.
 
 With DATABASE_URL and REDIS_URL unset, PostgreSQL and Redis are embedded (started from pip
-packages, every file under var/embedded/). Then: migrations, one worker process per core on both
+packages, every file under var/embedded/: GROCERY_EMBEDDED_DIR). Then: migrations, one worker process per core on both
 queues, and the API under gunicorn. It says "up" once the API answers and every worker is ready,
 and exits non-zero, saying why, when something cannot start (the port taken: GROCERY_PORT).
 
@@ -11,6 +11,7 @@ process, which stops them in order; they and the embedded servers also die with 
 killed outright (cli/children.py, service/embedded.py).
 """
 
+import errno
 import os
 import signal
 import socket
@@ -59,7 +60,7 @@ class Stack:
         from service.embedded import EmbeddedInUse, start_embedded
 
         try:
-            self.embedded = start_embedded(ROOT / "var" / "embedded")
+            self.embedded = start_embedded(self.settings.embedded_dir)
         except EmbeddedInUse as e:
             raise StackFailed(f"{e}, or set DATABASE_URL and REDIS_URL to servers of your own") from None
         os.environ.setdefault("DATABASE_URL", self.embedded.database_url)
@@ -146,27 +147,30 @@ def answers(url: str) -> bool:
         return False
 
 
-def port_taken(host: str, port: int) -> bool:
-    """Whether another program listens on the port (bound as gunicorn binds: SO_REUSEADDR)."""
-    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why the API could not listen there (bound as gunicorn binds: SO_REUSEADDR), or None."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
-        except OSError:
-            return True
-    return False
+    except OSError as e:
+        return e
+    return None
 
 
 def refusal(settings: Settings) -> str | None:
     """Why the stack must not start, checked before anything starts."""
     if settings.auth == "off" and settings.host not in ("127.0.0.1", "localhost", "::1"):
         return f"refusing to serve {settings.host} without authentication: set GROCERY_AUTH=required"
-    if port_taken(settings.host, settings.port):
+    error = bind_error(settings.host, settings.port)
+    if error is not None and error.errno == errno.EADDRINUSE:
         return (
             f"port {settings.port} on {settings.host} is taken by another program: choose a free one with "
             f"GROCERY_PORT (e.g. GROCERY_PORT={settings.port + 1} make run)"
         )
+    if error is not None:
+        return f"cannot listen on {settings.host}:{settings.port} ({error.strerror}): see GROCERY_HOST and GROCERY_PORT"
     return None
 
 

@@ -113,6 +113,8 @@ class Settings:
     upload_dir: Path | str = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"), LOCATION)
     # Finished jobs' results as files (GET /jobs/<id>/results/file), written on first request.
     export_dir: Path = setting("GROCERY_EXPORT_DIR", Path("var/exports"))
+    # `make run`'s embedded PostgreSQL and Redis (with DATABASE_URL and REDIS_URL unset): every file of theirs.
+    embedded_dir: Path = setting("GROCERY_EMBEDDED_DIR", Path("var/embedded"))
     # From the environment, default the data folder alone. The upload storage is never a root: each job
     # reads its own uploads (service/confinement.py).
     input_roots: tuple[Path | str, ...] = setting(

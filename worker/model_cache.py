@@ -33,6 +33,7 @@ def preload_serving_model(sender=None, **_) -> None:
             with sessions()() as session:
                 model = serving_model(session)
             if model is not None:
+                log.info("loading the serving model %s (its first load on a machine times its runtimes)", model.id)
                 cached_predictor(str(model.id), model.artifact_path)
                 log.info("preloaded model %s (version %s)", model.id, model.version)
         except Exception:  # a missing artifact or database fails the first job clearly; the worker still starts
