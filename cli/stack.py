@@ -1,9 +1,10 @@
 """`make run`: the whole service on one machine.
 
 With DATABASE_URL and REDIS_URL unset, PostgreSQL and Redis are embedded (started from pip
-packages, every file under var/embedded/: GROCERY_EMBEDDED_DIR). Then: migrations, one worker process per core on both
-queues, and the API under gunicorn. It says "up" once the API answers and every worker is ready,
-and exits non-zero, saying why, when something cannot start (the port taken: GROCERY_PORT).
+packages, every file under var/embedded/: GROCERY_EMBEDDED_DIR). Then: migrations, one worker
+process per core on both queues, and the API under gunicorn. It says "up" once the API answers and
+every worker is ready, and exits non-zero, saying why, when something cannot start (the port taken:
+GROCERY_PORT).
 
 Ctrl-C (or SIGTERM) stops everything: workers and API first (a training hands its job back), then
 the embedded servers. The children run in process groups of their own, so Ctrl-C reaches only this
@@ -105,7 +106,7 @@ class Stack:
                     f"{name} stopped as it started (exit code {code}); its messages are above. If it could not "
                     f"bind to port {self.settings.port}, another program took it: choose another with GROCERY_PORT"
                 )
-            raise StackFailed(f"{name} stopped {'as they started' if starting else 'on their own'} (exit code {code})")
+            raise StackFailed(f"{name} exited with code {code} {'while starting' if starting else 'unasked'}")
 
     def stop(self) -> None:
         """Workers and API first (a second Ctrl-C: at once), then the embedded servers."""
@@ -194,6 +195,9 @@ def main() -> int:
     # On loopback `make run` may go without tokens; anywhere else they are required.
     os.environ.setdefault("GROCERY_AUTH", "off")
     signal.signal(signal.SIGTERM, interrupt)
+    # A shell that starts a command in the background without job control ignores SIGINT in it; kill -INT
+    # still stops make run, as Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         settings = Settings.from_env()
     except ValueError as e:

@@ -1,4 +1,4 @@
-"""One settings object, read from the environment (every variable is in README and .env.example).
+"""One settings object, read from the environment (every variable is in docs/configuration.md and .env.example).
 
 Each field names its environment variable once (``setting(...)``); ``Settings.from_env`` and its
 inverse ``Settings.to_env`` are both derived from those declarations, so they cannot drift apart."""
