@@ -124,7 +124,11 @@ class Stack:
                         os.killpg(child.pid, signal.SIGKILL)
                 break
             if time.monotonic() > told:
-                print("grocery-jobs: a worker is handing its job back (Ctrl-C again to stop at once)", flush=True)
+                print(
+                    "grocery-jobs: waiting for the workers (a training hands its job back at its next step); "
+                    "Ctrl-C again stops them at once",
+                    flush=True,
+                )
                 told = deadline
             time.sleep(0.1)
         for child in running.values():
