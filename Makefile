@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 DATA_DIR ?= ../shared/grocery-store-dataset
+# PyPI's torch is the CUDA build on Linux (a 6.9 GB venv, GPU or not); on a machine without a GPU,
+# `make run TORCH_INDEX=https://download.pytorch.org/whl/cpu` installs the CPU-only build instead.
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
@@ -13,12 +16,14 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The torch builds this project is tested with (CPU-capable; CUDA when a GPU is present).
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The whole service: embedded PostgreSQL and Redis unless DATABASE_URL and REDIS_URL are set,
-# migrations, one worker process per core on both queues, the API on http://127.0.0.1:8000. Ctrl-C stops it all.
+# The whole service: embedded PostgreSQL and Redis (files under var/embedded) unless DATABASE_URL and REDIS_URL
+# are set, migrations, one worker process per core on both queues, the API on http://127.0.0.1:$GROCERY_PORT
+# (default 8000). It says "up" once the API and the workers are ready; Ctrl-C stops it all. Non-zero exit: it
+# could not start (a taken port, say), and said why.
 run: $(STAMP)
 	GROCERY_DATA_DIR=$${GROCERY_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m cli.stack
 

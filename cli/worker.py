@@ -3,8 +3,10 @@
 Each child gets CUDA_VISIBLE_DEVICES before anything imports torch, the solo pool (one job at a
 time, in the process that holds the model) and a node name that names its device (gpu0@host).
 This parent imports no torch, so it never touches CUDA before it forks. It
-forwards SIGTERM and SIGINT (a warm shutdown: each child finishes its shard or checkpoints its
-training and hands the job back) and restarts a child that dies.
+forwards SIGTERM and SIGINT (as SIGTERM, a warm shutdown: each child finishes its shard or checkpoints
+its training and hands the job back; a terminal's Ctrl-C reaches the children too, and a second SIGINT
+would be Celery's cold shutdown) and restarts a child that dies. The children die with it (SIGTERM),
+even when it is killed outright.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from cli import ROOT
+from cli.children import start_child
 from service.kinds import JOB_TYPES, worker_queues
 
 # Seconds before restarting a child that died, growing while it keeps dying.
@@ -85,14 +88,15 @@ class Supervisor:
         self.stopping = False
 
     def start(self, slot: Slot) -> None:
-        slot.process = subprocess.Popen(worker_command(slot.node, self.queues, self.loglevel), cwd=ROOT, env=slot.env)
+        command = worker_command(slot.node, self.queues, self.loglevel)
+        slot.process = start_child(command, own_group=False, cwd=ROOT, env=slot.env)
         slot.started_at, slot.restart_at = time.monotonic(), None
 
-    def stop(self, signum, _frame) -> None:
+    def stop(self, _signum, _frame) -> None:
         self.stopping = True
         for slot in self.slots:
             if slot.process is not None and slot.process.poll() is None:
-                slot.process.send_signal(signum)
+                slot.process.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)

@@ -85,7 +85,7 @@ class TrainConfig:
         "coarse", choices=LABEL_LEVELS, service=True, help="the labels it predicts: 43 coarse or 81 fine classes"
     )
     # 16 epochs, not 12: better fine labels on each of five grouped folds (+1.3 ± 0.6 points), coarse
-    # +0.4 ± 0.6, and still inside the 30-minute budget on 2 cores (README).
+    # +0.4 ± 0.6, and still inside the 30-minute budget on 2 cores (docs/figures.md).
     epochs: int = param(16, ge=1, le=1000, service=True, help="passes over the training set")
     batch_size: int = param(32, ge=1, le=1024, service=True, help="images per training step")
     learning_rate: float = param(1e-3, gt=0, lt=1, service=True, help="the peak learning rate")
@@ -99,7 +99,7 @@ class TrainConfig:
     # Random crops are cut from photos decoded larger than the input: a crop of a quarter of a photo
     # decoded at 224 px is 112 px blown up to 224, of one decoded at 320 px 160 px, nearer the detail a
     # whole photo has when served. Cross-validated over five grouped folds: +0.5 ± 1.3 points coarse,
-    # +0.7 ± 1.3 fine, paired fold by fold (README): inside the folds' noise, and it costs no time.
+    # +0.7 ± 1.3 fine, paired fold by fold (docs/figures.md): inside the folds' noise, and it costs no time.
     train_decode_scale: float = param(
         1.43, ge=1, le=4, help="decode training photos at this multiple of input_size before cropping (1.43: 320 px)"
     )

@@ -1,4 +1,4 @@
-"""One settings object, read from the environment (every variable is in README and .env.example).
+"""One settings object, read from the environment (every variable is in docs/configuration.md and .env.example).
 
 Each field names its environment variable once (``setting(...)``); ``Settings.from_env`` and its
 inverse ``Settings.to_env`` are both derived from those declarations, so they cannot drift apart."""
@@ -132,6 +132,8 @@ class Settings:
     upload_dir: Path | str = setting("GROCERY_UPLOAD_DIR", Path("var/uploads"), LOCATION)
     # Finished jobs' results as files (GET /jobs/<id>/results/file), written on first request.
     export_dir: Path = setting("GROCERY_EXPORT_DIR", Path("var/exports"))
+    # `make run`'s embedded PostgreSQL and Redis (with DATABASE_URL and REDIS_URL unset): every file of theirs.
+    embedded_dir: Path = setting("GROCERY_EMBEDDED_DIR", Path("var/embedded"))
     # From the environment, default the data folder alone. The upload storage is never a root: each job
     # reads its own uploads (service/confinement.py).
     input_roots: tuple[Path | str, ...] = setting(

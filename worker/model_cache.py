@@ -1,9 +1,11 @@
 """The models a worker process serves with: each loaded once, by model id, its artifact copied to this
 machine first where it lies in a bucket; and the serving model preloaded as the worker starts."""
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,14 +33,45 @@ def preload_serving_model(sender=None, **_) -> None:
     pool = getattr(getattr(sender, "controller", None), "pool_cls", None)
     if pool is None or pool.__module__.endswith("prefork"):
         return
+    with stopped_by_shutdown_signals():
+        try:
+            with sessions()() as session:
+                model = serving_model(session)
+            if model is not None:
+                log.info("loading the serving model %s (its first load on a machine times its runtimes)", model.id)
+                cached_predictor(str(model.id), model.artifact_path)
+                log.info("preloaded model %s (version %s)", model.id, model.version)
+        except Exception:  # a missing artifact or database fails the first job clearly; the worker still starts
+            log.warning("could not preload the serving model", exc_info=True)
+
+
+class ShutdownDuringStart(BaseException):
+    """SIGTERM or SIGINT arrived while the worker was still starting (not an Exception: nothing on
+    the way out may swallow it)."""
+
+
+@contextlib.contextmanager
+def stopped_by_shutdown_signals():
+    """Celery's own handlers only flag a shutdown for its event loop, which starts after this
+    signal's handlers return: a model's first load, which measures its runtimes (a minute on two
+    cores), would hold a stopping worker that long. Here the signal abandons the load at once (the
+    next start measures again), then goes to Celery's handler, which shuts the worker down."""
+    received = []
+
+    def abandon(signum, _frame):
+        received.append(signum)
+        raise ShutdownDuringStart
+
+    previous = {signum: signal.signal(signum, abandon) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with sessions()() as session:
-            model = serving_model(session)
-        if model is not None:
-            cached_predictor(str(model.id), model.artifact_path)
-            log.info("preloaded model %s (version %s)", model.id, model.version)
-    except Exception:  # a missing artifact or database fails the first job clearly; the worker still starts
-        log.warning("could not preload the serving model", exc_info=True)
+        yield
+    except ShutdownDuringStart:
+        log.info("stopping before the serving model was loaded")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in received[:1]:
+            signal.raise_signal(signum)
 
 
 def local_artifact(settings: Settings, model_id: str, artifact_path: str) -> Path:
