@@ -46,6 +46,7 @@ JOBS_CALLBACK = {
         {"id": "jobs-type", "property": "value", "value": "all"},
         {"id": "jobs-status", "property": "value", "value": None},
         {"id": "jobs-more", "property": "n_clicks", "value": None},
+        {"id": "jobs-interactive", "property": "value", "value": []},  # the default list: bulk jobs
     ],
     "changedPropIds": ["jobs-tick.n_intervals"],
     "state": [{"id": "jobs-digest", "property": "data", "value": None}],
@@ -124,7 +125,7 @@ def refreshes(database_url: str, rounds: int) -> None:
         changed = json.dumps(JOBS_CALLBACK).encode()  # no digest shown yet: the table is drawn
         unchanged = json.dumps(with_digest(JOBS_CALLBACK, shown_digest(conn, changed))).encode()
         calls = {
-            "GET /jobs?limit=50": ("GET", "/jobs?limit=50", None, {}),
+            "GET /jobs?limit=50": ("GET", "/jobs?limit=50&lane=bulk", None, {}),  # what the list asks by default
             "callback, list changed": ("POST", "/ui/_dash-update-component", changed, JSON),
             "callback, list unchanged": ("POST", "/ui/_dash-update-component", unchanged, JSON),
         }

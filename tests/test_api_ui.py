@@ -213,3 +213,47 @@ def test_the_jobs_list_shows_fifty_then_older_ones_on_request(setup, database_ur
 
     assert listed(None) == (50, False)
     assert listed(1) == (60, True)
+
+
+def test_a_training_shows_a_sentence_before_its_first_epoch_and_charts_from_one_point_on(setup, database_url):
+    client, _, _, users = setup
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        job_id = factories.job(session, type="train", status="running", owner_token_id=owner).id
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+
+    def drawn() -> dict:
+        return dash_call(client, "training-curves.children", {"job-id": str(job_id)})[1]["response"]
+
+    def add_epoch(epoch: int, **data) -> None:
+        metrics = {
+            "train_loss": 1.0 / epoch,
+            "train_acc": 0.5,
+            "val_loss": 1.2 / epoch,
+            "val_top1": 0.6,
+            "val_top5": 1.0,
+        }
+        with factories.store_session(database_url) as session:
+            crud.add_event(session, job_id=job_id, kind="epoch", data={"epoch": epoch, "epochs": 3, **metrics, **data})
+
+    before = drawn()  # no empty axes, no blank matrix: sentences
+    assert "Waiting for the first epoch" in json.dumps(before["training-curves"])
+    assert "Graph" not in json.dumps(before["training-curves"]) + json.dumps(before["confusion-area"])
+    assert "first validated epoch" in json.dumps(before["confusion-area"])
+
+    add_epoch(1)
+    after = drawn()
+    figures = {g["props"]["id"]: g["props"]["figure"] for g in after["training-curves"]["children"]}
+    for figure in figures.values():  # the whole run on the x axis from the first point on, a legend each
+        assert figure["layout"]["xaxis"]["range"] == [0.5, 3.5] and figure["layout"]["showlegend"] is True
+        assert all(trace["x"] == [1] for trace in figure["data"])
+    assert [t["name"] for t in figures["loss-curve"]["data"]] == ["train", "validation"]
+    assert [t["name"] for t in figures["accuracy-curve"]["data"]] == ["train", "validation top-1", "validation top-5"]
+    assert "Graph" not in json.dumps(after["confusion-area"]) and "No epoch validated yet" in json.dumps(after)
+    assert after["training-note"]["children"] == "epoch 1 of 3: validation top-1 60.0%"
+
+    add_epoch(2, confusion={"classes": ["Apple", "Pear"], "matrix": [[3, 1], [0, 4]]})
+    matrix = next(
+        c for c in drawn()["confusion-area"]["children"] if c.get("props", {}).get("id") == "confusion-matrix"
+    )
+    assert matrix["props"]["figure"]["data"][0]["text"] == [[3, 1], [0, 4]]

@@ -7,18 +7,21 @@ import io
 import os
 import re
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import factories
 import numpy as np
 import pytest
 from conftest import (
+    FINISHED,
     ROOT,
     TINY_CLASSES,
     clean_store,
     stack_settings,
     start_worker,
     stop_worker,
+    wait_for,
     write_tiny_dataset,
 )
 from PIL import Image
@@ -148,7 +151,7 @@ def test_a_prediction_job_from_the_form_finishes_and_its_gallery_filters(service
     wait_for_badge(page, f"tr[data-job='{job_id}']", "succeeded")  # seen in the live list
     shot(page, "jobs")
 
-    page.locator(f"tr[data-job='{job_id}'] a").click()
+    page.locator(f"tr[data-job='{job_id}']").get_by_role("link", name=job_id[:8]).click()  # not its model's link
     page.wait_for_url(f"**/ui/jobs/{job_id}")
     page.locator("#class-counts .main-svg").first.wait_for()
     page.wait_for_function("() => document.querySelectorAll('#gallery .tile img').length === 16")
@@ -344,3 +347,148 @@ def test_images_uploaded_through_the_form_become_a_prediction_job(service, page,
     results = client.get(f"/jobs/{job_id}/results").get_json()["results"]
     assert sorted(Path(r["path"]).name for r in results) == sorted(p.name for p in photos)
     assert all(r["label"] in COARSE_CLASSES for r in results)
+
+
+def fact(page, scope: str, name: str):
+    """The value beside ``name`` in a list of facts (dt name, dd value) under ``scope``."""
+    return page.locator(scope).locator(f"xpath=.//dt[normalize-space()='{name}']/following-sibling::dd[1]")
+
+
+def shown_seconds(text: str) -> int:
+    """The UI's durations back in seconds: "42 s", "3 min 05 s", "1 h 02 min"."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    return sum(int(number) * units[unit] for number, unit in re.findall(r"(\d+) (h|min|s)\b", text))
+
+
+def shown_metric(name: str, value) -> str:
+    if name in {"val_top1", "val_top5", "val_fine_top1", "train_acc"}:
+        return f"{value:.1%}"
+    if name == "train_images_per_s":
+        return f"{value:.1f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def test_the_jobs_list_hides_one_file_jobs_until_asked_and_shows_failure(service, page, tiny_dataset):
+    url, client, readable = service
+    one_file = client.post("/predict", data={"file": (io.BytesIO(factories.jpeg()), "one.jpg")}).get_json()["job_id"]
+    folder = client.post("/jobs", json={"type": "predict", "input": {"folder": str(tiny_dataset / "val")}})
+    no_images = readable / "no-images"
+    no_images.mkdir()
+    (no_images / "notes.txt").write_text("no photo here")
+    failing = client.post("/jobs", json={"type": "predict", "input": {"folder": str(no_images)}}).get_json()["id"]
+    assert wait_for(client, failing, FINISHED)["status"] == "failed"
+    interactive = {job["id"] for job in client.get("/jobs?lane=interactive&limit=500").get_json()["jobs"]}
+    assert one_file in interactive
+
+    page.goto(f"{url}/ui/jobs")
+    wait_for_badge(page, f"tr[data-job='{folder.get_json()['id']}']", "succeeded")
+    assert not interactive & {job["id"] for job in listed_jobs(page)}  # lane=bulk: no one-file job listed
+    failed_bar = page.locator(f"tr[data-job='{failing}'] .progress")
+    assert "progress-failed" in failed_bar.get_attribute("class")
+    assert failed_bar.inner_text().startswith("failed at")
+    shot(page, "jobs-bulk")
+
+    page.get_by_label("show one-file jobs").check()
+    page.locator(f"tr[data-job='{one_file}']").wait_for()
+    assert interactive <= {job["id"] for job in listed_jobs(page)}
+    shot(page, "jobs-with-one-file-jobs")
+    page.get_by_label("show one-file jobs").uncheck()
+    page.locator(f"tr[data-job='{one_file}']").wait_for(state="detached")
+
+
+def test_a_finished_training_leads_to_its_model_page_which_deletes_by_the_apis_rule(service, page, tiny_dataset):
+    url, client, _ = service
+    asked = {"epochs": 2, "input_size": 64, "freeze": 9}
+    training = client.post("/jobs", json={"type": "train", "params": asked}).get_json()["id"]
+    trained = wait_for(client, training, FINISHED)
+    assert trained["status"] == "succeeded"
+    model_id = trained["model_id"]
+    # Served once over labelled folders: a machine measures its runtimes, the job its accuracy.
+    source = {"folder": str(tiny_dataset / "val")}
+    predicting = client.post("/jobs", json={"type": "predict", "model": model_id, "input": source}).get_json()["id"]
+    predicted = wait_for(client, predicting, FINISHED)
+    assert predicted["status"] == "succeeded"
+    assert client.put("/models/aliases/candidate", json={"model_id": model_id}).status_code == 200
+    model = client.get(f"/models/{model_id}").get_json()
+
+    page.goto(f"{url}/ui/jobs/{training}")
+    started, finished = (datetime.fromisoformat(trained[t]) for t in ("started_at", "finished_at"))
+    shown = shown_seconds(fact(page, "#job-header", "elapsed").inner_text())
+    assert abs(shown - (finished - started).total_seconds()) <= 1
+    settings = trained["result"]["settings"]
+    assert page.locator("#job-settings dt").all_inner_texts() == list(settings)
+    for name, value in settings.items():
+        shown = fact(page, "#job-settings", name).inner_text()
+        unset = {"data_dir": "the service's dataset", "threads": "the cores it may use"}.get(name, "not set")
+        assert shown.startswith(unset if value is None else str(value)), name
+        assert shown.endswith("given") == (name in asked), name
+    page.locator("#loss-curve .js-plotly-plot").wait_for()
+    shot(page, "job-train-finished")
+
+    fact(page, "#job-header", "trained model").get_by_role("link").click()
+    page.wait_for_url(f"**/ui/models/{model_id}")
+    assert f"Model v{model['version']}" in page.locator("#model-title").inner_text()
+    assert page.locator("#model-title .alias-candidate").inner_text() == "candidate"
+    for name, value in model["metrics"].items():
+        cell = page.locator(f"#model-metrics tr[data-metric='{name}'] td").inner_text()
+        if name == "train_seconds":
+            assert shown_seconds(cell) == round(value)
+        else:
+            assert cell == shown_metric(name, value), name
+    assert fact(page, "main", "trained by").inner_text() == training[:8]
+    runtimes = model["serving"]["runtimes"]
+    assert runtimes  # the prediction job's worker measured them
+    for machine, choice in runtimes.items():
+        serving = page.locator(f"#model-runtimes tr.serving[data-machine='{machine}']")
+        assert serving.get_attribute("data-runtime") == choice["runtime"] and "serves here" in serving.inner_text()
+    curves = page.eval_on_selector("#loss-curve .js-plotly-plot", "g => g.data.map(t => t.x.length)")
+    assert curves == [2, 2]  # train and validation loss, one point an epoch
+    heatmap = page.eval_on_selector("#confusion-matrix .js-plotly-plot", "g => g.data[0]")
+    assert heatmap["text"] == trained["result"]["confusion"]["matrix"]
+    shot(page, "model")
+
+    refused = client.delete(f"/models/{model_id}")  # what the API says: the alias names it
+    assert refused.status_code == 409
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete model").click()
+    assert page.locator("#model-message .message.error").inner_text() == refused.get_json()["error"]["message"]
+    shot(page, "model-delete-refused")
+
+    page.goto(f"{url}/ui/jobs/{predicting}")
+    accuracy = predicted["result"]["accuracy"]
+    assert page.locator("#accuracy-top1").inner_text() == f"{accuracy['top1']:.1%}"
+    ran = page.locator("#prediction-runtimes").inner_text()
+    assert all(f"{name} ({count} shard" in ran for name, count in predicted["result"]["runtimes"].items())
+    assert fact(page, "#job-header", "model").get_by_role("link").get_attribute("href") == f"/ui/models/{model_id}"
+    shot(page, "job-predict-accuracy")
+
+    other = next(m["id"] for m in client.get("/models").get_json()["models"] if m["id"] != model_id)
+    assert client.put("/models/aliases/candidate", json={"model_id": other}).status_code == 200
+    page.goto(f"{url}/ui/models/{model_id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete model").click()
+    assert "deleted" in page.locator("#model-message .message.ok").inner_text()
+    assert client.get(f"/models/{model_id}").status_code == 404
+
+
+def test_a_running_training_shows_its_batches_and_cancelling(service, page, slower_dataset):
+    url, client, _ = service
+    params = {"epochs": 200, "data_dir": str(slower_dataset), "input_size": 64, "freeze": 9}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    page.goto(f"{url}/ui/jobs/{job_id}")
+    page.wait_for_function(
+        "() => /^\\d+\\/200 epochs, batch \\d+\\/\\d+$/.test("
+        "document.querySelector('#job-header .progress-label')?.innerText)",
+        timeout=WAIT_MS,
+    )
+    assert "running" in page.locator("#job-title").inner_text()
+    assert re.fullmatch(r"\d+ (s|min \d+ s) so far", fact(page, "#job-header", "elapsed").inner_text())
+    assert re.fullmatch(r"about \d+ .+|estimating .+", fact(page, "#job-header", "remaining").inner_text())
+    shot(page, "job-train-running")
+
+    page.get_by_role("button", name="Cancel job").click()
+    page.locator("#job-title").get_by_text("cancelling", exact=True).wait_for()
+    assert page.locator("#job-cancel").count() == 0
+    assert "Cancel requested" in page.locator("#job-message").inner_text()
+    shot(page, "job-train-cancelling")
+    wait_for_badge(page, "#job-title", "cancelled")

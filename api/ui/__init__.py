@@ -1,9 +1,10 @@
 """The web UI at /ui/: Dash pages served by the API's own Flask app, Plotly charts.
 
 Pages: the workshop (random image or your photo -> prediction), jobs (live list, forms,
-cancel), a job (training curves and confusion matrix, or a prediction job's counts, gallery
-and CSV), models (metrics, aliases). The pages hold no data: their callbacks call the API in
-process with the visitor's token (api/ui/calls.py), so the API's rules are the UI's rules.
+cancel), a job (training curves and confusion matrix, or a prediction job's counts, accuracy,
+gallery and CSV), models (metrics, aliases), a model (curves, serving runtimes, delete). The
+pages hold no data: their callbacks call the API in process with the visitor's token
+(api/ui/calls.py), so the API's rules are the UI's rules.
 """
 
 from pathlib import Path
@@ -16,7 +17,7 @@ from api.auth import UI_PREFIX
 def mount_ui(app: Flask) -> None:
     import dash  # only when the UI is on: the API stays importable without it
 
-    from api.ui import job_page, jobs, registry, shell, signin, workshop
+    from api.ui import job_page, jobs, model_page, registry, shell, signin, workshop
     from api.ui.calls import LocalAPI
 
     ui = dash.Dash(
@@ -31,6 +32,6 @@ def mount_ui(app: Flask) -> None:
     )
     calls = LocalAPI(app)
     ui.layout = shell.layout
-    for page in (shell, workshop, jobs, job_page, registry):
+    for page in (shell, workshop, jobs, job_page, registry, model_page):
         page.register(ui, calls)
     app.register_blueprint(signin.blueprint)

@@ -1,24 +1,39 @@
 """Plotly figures from the API's JSON: pure functions, no I/O."""
 
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 ACCENT = "#2f6f3e"  # the UI's green (assets/style.css)
 LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "template": "plotly_white", "height": 340}
+# Each chart's own legend, below its plot: two charts side by side never share one.
+LEGEND_BELOW = {"orientation": "h", "x": 0, "y": -0.22, "xanchor": "left", "yanchor": "top"}
+LOSSES = (("train_loss", "train"), ("val_loss", "validation"))
+ACCURACIES = (("train_acc", "train"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5"))
 
 
-def training_curves(epochs: list[dict]) -> go.Figure:
-    """Loss and accuracy per epoch, from the job's `epoch` events."""
+def loss_curves(epochs: list[dict]) -> go.Figure:
+    """Training and validation loss per epoch, from the job's `epoch` events (at least one)."""
+    figure = epoch_lines(epochs, LOSSES, "Loss")
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def accuracy_curves(epochs: list[dict]) -> go.Figure:
+    figure = epoch_lines(epochs, ACCURACIES, "Accuracy")
+    figure.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return figure
+
+
+def epoch_lines(epochs: list[dict], series: tuple, title: str) -> go.Figure:
+    """One line per metric the epochs report (a metric no epoch has is left out of the legend)."""
     x = [e["epoch"] for e in epochs]
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
-    for key, name in (("train_loss", "train loss"), ("val_loss", "validation loss")):
-        figure.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], name=name, mode="lines+markers"), 1, 1)
-    for key, name in (("train_acc", "train"), ("val_top1", "validation top-1"), ("val_top5", "validation top-5")):
-        figure.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], name=name, mode="lines+markers"), 1, 2)
-    total = epochs[-1]["epochs"] if epochs else 1
-    figure.update_xaxes(title_text="epoch", dtick=1, range=[0.5, total + 0.5])  # the whole run: how far along
-    figure.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    figure.update_layout(**LAYOUT)
+    figure = go.Figure()
+    for key, name in series:
+        if any(e.get(key) is not None for e in epochs):
+            figure.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], name=name, mode="lines+markers"))
+    total = epochs[-1].get("epochs") or x[-1]
+    # The whole run on the axis, whole epochs only: how far along it is, from the first point on.
+    figure.update_xaxes(title_text="epoch", range=[0.5, total + 0.5], tick0=1, dtick=max(1, -(-total // 12)))
+    figure.update_layout(**LAYOUT, title={"text": title, "x": 0.02}, legend=LEGEND_BELOW, showlegend=True)
     return figure
 
 
@@ -51,4 +66,8 @@ def class_counts(labels: dict[str, int]) -> go.Figure:
     bars = go.Bar(x=[n for _, n in ordered], y=[name for name, _ in ordered], orientation="h", marker_color=ACCENT)
     figure = go.Figure(bars)
     figure.update_layout(**{**LAYOUT, "height": max(240, 24 * len(ordered) + 80)}, xaxis_title="files")
+    if not labels:  # no empty axes: a sentence until the first file is classified
+        figure.update_xaxes(visible=False)
+        figure.update_yaxes(visible=False)
+        figure.add_annotation(text="No file classified yet", showarrow=False, font={"size": 15, "color": "#6b7280"})
     return figure

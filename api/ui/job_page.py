@@ -5,12 +5,25 @@ from urllib.parse import quote, urlencode
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from api.ui import charts
-from api.ui.components import message, percent, progress_bar, short_id, status_badge, when
+from api.ui import charts, training_views
+from api.ui.components import (
+    duration,
+    elapsed_seconds,
+    facts,
+    job_badge,
+    message,
+    model_link,
+    percent,
+    progress_bar,
+    short_id,
+    when,
+)
 from service.kinds import PREDICT, TRAIN
-from service.states import FINISHED_STATUSES
+from service.states import FINISHED_STATUSES, LIVE_STATUSES, Status
 
 REFRESH_MS = 2000
+UNSET = {"data_dir": "the service's dataset", "threads": "the cores it may use"}  # what a setting left None means
+WAITING_FOR_EPOCH = "Waiting for the first epoch to end: its curves start then (the bar above counts its batches)."
 GALLERY_PAGE = 48
 THUMBNAIL_PX = 160
 CONFIDENCE_CHOICES = [
@@ -33,38 +46,34 @@ def layout(job_id: str, calls):
             dcc.Interval(id="job-tick", interval=REFRESH_MS, disabled=job["status"] in FINISHED_STATUSES),
             html.Div(header(job), id="job-header"),
             html.Div(id="job-message"),
+            html.Div(settings_part(job), id="job-settings-area"),
             body,
         ]
     )
 
 
 def header(job: dict) -> list:
-    facts = {
-        "type": job["type"],
-        "created": when(job["created_at"]),
-        "started": when(job["started_at"]),
-        "finished": when(job["finished_at"]),
-        "attempts": str(job["attempts"]),
-        "worker": job.get("worker") or "",
-        "device": job.get("device") or "",
-    }
-    if job.get("model_id"):
-        facts["model"] = dcc.Link(short_id(job["model_id"]), href="/ui/models", className="mono")
-    facts["input" if job["type"] == PREDICT.name else "parameters"] = described(job["params"])
+    model_role = "trained model" if job["type"] == TRAIN.name else "model"
     parts = [
         html.H1(
-            [
-                "Job ",
-                html.Span(short_id(job["id"]), className="mono", title=job["id"]),
-                " ",
-                status_badge(job["status"]),
-            ],
+            ["Job ", html.Span(short_id(job["id"]), className="mono", title=job["id"]), " ", job_badge(job)],
             id="job-title",
         ),
-        progress_bar(job["progress"]),
-        html.Dl(
-            [item for name, value in facts.items() if value for item in (html.Dt(name), html.Dd(value))],
-            className="facts",
+        progress_bar(job),
+        facts(
+            {
+                "type": job["type"],
+                "created": when(job["created_at"]),
+                "started": when(job["started_at"]),
+                "finished": when(job["finished_at"]),
+                "elapsed": elapsed(job),
+                "remaining": remaining(job),
+                "attempts": str(job["attempts"]),
+                "worker": job.get("worker"),
+                "device": job.get("device"),
+                model_role: model_link(job["model_id"]) if job.get("model_id") else None,
+                "input" if job["type"] == PREDICT.name else "parameters": described(job["params"]),
+            }
         ),
     ]
     if waiting := job.get("waiting"):  # why it is not running yet, under its status
@@ -77,9 +86,49 @@ def header(job: dict) -> list:
         parts.insert(1, html.P("Waiting: " + "; ".join(filter(None, said)), id="job-waiting", className="muted"))
     if job.get("error"):
         parts.append(message(f"{job['error']['code']}: {job['error']['message']}"))
-    if job["status"] not in FINISHED_STATUSES:
+    if job["status"] in LIVE_STATUSES and not job.get("cancel_requested"):
         parts.append(html.Button("Cancel job", id="job-cancel", className="small"))
     return parts
+
+
+def settings_part(job: dict) -> html.Section | None:
+    """A training's settings, once its run has started (the worker fills in the defaults)."""
+    settings = (job.get("result") or {}).get("settings")
+    return settings_section(settings, given=job["params"]) if settings else None
+
+
+def elapsed(job: dict) -> str | None:
+    seconds = elapsed_seconds(job)
+    if seconds is None:
+        return None
+    return duration(seconds) + (" so far" if job["status"] == Status.RUNNING else "")
+
+
+def remaining(job: dict) -> str | None:
+    """While it runs: the API's estimate at the pace so far, once it has one."""
+    if job["status"] != Status.RUNNING:
+        return None
+    seconds = job["progress"].get("remaining_seconds")
+    return f"about {duration(seconds)}" if seconds is not None else "estimating (after the first batches)"
+
+
+def settings_section(settings: dict, given: dict) -> html.Section:
+    """Every setting the run uses, defaults filled in; those the job asked for are marked."""
+    entries = []
+    for name, value in settings.items():
+        shown = str(value) if value is not None else UNSET.get(name, "not set")
+        mark = html.Span("given", className="badge given") if name in given else None
+        entries += [html.Dt(name), html.Dd([html.Span(shown, className="mono"), " ", mark])]
+    return html.Section(
+        [
+            html.H2("Settings"),
+            html.P(
+                f"Every setting this run uses: {len(given)} given with the job, the rest the recipe's defaults.",
+                className="muted",
+            ),
+            html.Dl(entries, className="facts settings", id="job-settings"),
+        ]
+    )
 
 
 def described(params: dict) -> str:
@@ -99,11 +148,59 @@ def training_body() -> html.Div:
         [
             html.H2("Training curves"),
             html.Div(id="training-note", className="muted"),
-            dcc.Graph(id="training-curves", config={"displaylogo": False}),
-            html.H2("Confusion matrix (validation, last epoch)"),
-            dcc.Graph(id="confusion-matrix", config={"displaylogo": False}),
+            html.Div(id="training-curves", className="chart-pair"),
+            html.Div(id="confusion-area"),
+            dcc.Store(id="training-epochs-shown"),
         ]
     )
+
+
+def before_first_epoch(job) -> tuple[list, list]:
+    """Curves and confusion matrix before any epoch ended: a sentence each, no empty axes or blank matrix."""
+    if not job.ok or job.body["status"] in LIVE_STATUSES:
+        waiting, missing = WAITING_FOR_EPOCH, "The confusion matrix comes with the first validated epoch."
+    else:
+        waiting, missing = "No epoch ended: this job has no curves.", "No epoch was validated."
+    return training_views.curves([], waiting), training_views.confusion(None, "", missing)
+
+
+def all_events(calls, job_id: str):
+    """Every event of the job, page after page (a long training has one per epoch), or the reply that failed."""
+    events, cursor = [], None
+    while True:
+        reply = calls.get(f"/jobs/{job_id}/events", cursor=cursor)
+        if not reply.ok:
+            return None, reply
+        events += reply.body["events"]
+        cursor = reply.body["next_cursor"]
+        if not cursor:
+            return events, None
+
+
+def accuracy_card(summary: dict, finished: bool) -> list:
+    """Top-1 over the files whose folder or name is one of the model's classes (the API's accuracy)."""
+    accuracy = summary.get("accuracy")
+    if accuracy:
+        return [
+            html.Div("Accuracy on labelled files", className="card-title"),
+            html.Div(percent(accuracy["top1"]), className="big-number", id="accuracy-top1"),
+            html.P(
+                f"{accuracy['correct']} of {accuracy['labelled']} files whose folder or name is one of the model's "
+                "classes got that class.",
+                className="muted",
+            ),
+        ]
+    if finished:
+        return [html.P("No accuracy: no file's folder or name is one of the model's classes.", className="muted")]
+    return [html.P("The accuracy over labelled files comes when the job ends.", className="muted")]
+
+
+def runtimes_text(runtimes: dict[str, int]) -> str:
+    """Where the shards ran: "ran on onnx-fp32 (3 shards), torch (1 shard)"."""
+    if not runtimes:
+        return ""
+    ran = ", ".join(f"{name} ({count} shard{'s' if count != 1 else ''})" for name, count in runtimes.items())
+    return f"ran on {ran}"
 
 
 def prediction_body() -> html.Div:
@@ -111,7 +208,13 @@ def prediction_body() -> html.Div:
         [
             html.H2("Files per class"),
             html.Div(id="prediction-summary", className="muted"),
-            dcc.Graph(id="class-counts", config={"displaylogo": False}),
+            html.Div(
+                [
+                    dcc.Graph(id="class-counts", config={"displaylogo": False}),
+                    html.Div(id="prediction-accuracy", className="card"),
+                ],
+                className="counts-grid",
+            ),
             html.H2("Results"),
             html.Div(
                 [
@@ -180,67 +283,90 @@ def register(ui: Dash, calls) -> None:
     @ui.callback(
         Output("job-header", "children"),
         Output("job-tick", "disabled"),
+        Output("job-settings-area", "children"),
         Input("job-tick", "n_intervals"),
         State("job-id", "data"),
+        State("job-settings-area", "children"),
         prevent_initial_call=True,
     )
-    def refresh_header(_tick, job_id):
+    def refresh_header(_tick, job_id, settings_shown):
         reply = calls.get(f"/jobs/{job_id}")
         if not reply.ok:
-            return message(reply.error), True
-        return header(reply.body), reply.body["status"] in FINISHED_STATUSES
+            return message(reply.error), True, no_update
+        # The settings are written once, when the run starts: drawn then, not at every tick.
+        settings = no_update if settings_shown else settings_part(reply.body)
+        return header(reply.body), reply.body["status"] in FINISHED_STATUSES, settings
 
     @ui.callback(
         Output("job-message", "children"),
+        Output("job-header", "children", allow_duplicate=True),
         Input("job-cancel", "n_clicks"),
         State("job-id", "data"),
         prevent_initial_call=True,
     )
     def cancel(clicks, job_id):
         if not clicks:
-            return no_update
+            return no_update, no_update
         reply = calls.post_json(f"/jobs/{job_id}/cancel")
-        return (
-            message(f"Cancel requested: the job is {reply.body['status']}.", "ok") if reply.ok else message(reply.error)
-        )
+        if not reply.ok:
+            return message(reply.error), no_update
+        # The job as the cancel left it: a running one says "cancelling" at once, not at the next tick.
+        stops = "it stops at its next progress report" if reply.body["status"] == Status.RUNNING else "it ended"
+        return message(f"Cancel requested: {stops}.", "ok"), header(reply.body)
 
     @ui.callback(
-        Output("training-curves", "figure"),
-        Output("confusion-matrix", "figure"),
+        Output("training-curves", "children"),
+        Output("confusion-area", "children"),
         Output("training-note", "children"),
+        Output("training-epochs-shown", "data"),
         Input("job-tick", "n_intervals"),
         State("job-id", "data"),
+        State("training-epochs-shown", "data"),
     )
-    def training_figures(_tick, job_id):
-        reply = calls.get(f"/jobs/{job_id}/events")
-        if not reply.ok:
-            return no_update, no_update, message(reply.error)
-        epochs = [e["data"] for e in reply.body["events"] if e["kind"] == "epoch"]
+    def training_figures(_tick, job_id, epochs_shown):
+        events, failed = all_events(calls, job_id)
+        if failed is not None:
+            return no_update, no_update, message(failed.error), no_update
+        epochs = training_views.epochs_of(events)
+        if epochs and len(epochs) == epochs_shown:  # no new epoch: the charts stay as drawn
+            return (no_update,) * 4
         if not epochs:
-            return charts.training_curves([]), no_update, "The curves start when the first epoch ends."
+            return *before_first_epoch(calls.get(f"/jobs/{job_id}")), None, 0
         last = epochs[-1]
         note = f"epoch {last['epoch']} of {last['epochs']}: validation top-1 {percent(last.get('val_top1'))}"
-        confusion = last.get("confusion") or {"classes": [], "matrix": []}
-        return charts.training_curves(epochs), charts.confusion_heatmap(confusion), note
+        matrix, validated = training_views.last_confusion(epochs) or (None, None)
+        confusion = training_views.confusion(
+            matrix, f"Confusion matrix (validation, epoch {validated})", "No epoch validated yet."
+        )
+        return training_views.curves(epochs, ""), confusion, note, len(epochs)
 
     @ui.callback(
         Output("class-counts", "figure"),
         Output("prediction-summary", "children"),
         Output("gallery-label", "options"),
+        Output("prediction-accuracy", "children"),
         Input("job-tick", "n_intervals"),
         State("job-id", "data"),
     )
     def prediction_counts(_tick, job_id):
         reply = calls.get(f"/jobs/{job_id}")
         if not reply.ok:
-            return no_update, message(reply.error), no_update
+            return no_update, message(reply.error), no_update, no_update
         summary = reply.body.get("summary") or {}
         labels = summary.get("labels") or {}
-        text = (
+        counts = (
             f"{summary.get('done', 0)} of {summary.get('total', 0)} files done, {summary.get('failed', 0)} failed"
             + (f", {summary['images_per_s']} images/s" if summary.get("images_per_s") else "")
         )
-        return charts.class_counts(labels), text if summary else "Listing the input...", sorted(labels)
+        ran = runtimes_text(summary.get("runtimes") or {})
+        shown = [counts, *(["; ", html.Span(ran, id="prediction-runtimes")] if ran else [])]
+        finished = reply.body["status"] in FINISHED_STATUSES
+        return (
+            charts.class_counts(labels),
+            shown if summary else "Listing the input...",
+            sorted(labels),
+            accuracy_card(summary, finished),
+        )
 
     @ui.callback(
         Output("gallery-page", "data"),

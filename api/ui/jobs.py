@@ -4,10 +4,19 @@ import uuid
 
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from api.ui.components import field, job_link, message, progress_bar, status_badge, uploaded_file, when
+from api.ui.components import (
+    field,
+    job_badge,
+    job_link,
+    message,
+    model_link,
+    progress_bar,
+    uploaded_file,
+    when,
+)
 from grocery.config import TRAIN_PARAMS
 from service.kinds import JOB_TYPES
-from service.states import FINISHED_STATUSES, Status
+from service.states import LIVE_STATUSES, Lane, Status
 
 # The training parameters the form sets, in the order train_request takes their values.
 FORM_PARAMS = (
@@ -39,6 +48,12 @@ def layout() -> html.Section:
                         dcc.Dropdown(
                             [str(status) for status in Status], None, id="jobs-status", placeholder="any status"
                         ),
+                    ),
+                    html.Div(
+                        dcc.Checklist(
+                            [{"label": "show one-file jobs", "value": Lane.INTERACTIVE}], [], id="jobs-interactive"
+                        ),
+                        title="the workshop's photos, POST /predict's files and other small interactive jobs",
                     ),
                 ],
                 className="filters",
@@ -141,20 +156,22 @@ def predict_form() -> html.Details:
 def jobs_table(jobs: list[dict]) -> html.Table | html.P:
     if not jobs:
         return html.P("No jobs yet.", className="muted")
-    head = html.Thead(html.Tr([html.Th(h) for h in ("Job", "Type", "Status", "Progress", "Created", "Worker", "")]))
+    columns = ("Job", "Type", "Status", "Progress", "Model", "Created", "Worker", "")
+    head = html.Thead(html.Tr([html.Th(c) for c in columns]))
     return html.Table([head, html.Tbody([job_row(job) for job in jobs])], className="table", id="jobs-list")
 
 
 def job_row(job: dict) -> html.Tr:
     cancel = None
-    if job["status"] not in FINISHED_STATUSES:
+    if job["status"] in LIVE_STATUSES and not job.get("cancel_requested"):
         cancel = html.Button("Cancel", id={"type": "cancel-job", "job": job["id"]}, className="small")
     return html.Tr(
         [
             html.Td(job_link(job["id"])),
             html.Td(job["type"]),
-            html.Td(status_badge(job["status"])),
-            html.Td(progress_bar(job["progress"])),
+            html.Td(job_badge(job)),
+            html.Td(progress_bar(job)),
+            html.Td(model_link(job["model_id"]) if job.get("model_id") else ""),
             html.Td(when(job["created_at"])),
             html.Td(job.get("worker") or "", className="mono"),
             html.Td(cancel),
@@ -169,6 +186,11 @@ def train_request(*values) -> dict:
     params = dict(zip(FORM_PARAMS, values, strict=True))
     params["data_dir"] = (params["data_dir"] or "").strip() or None
     return {"type": "train", "params": {k: v for k, v in params.items() if v not in (None, "")}}
+
+
+def listed_lane(shown: list | None) -> Lane | None:
+    """The jobs listed: bulk ones only, unless one-file (interactive) jobs are asked for too."""
+    return None if Lane.INTERACTIVE in (shown or []) else Lane.BULK
 
 
 def accepted(reply) -> html.Div:
@@ -207,11 +229,13 @@ def register(ui: Dash, calls) -> None:
         Input("jobs-type", "value"),
         Input("jobs-status", "value"),
         Input("jobs-more", "n_clicks"),
+        Input("jobs-interactive", "value"),
         State("jobs-digest", "data"),
     )
-    def refresh(_tick, job_type, status, more, shown_digest):
+    def refresh(_tick, job_type, status, more, interactive, shown_digest):
         limit = min(MAX_LISTED, PAGE * (1 + (more or 0)))
-        reply = calls.get("/jobs", type=None if job_type == "all" else job_type, status=status, limit=limit)
+        job_type = None if job_type == "all" else job_type
+        reply = calls.get("/jobs", type=job_type, status=status, lane=listed_lane(interactive), limit=limit)
         if not reply.ok:
             return no_update, message(reply.error), None, True
         # Most ticks find the list as it was: send nothing, and the browser redraws nothing.
@@ -250,6 +274,7 @@ def register(ui: Dash, calls) -> None:
     @ui.callback(
         Output("predict-message", "children"),
         Output("predict-key", "data"),
+        Output("jobs-interactive", "value"),
         Input("predict-submit", "n_clicks"),
         State("predict-key", "data"),
         State("predict-model", "value"),
@@ -259,18 +284,28 @@ def register(ui: Dash, calls) -> None:
         prevent_initial_call=True,
     )
     def submit_predict(_clicks, key, model, folder, contents, names):
-        model = model or "latest"
+        reply = predict_request(key, model or "latest", folder, contents, names)
+        if reply is None:
+            return (
+                message("Give a folder on the server or a bucket prefix, or choose images to upload."),
+                no_update,
+                no_update,
+            )
+        # A few uploaded files make an interactive job: the list shows those too, so that it shows this one.
+        listed = [Lane.INTERACTIVE] if reply.ok and reply.body["lane"] == Lane.INTERACTIVE else no_update
+        return *submitted(reply, key), listed
+
+    def predict_request(key, model, folder, contents, names):
+        """POST /jobs for the form's upload or folder; None when it names neither."""
         if contents:
             files = uploaded(contents, names)
             field = "archive" if len(files) == 1 and files[0][0].lower().endswith(".zip") else "files"
-            reply = calls.post_files("/jobs", files, field, key=key, model=model)
-        elif (folder or "").strip():
+            return calls.post_files("/jobs", files, field, key=key, model=model)
+        if (folder or "").strip():
             location = folder.strip()
             source = {"url": location} if location.startswith("s3://") else {"folder": location}
-            reply = calls.post_json("/jobs", {"type": "predict", "model": model, "input": source}, key=key)
-        else:
-            return message("Give a folder on the server or a bucket prefix, or choose images to upload."), no_update
-        return submitted(reply, key)
+            return calls.post_json("/jobs", {"type": "predict", "model": model, "input": source}, key=key)
+        return None
 
     @ui.callback(
         Output("jobs-message", "children"),

@@ -1,8 +1,9 @@
-"""Models: the registry with metrics, the job that produced each, its aliases; move `production` here."""
+"""Models: the registry with metrics, the job that produced each, its aliases (each model links to its
+page); move `production` here."""
 
 from dash import ALL, Dash, Input, Output, ctx, dcc, html, no_update
 
-from api.ui.components import job_link, message, percent, short_id, when
+from api.ui.components import job_link, message, model_link, percent, short_id, when
 
 
 def layout() -> html.Section:
@@ -39,8 +40,8 @@ def model_row(model: dict) -> html.Tr:
         promote = html.Button("Make production", id={"type": "promote", "model": model["id"]}, className="small")
     return html.Tr(
         [
-            html.Td(f"v{model['version']}"),
-            html.Td(short_id(model["id"]), className="mono", title=model["id"]),
+            html.Td(model_link(model["id"], f"v{model['version']}")),
+            html.Td(model_link(model["id"])),
             html.Td(model["arch"]),
             html.Td(f"{model['label_level']} ({len(model['classes'])})"),
             html.Td(percent(metrics.get("val_top1"))),

@@ -7,10 +7,11 @@ from flask import current_app, request
 
 from api.auth import TOKEN_COOKIE
 from api.resources import resources
-from api.ui import job_page, jobs, registry, workshop
+from api.ui import job_page, jobs, model_page, registry, workshop
 from api.ui.components import message
 
 JOB_PATH = re.compile(r"^/ui/jobs/([0-9a-fA-F-]{36})/?$")
+MODEL_PATH = re.compile(r"^/ui/models/([0-9a-fA-F-]{36})/?$")
 
 
 def layout() -> html.Div:
@@ -46,6 +47,8 @@ def page_for(pathname: str | None, calls):
         return registry.layout()
     if match := JOB_PATH.match(path):
         return job_page.layout(match.group(1), calls)
+    if match := MODEL_PATH.match(path):
+        return model_page.layout(match.group(1), calls)
     return message(f"No page at {pathname}: try Workshop, Jobs or Models above.")
 
 
