@@ -104,16 +104,7 @@ def export_for_download(artifact: Artifact, model: nn.Module, checks: torch.Tens
 
     target = artifact.onnx_path("download")
     partial = target.with_suffix(".partial")
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, *_input_shape(artifact)),),
-        str(partial),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["scores"],
-        opset_version=OPSET,
-        dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}},
-    )
+    onnx_export(model, artifact, partial, output="scores")
     graph = onnx.load(str(partial))
     onnx.helper.set_model_props(graph, download_metadata(artifact))
     onnx.save(graph, str(partial))
@@ -191,6 +182,21 @@ def check_export(artifact: Artifact, model: nn.Module, path: Path, checks: torch
     return {"ok": True, "file": path.name, "max_abs_diff": difference, "checked_images": len(batch)}
 
 
+def onnx_export(model: nn.Module, artifact: Artifact, path: Path, *, output: str) -> None:
+    """An fp32 graph of ``model``: input "input" of any batch size, one output named ``output``."""
+    # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for a CNN.
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *_input_shape(artifact)),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=[output],
+        opset_version=OPSET,
+        dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}},
+    )
+
+
 def check_batch(artifact: Artifact, checks: torch.Tensor) -> torch.Tensor:
     """The photos an export is checked on: the model's own, else random pixels."""
     if len(checks):
@@ -208,17 +214,7 @@ def export_fp32(artifact: Artifact, model: nn.Module | None = None) -> Path:
     model = graph_module(model or artifact.build_model()).eval()
     target = artifact.onnx_path("onnx")
     partial = target.with_suffix(".partial")
-    # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for a CNN.
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, *_input_shape(artifact)),),
-        str(partial),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=OPSET,
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    onnx_export(model, artifact, partial, output="logits")
     partial.replace(target)
     return target
 

@@ -45,6 +45,8 @@ class Job(Base):
         Index("jobs_created_at_id", "created_at", "id"),
         Index("jobs_type_status_created_at", "type", "status", "created_at"),
         Index("jobs_status_enqueued_at", "status", "enqueued_at"),
+        # Recent starts per queue (service/ops.recent_waits): why a job waits, at every submission.
+        Index("jobs_started_at", "started_at"),
         Index("jobs_owner_token_id_status", "owner_token_id", "status"),
         # An Idempotency-Key names a job of its owner only; NULL (authentication off) is one owner.
         Index(
@@ -110,6 +112,7 @@ class JobShard(Base):
         CheckConstraint(one_of("status", Status), name="job_shards_status_valid"),
         UniqueConstraint("job_id", "number", name="job_shards_job_id_number_key"),
         Index("job_shards_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("job_shards_started_at", "started_at"),
         Index("job_shards_status_job_id", "status", "job_id"),
     )
 
