@@ -34,10 +34,16 @@ blueprint = Blueprint("jobs", __name__)
 job_request = TypeAdapter(JobRequest)
 
 
+def with_waiting(session, job: Job, document: dict) -> dict:
+    """The document with, while the job waits, where it stands and why (no key for one that does not)."""
+    why = waiting.why_waiting(session, job=job, settings=resources().settings)
+    return document if why is None else {**document, "waiting": why}
+
+
 def waiting_job_json(session, job: Job) -> dict:
     """A job as a single job's answers show it (GET /jobs/<id>, a submission's): with, while it waits,
     where it stands and why (service/waiting.py). Lists leave that out: it costs a few queries a job."""
-    return {**job_json(job), "waiting": waiting.why_waiting(session, job=job, settings=resources().settings)}
+    return with_waiting(session, job, job_json(job))
 
 
 def idempotency_key() -> str | None:
@@ -307,9 +313,7 @@ def resolved_model(session, reference: str) -> Model:
 def get_job(job_id: str):
     with resources().sessions() as session:
         job = existing_job(session, job_id)
-        document = job_document(session, job)
-        document["waiting"] = waiting.why_waiting(session, job=job, settings=resources().settings)
-        return jsonify(document)
+        return jsonify(with_waiting(session, job, job_document(session, job)))
 
 
 @blueprint.get("/jobs")

@@ -23,7 +23,7 @@ def settings(settings):
 def waiting(client, job_id, **headers) -> dict | None:
     response = client.get(f"/jobs/{job_id}", headers=headers)
     assert response.status_code == 200, response.get_json()
-    return response.get_json()["waiting"]
+    return response.get_json().get("waiting")  # only a waiting job's answer has it
 
 
 def page_line(client, job_id, **headers) -> str:
