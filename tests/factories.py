@@ -101,3 +101,15 @@ def running_job(session, *, files: list[list[str]]) -> tuple[uuid.UUID, list[int
     listed = sum(map(len, files))
     crud.report_job(session, job_id=made.id, attempt=attempt, progress_total=listed, shards_total=len(files))
     return made.id, ids
+
+
+def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal") -> tuple:
+    """A running prediction job listed into ``shard_count`` queued shards, committed: its id and its shards' ids."""
+    made = job(session, owner_token_id=owner_id, priority=priority)
+    attempt = crud.claim_job(session, job_id=made.id, worker="lister@h", device="cpu")
+    ids = [
+        shards.add_shard(session, job_id=made.id, number=n, paths=[f"{made.id}/{n}.jpg"]) for n in range(shard_count)
+    ]
+    crud.report_job(session, job_id=made.id, attempt=attempt, progress_total=shard_count, shards_total=shard_count)
+    session.commit()
+    return made.id, ids

@@ -5,7 +5,7 @@ import factories
 import pytest
 from sqlalchemy import create_engine
 
-from service import crud, shards, tokens
+from service import shards, tokens
 from service.db import make_session_factory
 
 
@@ -21,16 +21,6 @@ def owner(session, name: str):
     return token.id
 
 
-def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal"):
-    """A running prediction job listed into ``shard_count`` queued shards; returns their ids."""
-    job = factories.job(session, owner_token_id=owner_id, priority=priority)
-    attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
-    ids = [shards.add_shard(session, job_id=job.id, number=n, paths=[f"{job.id}/{n}.jpg"]) for n in range(shard_count)]
-    crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=shard_count, shards_total=shard_count)
-    session.commit()
-    return ids
-
-
 def take(session) -> int:
     """What the next free worker claims."""
     shard = shards.claim_shard(session, shard_id=None, worker="w@h", device="cpu")
@@ -41,8 +31,8 @@ def take(session) -> int:
 def test_a_later_owner_is_served_before_the_earlier_owners_next_shard(sessions):
     with sessions() as session:
         alice, bob = owner(session, "alice"), owner(session, "bob")
-        big = listed_job(session, owner_id=alice, shard_count=50)
-        small = listed_job(session, owner_id=bob, shard_count=2)
+        big = factories.listed_job(session, owner_id=alice, shard_count=50)[1]
+        small = factories.listed_job(session, owner_id=bob, shard_count=2)[1]
         # Two free workers: each owner gets one, not both the first job's.
         assert [take(session), take(session)] == [big[0], small[0]]
         assert [take(session), take(session)] == [big[1], small[1]]
@@ -52,17 +42,17 @@ def test_a_later_owner_is_served_before_the_earlier_owners_next_shard(sessions):
 def test_an_owners_jobs_take_turns(sessions):
     with sessions() as session:
         alice = owner(session, "alice")
-        first = listed_job(session, owner_id=alice, shard_count=10)
-        second = listed_job(session, owner_id=alice, shard_count=10)
+        first = factories.listed_job(session, owner_id=alice, shard_count=10)[1]
+        second = factories.listed_job(session, owner_id=alice, shard_count=10)[1]
         assert [take(session) for _ in range(4)] == [first[0], second[0], first[1], second[1]]
 
 
 def test_a_higher_priority_goes_first_and_a_lower_one_waits(sessions):
     with sessions() as session:
         alice, ops = owner(session, "alice"), owner(session, "ops")
-        normal = listed_job(session, owner_id=alice, shard_count=5)
-        low = listed_job(session, owner_id=alice, shard_count=5, priority="low")
-        high = listed_job(session, owner_id=ops, shard_count=2, priority="high")
+        normal = factories.listed_job(session, owner_id=alice, shard_count=5)[1]
+        low = factories.listed_job(session, owner_id=alice, shard_count=5, priority="low")[1]
+        high = factories.listed_job(session, owner_id=ops, shard_count=2, priority="high")[1]
         taken = [take(session) for _ in range(5)]
         assert taken == [high[0], high[1], normal[0], normal[1], normal[2]]
         assert not set(taken) & set(low)
@@ -70,7 +60,7 @@ def test_a_higher_priority_goes_first_and_a_lower_one_waits(sessions):
 
 def test_a_named_shard_is_claimed_as_named_and_only_once(sessions):
     with sessions() as session:
-        ids = listed_job(session, owner_id=None, shard_count=3)
+        ids = factories.listed_job(session, owner_id=None, shard_count=3)[1]
         named = shards.claim_shard(session, shard_id=ids[2], worker="w@h", device="cpu")
         session.commit()
         assert named.id == ids[2]

@@ -10,7 +10,7 @@ import pytest
 from conftest import start_worker, stop_worker
 
 from api.ui import job_page
-from service import crud, shards, tokens
+from service import shards, tokens
 
 
 @pytest.fixture
@@ -99,16 +99,6 @@ def test_with_a_token_at_its_quota_a_queued_job_says_that(make_app, database_url
     assert not room["at_limit"] and room["message"] is None and (room["jobs"], room["jobs_limit"]) == (1, 100)
 
 
-def listed_job(session, *, owner_id, shard_count: int, priority: str = "normal"):
-    """A running prediction job listed into ``shard_count`` queued shards: its id and its shards' ids."""
-    job = factories.job(session, owner_token_id=owner_id, priority=priority)
-    attempt = crud.claim_job(session, job_id=job.id, worker="lister@h", device="cpu")
-    ids = [shards.add_shard(session, job_id=job.id, number=n, paths=[f"{job.id}/{n}.jpg"]) for n in range(shard_count)]
-    crud.report_job(session, job_id=job.id, attempt=attempt, progress_total=shard_count, shards_total=shard_count)
-    session.commit()
-    return job.id, ids
-
-
 def take(session) -> int:
     """The shard the next free worker takes, claimed."""
     shard = shards.claim_shard(session, shard_id=None, worker="w@h", device="cpu")
@@ -119,11 +109,11 @@ def take(session) -> int:
 def test_a_listed_job_whose_shards_all_wait_stands_in_the_fair_share_order(client, database_url):
     with factories.store_session(database_url) as session:
         alice, bob, carol = (tokens.create_token(session, name=n, scopes=["jobs:write"])[0].id for n in "abc")
-        started, _ = listed_job(session, owner_id=alice, shard_count=3)
+        started, _ = factories.listed_job(session, owner_id=alice, shard_count=3)
         take(session)  # alice now runs a shard
-        bobs, _ = listed_job(session, owner_id=bob, shard_count=2)
-        urgent, _ = listed_job(session, owner_id=carol, shard_count=2, priority="high")
-        mine, my_shards = listed_job(session, owner_id=alice, shard_count=2)
+        bobs, _ = factories.listed_job(session, owner_id=bob, shard_count=2)
+        urgent, _ = factories.listed_job(session, owner_id=carol, shard_count=2, priority="high")
+        mine, my_shards = factories.listed_job(session, owner_id=alice, shard_count=2)
 
     standing = waiting(client, mine)
     assert (standing["queue"], standing["reason"]["code"]) == ("shards", "no_worker")
