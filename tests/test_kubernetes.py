@@ -3,7 +3,12 @@ bundles them), KEDA's ScaledObjects against a schema taken from KEDA's CRD, and 
 the queues each scaler watches are the ones its workers serve (service/kinds.py), the commands are the compose
 file's, the settings are service/settings.py's."""
 
+import os
 import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
@@ -268,7 +273,9 @@ def test_every_app_pod_gets_the_same_configuration():
             if "valueFrom" in variable:
                 assert variable["valueFrom"]["secretKeyRef"]["key"] in secret_keys, (name, variable)
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        for each in (container, *pod.get("initContainers", [])):
+            assert each["securityContext"]["allowPrivilegeEscalation"] is False, (name, each["name"])
+            assert each["envFrom"] == container["envFrom"], (name, each["name"])
 
 
 def test_the_config_map_holds_settings_the_service_reads_and_they_parse():
@@ -284,9 +291,7 @@ def test_the_config_map_holds_settings_the_service_reads_and_they_parse():
     assert "*" not in settings.allowed_hosts
     assert configuration_problems(settings) == []
     mounted = {
-        mount["mountPath"]
-        for pod in pod_templates().values()
-        for mount in pod["containers"][0].get("volumeMounts", [])
+        mount["mountPath"] for pod in pod_templates().values() for mount in pod["containers"][0].get("volumeMounts", [])
     }
     for local in (settings.artifact_cache, settings.export_dir, settings.data_dir):
         assert any(str(local).startswith(path + "/") for path in mounted), local
@@ -353,3 +358,34 @@ def test_the_operations_page_says_how_to_apply_them():
     assert "kubectl apply -k deploy/kubernetes" in operations
     for name in listed_files():
         assert name in operations, name
+
+
+def schema_wait(pod: dict) -> list[str]:
+    (init,) = pod["initContainers"]
+    assert init["name"] == "wait-for-schema"
+    return init["command"]
+
+
+def run_in_image_shell(command: list[str], database_url: str, timeout: float) -> tuple[int | None, str]:
+    """The container's command here (alembic from this environment, run from the project root as in the image):
+    its exit code, or None if it still ran after ``timeout`` seconds (then it is stopped, its children too)."""
+    env = {**os.environ, "DATABASE_URL": database_url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return None, process.communicate()[0]
+
+
+def test_workers_start_once_the_schema_is_at_head(database_url, empty_database):
+    """Each worker pod waits for the migration: its init container returns at once on a migrated database and
+    keeps waiting on an empty one (a worker started before the schema would never register itself)."""
+    commands = [schema_wait(pod) for name, pod in pod_templates().items() if name in worker_deployments()]
+    assert len(commands) == len(worker_deployments()) and all(c == commands[0] for c in commands)
+    assert run_in_image_shell(commands[0], database_url, timeout=60)[0] == 0
+    code, output = run_in_image_shell(commands[0], empty_database, timeout=8)
+    assert code is None and "waiting for the migration Job" in output
