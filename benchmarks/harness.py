@@ -98,6 +98,24 @@ def start_workers(env: dict, count: int, job_types: list[str]) -> list[subproces
     return [subprocess.Popen(command, cwd=ROOT, env=env, **quiet) for command in commands]
 
 
+def start_launcher(env: dict, arguments: list[str]) -> subprocess.Popen:
+    """`grocery worker ARGUMENTS`: the launcher that pins each of its processes to its device (as deployments
+    run it), its output discarded. terminate() is a warm shutdown of its processes."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker", *arguments], cwd=ROOT, env=env, **quiet)
+
+
+def live_workers(conn: http.client.HTTPConnection, count: int, timeout: float = 120) -> list[dict]:
+    """GET /workers once ``count`` workers are live (each has written its row), or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = request(conn, "GET", "/workers")[1]["workers"]
+        if len(workers) >= count:
+            return workers
+        time.sleep(0.5)
+    raise TimeoutError(f"{count} worker(s) did not come up in {timeout:.0f} s")
+
+
 def request(conn: http.client.HTTPConnection, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     payload = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if payload else {}

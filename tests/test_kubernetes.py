@@ -366,19 +366,23 @@ def schema_wait(pod: dict) -> list[str]:
     return init["command"]
 
 
-def run_in_image_shell(command: list[str], database_url: str, timeout: float) -> tuple[int | None, str]:
+def run_in_image_shell(command: list[str], database_url: str) -> tuple[int | None, str]:
     """The container's command here (alembic from this environment, run from the project root as in the image):
-    its exit code, or None if it still ran after ``timeout`` seconds (then it is stopped, its children too)."""
+    its exit code and output once it ends, or (None, its first line) once it says it waits (then it is stopped)."""
     env = {**os.environ, "DATABASE_URL": database_url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        output, _ = process.communicate(timeout=timeout)
-        return process.returncode, output
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return None, process.communicate()[0]
+        first = process.stdout.readline()
+        if process.poll() is None and first:
+            return None, first
+        return process.wait(timeout=60), first + process.stdout.read()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        process.stdout.close()
 
 
 def test_workers_start_once_the_schema_is_at_head(database_url, empty_database):
@@ -386,6 +390,5 @@ def test_workers_start_once_the_schema_is_at_head(database_url, empty_database):
     keeps waiting on an empty one (a worker started before the schema would never register itself)."""
     commands = [schema_wait(pod) for name, pod in pod_templates().items() if name in worker_deployments()]
     assert len(commands) == len(worker_deployments()) and all(c == commands[0] for c in commands)
-    assert run_in_image_shell(commands[0], database_url, timeout=60)[0] == 0
-    code, output = run_in_image_shell(commands[0], empty_database, timeout=8)
-    assert code is None and "waiting for the migration Job" in output
+    assert run_in_image_shell(commands[0], database_url) == (0, "")
+    assert run_in_image_shell(commands[0], empty_database) == (None, "waiting for the migration Job\n")
