@@ -9,6 +9,8 @@ from api import auth
 from api.errors import APIError
 from service import crud
 from service.documents import iso  # noqa: F401 (the routes' one spelling of a moment)
+from service.kinds import EVALUATE
+from service.states import Status
 from service.tables import Job
 
 
@@ -41,6 +43,15 @@ def existing_job(session: Session, job_id: str) -> Job:
     if job is None or not (auth.sees_every_job() or job.owner_token_id == auth.owner_id()):
         raise APIError(404, "not_found", f"no job {job_id}")
     return job
+
+
+def existing_evaluation(session: Session, job_id: str) -> Job:
+    """A succeeded evaluation job this token sees, as a gate names it (404 for one it does not see,
+    409 for another kind of job or one that did not succeed)."""
+    evaluation = existing_job(session, job_id)
+    if evaluation.type != EVALUATE.name or evaluation.status != Status.SUCCEEDED:
+        raise APIError(409, "not_an_evaluation", f"job {evaluation.id} is not a succeeded evaluation job")
+    return evaluation
 
 
 QUOTA_RETRY_SECONDS = 30

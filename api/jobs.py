@@ -10,20 +10,26 @@ from flask import Blueprint, jsonify, request
 from pydantic import TypeAdapter
 
 from api import auth, uploads
-from api.deps import check_quota, existing_job, int_arg, iso, json_body
+from api.deps import check_quota, existing_evaluation, existing_job, int_arg, iso, json_body
 from api.errors import APIError
 from api.resources import resources
 from api.schemas import JobRequest
 from grocery import storage
+from grocery.config import TrainConfig
 from service import confinement, contract, crud, lifecycle, registry, waiting, webhooks
 from service.documents import MANIFEST_SHOWN, job_document, job_json, shown
 from service.kinds import JOB_TYPES, KINDS, PREDICT, JobKind, NewJob
 from service.specs import (
+    EvaluateInput,
     EvaluateJobRequest,
     EvaluateSpec,
+    LabelledSet,
+    NextSteps,
     Notify,
     PredictInput,
     PredictSpec,
+    PromoteJobRequest,
+    PromoteSpec,
     TrainJobRequest,
     TrainParams,
 )
@@ -69,7 +75,7 @@ def submit_job():
         if key and (existing := crud.get_job_by_idempotency_key(session, key=key, owner=auth.owner_id())) is not None:
             return replay(session, existing, body_hash)
         model = resolved_model(session, asked.model) if asked.model is not None else None
-        spec = checked_spec(asked, model)
+        spec = checked_spec(session, asked, model)
         new = NewJob(
             kind=KINDS[asked.type],
             params=spec.stored(),
@@ -81,6 +87,7 @@ def submit_job():
             lane=lane_of(KINDS[asked.type], spec.files_named),
             priority=asked.priority,
             notify=notify,
+            next_steps=checked_next_steps(asked, spec),
         )
         job, created = record_job(session, new)
         return accepted(session, job) if created else replay(session, job, body_hash)
@@ -167,15 +174,18 @@ def replay(session, existing: Job, body_hash: str):
     return jsonify(waiting_job_json(session, shown(session, existing))), 200, {"Location": f"/jobs/{existing.id}"}
 
 
-def checked_spec(asked: JobRequest, model: Model | None) -> TrainParams | PredictSpec | EvaluateSpec:
+def checked_spec(session, asked: JobRequest, model: Model | None) -> TrainParams | PredictSpec | EvaluateSpec:
     """The job's spec with every path resolved and confined to this token's roots."""
     settings = resources().settings
     scope = confinement.request_scope(settings, auth.token_roots())
     try:
         if isinstance(asked, TrainJobRequest):
             return confinement.training_files(asked.params, settings, auth.token_roots())
+        if isinstance(asked, PromoteJobRequest):
+            return checked_promotion(session, asked, model)
         if isinstance(asked, EvaluateJobRequest):
-            spec = checked_evaluation(asked, model, scope)
+            labelled = checked_labelled_set(asked.input, model.label_level, scope, shard_size=asked.shard_size)
+            spec = EvaluateSpec(model=asked.model, **dict(labelled))
         else:
             spec = asked.spec(checked_source(asked.input, scope))
     except confinement.PathRefused as e:
@@ -186,11 +196,12 @@ def checked_spec(asked: JobRequest, model: Model | None) -> TrainParams | Predic
     return spec
 
 
-def checked_evaluation(asked: EvaluateJobRequest, model: Model, scope: confinement.ReadScope) -> EvaluateSpec:
+def checked_labelled_set(
+    labelled: EvaluateInput, default_level: str, scope: confinement.ReadScope, *, shard_size: int | None
+) -> LabelledSet:
     """An evaluation's labelled set, confined: a split's files and labels from its index, a manifest's,
     or a folder or prefix whose subfolders name the classes (labels read by the workers)."""
-    labelled = asked.input
-    level = (labelled.index.label_level if labelled.index else None) or model.label_level
+    level = (labelled.index.label_level if labelled.index else None) or default_level
     named = labelled.model_dump(exclude_none=True, exclude={"manifest"})
     labels = None
     if labelled.index is not None:
@@ -205,8 +216,41 @@ def checked_evaluation(asked: EvaluateJobRequest, model: Model, scope: confineme
     else:
         folder = PredictInput(folder=labelled.folder, url=labelled.url, pattern=labelled.pattern)
         source = checked_source(folder, scope)
-    values = {"input": source, "labels": labels, "label_level": level, "named": named}
-    return EvaluateSpec.model_validate({"model": asked.model, "shard_size": asked.shard_size, **values})
+    values = {"input": source, "labels": labels, "label_level": level, "named": named, "shard_size": shard_size}
+    return LabelledSet.model_validate(values)
+
+
+def checked_promotion(session, asked: PromoteJobRequest, model: Model) -> PromoteSpec:
+    """A promotion moves an alias, as PUT /models/aliases does: an ops token's work, on a gate's
+    evaluation this token sees."""
+    check_may_move_aliases("alias")
+    if asked.gate is not None:
+        existing_evaluation(session, asked.gate.evaluation)
+    return PromoteSpec(model=str(model.id), alias=asked.alias, gate=asked.gate)
+
+
+def checked_next_steps(asked: JobRequest, spec: TrainParams) -> dict | None:
+    """A training's chain (its "then"), its labelled set confined now: a typo is a 400 at submission,
+    not a failed step after an hour of training."""
+    then = getattr(asked, "then", None)
+    if then is None:
+        return None
+    if then.promote is not None:
+        check_may_move_aliases("then.promote")
+    scope = confinement.request_scope(resources().settings, auth.token_roots())
+    level = spec.label_level or TrainConfig.label_level
+    try:
+        labelled = checked_labelled_set(then.evaluate, level, scope, shard_size=None)
+    except confinement.PathRefused as e:
+        raise APIError(400, e.code, f"then.evaluate: {e}", {"field": f"then.evaluate.{e.field}"}) from None
+    return NextSteps(evaluate=labelled, promote=then.promote, gate=then.gate).stored()
+
+
+def check_may_move_aliases(field: str) -> None:
+    if not auth.sees_every_job():
+        raise APIError(
+            403, "forbidden", f"{field}: moving an alias takes a token with the 'ops' scope", {"field": field}
+        )
 
 
 def check_manifest_size(files: int, field: str) -> None:

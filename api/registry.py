@@ -4,7 +4,7 @@ import uuid
 
 from flask import Blueprint, jsonify, request
 
-from api.deps import existing_job, iso, json_body
+from api.deps import existing_evaluation, existing_job, iso, json_body
 from api.errors import APIError
 from api.resources import resources
 from api.schemas import AliasRequest
@@ -125,18 +125,9 @@ def move_alias(name: str):
         if model is None:
             raise APIError(404, "model_not_found", f"no model {request.model_id}")
         if request.gate is not None:
-            passed_gate(session, request.gate, model_id=model.id, alias=name)
-        registry.set_alias(session, name=name, model_id=model_id)
+            existing_evaluation(session, request.gate.evaluation)
+        judgement = gates.promote(session, model_id=model.id, alias=name, gate=request.gate)
+        if not judgement.passed:  # a 409 with every figure it used; nothing moves
+            raise APIError(409, "gate_failed", judgement.message(name), judgement.json())
         session.commit()
         return jsonify(model_json(model, registry.aliases_of(session, model_id=model_id)))
-
-
-def passed_gate(session, gate, *, model_id: uuid.UUID, alias: str) -> None:
-    """A failed gate is a 409 with every figure it used; nothing moves."""
-    evaluation = existing_job(session, gate.evaluation)
-    if evaluation.type != EVALUATE.name or evaluation.status != Status.SUCCEEDED:
-        raise APIError(409, "not_an_evaluation", f"job {evaluation.id} is not a succeeded evaluation job")
-    judgement = gates.judge(session, gate=gate, evaluation=evaluation, model_id=model_id)
-    if not judgement.passed:
-        message = f"{alias} stays where it is: " + "; ".join(judgement.reasons)
-        raise APIError(409, "gate_failed", message, {"figures": judgement.figures, "reasons": judgement.reasons})

@@ -119,7 +119,8 @@ SCORES = (("val_top1", "val top-1"), ("val_top5", "val top-5"), ("val_fine_top1"
 def submit(client: Client, args) -> int:
     if args.kind == TRAIN.name:
         params = {p.name: getattr(args, p.name) for p in SERVICE_PARAMS if getattr(args, p.name) is not None}
-        job = client.call("POST", "/jobs", {"type": TRAIN.name, "params": params})
+        then = {"then": json.loads(args.then)} if args.then else {}
+        job = client.call("POST", "/jobs", {"type": TRAIN.name, "params": params, **then})
     elif args.kind == PREDICT.name and (args.folder or args.url):
         source = {"folder": args.folder} if args.folder else {"url": args.url}
         job = client.call("POST", "/jobs", {"type": PREDICT.name, "model": args.model, "input": source})
@@ -223,6 +224,11 @@ def train_options(command) -> None:
         default = "the service's dataset" if p.name == "data_dir" else p.default
         about = f"{p.service_help or p.help or p.name.replace('_', ' ')} (default: {default})"
         command.add_argument(p.flag, dest=p.name, type=p.kind, choices=p.choices, help=about)
+    command.add_argument(
+        "--then",
+        help='what follows if it succeeds, as JSON: {"evaluate": {"index": {"split": "val"}}, "promote": "production", '
+        '"gate": {"min_top1": 0.9, "not_worse_than": "production"}} (docs/api.md, "Chains")',
+    )
 
 
 def predict_options(command) -> None:

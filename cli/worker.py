@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = set(queues) - set(JOB_TYPES)
     if unknown or not queues:
-        parser.error(f"--queues takes train and/or predict, not {sorted(unknown) or args.queues!r}")
+        parser.error(f"--queues takes job types, some of {list(JOB_TYPES)}, not {sorted(unknown) or args.queues!r}")
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     slots = plan(args.gpus, args.processes, dict(os.environ), args.name)

@@ -13,7 +13,7 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import crud, registry
+from service import chains, crud, registry
 from service.kinds import KINDS, NewJob, Task
 from service.settings import Settings
 from service.tables import Job, Model
@@ -72,6 +72,12 @@ def enqueue(celery: Celery, job: Job) -> bool:
         log.warning("broker unreachable: job %s stays queued for the reconciler", job.id, exc_info=True)
         return False
     return True
+
+
+def send_next_steps(celery: Celery, session: Session, *, job_id) -> None:
+    """After the commit of a job's end: the messages of the chain steps it made (service/chains.py)."""
+    for step in chains.queued_steps(session, job_id=job_id):
+        enqueue(celery, step)
 
 
 def submit(session: Session, celery: Celery, new: NewJob) -> Job | None:

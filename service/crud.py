@@ -8,8 +8,8 @@ from sqlalchemy import ARRAY, Text, and_, case, func, literal, literal_column, o
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, defer, with_expression
 
-from service import attempts, deliveries
-from service.kinds import NewJob
+from service import attempts, chains, deliveries
+from service.kinds import EVALUATE, NewJob
 from service.specs import EvaluateSpec
 from service.states import LIVE_STATUSES, Lane, Status
 from service.tables import Job, JobEvent
@@ -29,6 +29,8 @@ def create_job(session: Session, *, new: NewJob) -> Job:
         lane=new.lane,
         priority=new.priority,
         notify=new.notify,
+        next_steps=new.next_steps,
+        parent_id=new.parent_id,
     )
     session.add(job)
     session.flush()
@@ -175,9 +177,9 @@ def finish_job(
     **values,
 ) -> bool:
     """The job's final write, guarded by the attempt, with its state event: a stale or duplicate
-    message changes nothing. Its webhook's delivery is written in the same transaction, so a committed
-    end always has it (service/deliveries.py). ``values``: other columns the end sets (a prediction
-    job's count)."""
+    message changes nothing. Its webhook's delivery, and its chain's next step, are written in the same
+    transaction, so a committed end always has them (service/deliveries.py, service/chains.py).
+    ``values``: other columns the end sets (a prediction job's count)."""
     error = {"error_code": error_code, "error_message": error_message}
     if not attempts.finish(
         session, table=Job, key=job_id, attempt=attempt, status=status, result=result, **error, **values
@@ -186,6 +188,7 @@ def finish_job(
     data = {"status": status, **({"error": {"code": error_code, "message": error_message}} if error_code else {})}
     add_event(session, job_id=job_id, kind="state", data=data)
     deliveries.add_deliveries(session, job_id=job_id, event=status)
+    chains.advance(session, job_id=job_id)
     return True
 
 
@@ -208,6 +211,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     if cancelled is not None:
         add_event(session, job_id=job_id, kind="state", data={"status": Status.CANCELLED})
         deliveries.add_deliveries(session, job_id=job_id, event=Status.CANCELLED)
+        chains.advance(session, job_id=job_id)
         return Status.CANCELLED
     flagged = session.scalar(
         update(Job)
@@ -224,20 +228,22 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
 def evaluation_on_the_same_set(session: Session, *, evaluation: Job, model_id: uuid.UUID) -> Job | None:
     """The newest succeeded evaluation of ``model_id`` on the files, labels and label level that
     ``evaluation`` evaluated (itself, when it is that model's)."""
-    spec = EvaluateSpec.of_job(evaluation.params)
-    stored = spec.stored()
+    labelled_set = EvaluateSpec.of_job(evaluation.params).labelled_set
+    return evaluation_of_set(session, labelled_set=labelled_set, model_id=model_id)
+
+
+def evaluation_of_set(session: Session, *, labelled_set: dict, model_id: uuid.UUID) -> Job | None:
+    """The newest succeeded evaluation of ``model_id`` on a set (EvaluateSpec.labelled_set)."""
 
     def same(key: str):
         # A key the spec leaves out is JSON null on both sides (the row's is missing, SQL NULL).
-        return func.coalesce(Job.params[key], JSONB_NULL) == literal(stored.get(key), JSONB)
+        return func.coalesce(Job.params[key], JSONB_NULL) == literal(labelled_set[key], JSONB)
 
     query = select(Job).where(
-        Job.type == evaluation.type,
+        Job.type == EVALUATE.name,
         Job.status == Status.SUCCEEDED,
         Job.model_id == model_id,
-        same("input"),
-        same("labels"),
-        same("label_level"),
+        *(same(key) for key in labelled_set),
     )
     return session.scalar(query.order_by(Job.finished_at.desc()).limit(1))
 

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy.orm import Session
 
-from service import crud, shards
+from service import chains, crud, shards
 from service.kinds import KINDS
 from service.states import Status
 from service.tables import Job
@@ -39,6 +39,7 @@ def job_json(job: Job) -> dict:
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "result": job.result,
         "notify": job.notify,
+        "parent_id": str(job.parent_id) if job.parent_id else None,
     }
 
 
@@ -81,4 +82,6 @@ def job_document(session: Session, job: Job) -> dict:
     elif KINDS[job.type].shard is not None and job.result and "labels" in job.result:
         # An ended job's summary was taken when it ended: no need to count again at every poll.
         document["summary"] = {k: v for k, v in job.result.items() if k not in ("results", "output")}
+    if (chain := chains.chain_of(session, job=job)) is not None:
+        document["chain"] = chain
     return document

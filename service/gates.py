@@ -1,14 +1,17 @@
 """Promotion gates: whether a model may take an alias, judged on the evaluations of one labelled set
 (SageMaker Pipelines' condition step, MLflow's metric thresholds). Keyword-only data functions;
-the caller owns the transaction and moves the alias only on a pass."""
+the caller owns the transaction."""
 
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import crud, registry
+from service.kinds import EVALUATE
 from service.specs import Gate
+from service.states import Status
 from service.tables import Job
 
 
@@ -21,6 +24,38 @@ class Judgement:
     def fail(self, reason: str) -> None:
         self.passed = False
         self.reasons.append(reason)
+
+    def json(self) -> dict:
+        return {"reasons": self.reasons, "figures": self.figures}
+
+    def message(self, alias: str) -> str:
+        return f"{alias} stays where it is: " + "; ".join(self.reasons)
+
+
+def promote(session: Session, *, model_id: uuid.UUID, alias: str, gate: Gate | None) -> Judgement:
+    """Move the alias to the model if it passes the gate (none: it moves). Promotions of one alias are
+    judged one after another (a lock on its name until the caller's transaction ends), so two new
+    models cannot both pass against the same old one."""
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"alias {alias}"))))
+    judgement = Judgement()
+    if gate is not None:
+        evaluation = evaluation_named(session, gate.evaluation)
+        if evaluation is None:
+            judgement.fail(f"job {gate.evaluation} is not a succeeded evaluation job")
+        else:
+            judgement = judge(session, gate=gate, evaluation=evaluation, model_id=model_id)
+    if judgement.passed:
+        registry.set_alias(session, name=alias, model_id=model_id)
+    return judgement
+
+
+def evaluation_named(session: Session, job_id: str) -> Job | None:
+    """The succeeded evaluation job a gate names; None for any other id."""
+    try:
+        job = session.get(Job, uuid.UUID(job_id))
+    except ValueError:
+        return None
+    return job if job is not None and job.type == EVALUATE.name and job.status == Status.SUCCEEDED else None
 
 
 def judge(session: Session, *, gate: Gate, evaluation: Job, model_id: uuid.UUID) -> Judgement:

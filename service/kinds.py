@@ -78,7 +78,16 @@ EVALUATE = JobKind(
     module="worker.evaluation",
     shard=PREDICT.shard,  # its shards are classified as a prediction's, with their true labels kept
 )
-KINDS = {kind.name: kind for kind in (TRAIN, PREDICT, EVALUATE)}
+PROMOTE = JobKind(
+    name="promote",
+    help="move an alias to a model if it passes a gate on an evaluated set (a chain's last step)",
+    request=specs.PromoteJobRequest,
+    spec=specs.PromoteSpec,
+    start=Task("worker.promotion.run_promote_job", queue="predict"),
+    progress_unit="steps",
+    module="worker.promotion",
+)
+KINDS = {kind.name: kind for kind in (TRAIN, PREDICT, EVALUATE, PROMOTE)}
 JOB_TYPES = tuple(KINDS)
 # Kinds whose jobs, once listed, live in their shards (the reconciler watches the shards), and their tasks.
 SHARDED_TYPES = tuple(name for name, kind in KINDS.items() if kind.shard)
@@ -126,3 +135,5 @@ class NewJob:
     lane: Lane = Lane.BULK
     priority: Priority = Priority.NORMAL
     notify: dict | None = None  # its webhook, as stored (specs.Notify)
+    next_steps: dict | None = None  # what it makes when it ends, as stored (specs.NextSteps)
+    parent_id: uuid.UUID | None = None  # the job whose end made it (a chain's step)

@@ -8,7 +8,7 @@ never ``params[...]``."""
 import functools
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from grocery.config import SERVICE_PARAMS, Param
 from grocery.index import LABEL_LEVELS
@@ -179,6 +179,7 @@ class PredictSpec(PredictOptions):
 class TrainJobRequest(Notifiable):
     type: Literal["train"]
     params: TrainParams = TrainParams()
+    then: "Then | None" = Field(None, description="what follows if it succeeds: evaluate, then promote")
 
     # A training job names no model to serve with and takes its place in the training queue.
     model: ClassVar[None] = None
@@ -246,17 +247,23 @@ class EvaluateJobRequest(Notifiable):
     priority: PriorityName = Field(str(Priority.NORMAL), description=PRIORITY_HELP)
 
 
-class EvaluateSpec(Strict):
-    """An evaluation job's params: its files as a prediction job's input (confined), and how each
-    file's true label is known: ``labels`` beside a manifest's paths (an index's or the request's), or
-    else the first folder below the input folder or prefix."""
+class LabelledSet(Strict):
+    """A labelled set as an evaluation holds it, whichever model it evaluates: its files as a
+    prediction job's input (confined), and how each file's true label is known: ``labels`` beside a
+    manifest's paths (an index's or the request's), or else the first folder below the input folder
+    or prefix."""
 
-    model: str
     input: StoredInput
     labels: list[str | None] | None = None
     label_level: Literal[LABEL_LEVELS]
     named: dict = Field(description="the labelled set as the request named it (for reports)")
     shard_size: int | None = None
+
+
+class EvaluateSpec(LabelledSet):
+    """An evaluation job's params: a model on a labelled set."""
+
+    model: str
 
     # An evaluation writes no output object, and counts an unreadable file as a miss: it fails only
     # when its input holds no image at all.
@@ -273,13 +280,84 @@ class EvaluateSpec(Strict):
         below = path.removeprefix(self.input.folder or self.input.url or "").strip("/").split("/")
         return below[0] if len(below) > 1 else None  # a file beside the class folders has none
 
+    @property
+    def labelled_set(self) -> dict:
+        """What makes two evaluations' sets the same, as their params store it: files, labels, level."""
+        stored = self.stored()
+        return {key: stored.get(key) for key in ("input", "labels", "label_level")}
 
-class Gate(Strict):
+
+class GateRule(Strict):
     """What a model must show on an evaluated set before an alias moves to it (service/gates.py)."""
 
-    evaluation: str = Field(description="a succeeded evaluation job: the model is judged on its set")
     min_top1: Annotated[float, Field(ge=0, le=1)] | None = Field(None, description="the least top-1 it needs there")
     not_worse_than: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         None, description="an alias (e.g. production) or model id whose top-1 on that set it must reach"
     )
     margin: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description="how far below not_worse_than it may be")
+
+
+class Gate(GateRule):
+    """A gate on one evaluated set."""
+
+    evaluation: str = Field(description="a succeeded evaluation job: the model is judged on its set")
+
+
+def not_latest(name: str) -> str:
+    if name == "latest":
+        raise ValueError("'latest' names the newest model: it is no alias to move")
+    return name
+
+
+AliasName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(not_latest)]
+ALIAS_HELP = "an alias name (at most 64 characters, not 'latest')"
+
+
+class Then(Strict):
+    """What follows a training that succeeds (SageMaker Pipelines' train -> evaluate -> condition ->
+    register): its model evaluated on a labelled set, then, where asked, an alias moved to it if the
+    gate holds. Each step is a job of its own (service/chains.py)."""
+
+    evaluate: EvaluateInput = Field(description="the labelled set the new model is evaluated on")
+    promote: AliasName | None = Field(None, description=f"then move this alias to it ({ALIAS_HELP})")
+    gate: GateRule | None = Field(None, description="what the evaluation must show before the alias moves")
+
+    @model_validator(mode="after")
+    def gate_needs_a_promotion(self):
+        if self.gate is not None and self.promote is None:
+            raise ValueError("a gate guards a promotion: name the alias to 'promote'")
+        return self
+
+
+class NextSteps(Strict):
+    """A job's next steps as stored (jobs.next_steps): a training's evaluation (its set confined, its
+    model known once trained), and the promotion that follows it."""
+
+    evaluate: LabelledSet | None = None
+    promote: str | None = None
+    gate: GateRule | None = None
+    error: str | None = None  # why the chain stopped where a step could not be made
+
+    @classmethod
+    def of_job(cls, next_steps: dict | None) -> "NextSteps | None":
+        return None if next_steps is None else cls.model_validate(next_steps, strict=False)
+
+
+class PromoteJobRequest(Notifiable):
+    type: Literal["promote"]
+    model: str = Field("latest", description="a model id, 'latest' or an alias")
+    alias: AliasName = Field(description=ALIAS_HELP)
+    gate: Gate | None = Field(None, description="what the model must show on an evaluated set first")
+
+    priority: ClassVar[Priority] = Priority.NORMAL
+
+
+class PromoteSpec(Strict):
+    """A promotion job's params: the model (its id), the alias, the gate."""
+
+    model: str
+    alias: str
+    gate: Gate | None = None
+
+
+TrainJobRequest.model_rebuild()  # its "then" is declared below it

@@ -48,6 +48,7 @@ class Job(Base):
         # Recent starts per queue (service/ops.recent_waits): why a job waits, at every submission.
         Index("jobs_started_at", "started_at"),
         Index("jobs_owner_token_id_status", "owner_token_id", "status"),
+        Index("jobs_parent_id", "parent_id"),
         # An Idempotency-Key names a job of its owner only; NULL (authentication off) is one owner.
         Index(
             "jobs_owner_token_id_idempotency_key",
@@ -102,6 +103,11 @@ class Job(Base):
     priority: Mapped[str] = mapped_column(String(16), server_default=Priority.NORMAL)
     # Its webhook (specs.Notify): {"url", "events"}; NULL: none.
     notify: Mapped[dict | None]
+    # A chain (service/chains.py): the job whose end made this one, and what a job makes when it ends.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL", name="jobs_parent_id_fkey")
+    )
+    next_steps: Mapped[dict | None]  # specs.NextSteps
 
 
 class JobShard(Base):

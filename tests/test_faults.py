@@ -151,6 +151,36 @@ def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, client, set
     assert len(paths) == len(set(paths)) == 3000
 
 
+def test_a_worker_killed_mid_evaluation_loses_and_duplicates_nothing(
+    service, client, settings, launchers, tiny_dataset
+):
+    launchers += [Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")]
+    live_workers(client, 2)
+    (model,) = client.get("/models").get_json()["models"]
+    classes, sources = model["classes"], sorted(tiny_dataset.glob("*/*/*/*.jpg"))
+    root = photos_dir(settings) / "labelled"
+    for i in range(3000):  # the ImageFolder layout: each photo's label is its folder's name
+        (root / classes[i % len(classes)]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(sources[i % len(sources)], root / classes[i % len(classes)] / f"{i:05d}.jpg")
+    body = {"type": "evaluate", "model": model["id"], "input": {"folder": str(root)}, "shard_size": 3000}
+    job_id = client.post("/jobs", json=body).get_json()["id"]
+    progress(client, job_id, 200)
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    victim = next(w for w in client.get("/workers").get_json()["workers"] if w["name"] == shard["worker"])
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    job = wait_for(client, job_id, FINISHED)
+    assert job["status"] == "succeeded", job
+    (shard,) = client.get(f"/jobs/{job_id}/shards").get_json()["shards"]
+    assert shard["attempts"] == 2 and shard["done"] == 3000
+    rows = export_rows(client, job_id)
+    assert len({row["path"] for row in rows}) == len(rows) == 3000
+    assert all(row["true_label"] == Path(row["path"]).parent.name for row in rows)
+    report = job["result"]["evaluation"]
+    assert report["count"] == 3000 and report["unlabelled"] == 0 and report["unknown_labels"] == {}
+    assert report["top1"] == sum(row["label"] == row["true_label"] for row in rows) / 3000
+
+
 def export_rows(client, job_id: str) -> list[dict]:
     body = client.get(f"/jobs/{job_id}/results?format=jsonl").get_data(as_text=True)
     return [json.loads(line) for line in body.splitlines()]

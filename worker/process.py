@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import attempts, crud, ops, registry
 from service.broker import announce_job_finished
+from service.contract import send_next_steps
 from service.db import make_engine, make_session_factory
 from service.kinds import SHARD_TASKS
 from service.recovery import worker_session_name
@@ -302,14 +303,17 @@ class JobReporter:
 
 
 def announce_finish(job_id: uuid.UUID, status: Status) -> None:
-    """Tell whoever waits on the job (POST /predict) that it finished. The row is the record: a word
-    lost with the broker costs the waiter a few seconds (it reads the row again), never the result."""
+    """After the commit of a job's end: tell whoever waits on it (POST /predict) that it finished, and
+    send the chain steps its end made. The rows are the record: a word lost with the broker costs the
+    waiter a few seconds (it reads the row again), a lost step message the reconciler's next turn."""
     from worker.celery_app import app
 
     try:
         announce_job_finished(app, job_id, status)
     except Exception:
         log.warning("could not announce the finish of job %s", job_id, exc_info=True)
+    with sessions()() as session:
+        send_next_steps(app, session, job_id=job_id)  # a broker that is down leaves them to the reconciler
 
 
 def start(task, job_id: str) -> tuple[JobReporter, Job] | None:
