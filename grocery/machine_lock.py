@@ -86,6 +86,9 @@ class QuietWindows:
         self._end_window()
 
     def summary(self) -> dict:
+        """What the record keeps; a window still open (its measurement is being recorded) ends now."""
+        if self._held is not None:
+            self.windows[-1][1] = time.time()
         return {
             "exclusive": not self._unlocked,
             # To the millisecond, rounded inwards: still within the hold.

@@ -54,8 +54,11 @@ def test_a_task_that_arrives_ends_the_measurements_window_at_its_next_step(tmp_p
     lock, stopping = MachineLock(tmp_path / "cache"), threading.Event()
     windows = lock.quiet_windows(stopping=stopping, poll_seconds=0.01)
     with windows.step():  # the machine is quiet: the first window opens
-        pass
+        opened = time.time()
     assert len(windows.windows) == 1
+    windows.summary()  # an open window ends when it is summed up (as a record is written)
+    ((start, end),) = windows.windows
+    assert start <= opened <= end
 
     running, done = threading.Event(), threading.Event()
     held = []
