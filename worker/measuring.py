@@ -69,6 +69,7 @@ class Measurer(threading.Thread):
                 recorded = registry.runtime_choice(session, model_id=model.id, machine=machine)
             if recorded is not None and runtimes.is_current(artifact, recorded):
                 return
+            log.info("measuring the runtimes of model %s in the background, while the machine is quiet", model.id)
             windows = machine_lock().quiet_windows(stopping=self.stopping)
             try:
                 choice = runtimes.choose_cached(artifact, threads=self.threads, steps=windows, wait=False)
