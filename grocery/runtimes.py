@@ -436,13 +436,14 @@ def speeds(engine: Engine, timing: torch.Tensor, min_seconds: float, steps=None)
 def timed_quietly(engine: Engine, batch: torch.Tensor, min_seconds: float, steps) -> tuple[float, float, int]:
     """Images per second at one batch size: the best of TIMING_REPEATS timings, their spread,
     and how many times it was taken again because the spread showed noise (the least noisy one is kept)."""
+    with steps.step():
+        engine(batch)  # warm-up: first-call allocations and graph compilation are not throughput
     kept, retimed = None, -1
     while kept is None or (kept[1] > NOISY_SPREAD and retimed < NOISY_RETRIES):
         retimed += 1
         rates = []
-        for _ in range(TIMING_REPEATS):  # a step each, so that a task waits for one of them at most
+        for _ in range(TIMING_REPEATS):  # a step each: a task that arrives waits for one of them at most
             with steps.step():
-                engine(batch)  # warm-up: first-call allocations and graph compilation are not throughput
                 rates.append(images_per_second(engine, batch, min_seconds / TIMING_REPEATS))
         spread = (max(rates) - min(rates)) / max(rates)
         if kept is None or spread < kept[1]:
