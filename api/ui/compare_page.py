@@ -142,7 +142,7 @@ def side_card(side: str, report: dict, model) -> html.Div:
             html.P(["top-1 on these files; its evaluation: ", job_link(report[side]["evaluation"])], className="muted"),
         ],
         className="card",
-        id=f"compare-{side}",
+        id=f"compare-side-{side}",
     )
 
 
