@@ -82,9 +82,9 @@ def card_parts(model_id: str, calls) -> list:
     """Its card's lineage and evaluations (GET /models/<id>/card)."""
     reply = calls.get(f"/models/{model_id}/card")
     if not reply.ok:
-        return [html.H2("Where it comes from"), message(reply.error)]
+        return [html.H2("Model card"), message(reply.error)]
     return [
-        html.H2("Where it comes from"),
+        html.H2("Model card: where it comes from"),
         *card_views.lineage_part(reply.body),
         html.H2("Evaluations"),
         evaluation_views.evaluations_table(model_id, reply.body["evaluations"]),
