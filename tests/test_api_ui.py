@@ -14,7 +14,7 @@ from conftest import write_tiny_dataset
 from PIL import Image
 
 from api.auth import TOKEN_COOKIE
-from service import crud, predictions, tokens
+from service import crud, predictions, registry, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 from service.settings import Settings
@@ -369,6 +369,7 @@ def test_the_comparison_page_draws_the_apis_answer_or_its_refusal(setup, databas
             str(factories.evaluation(session, model=m, truths=truths, answers=said, owner_token_id=owner).id)
             for m, said in answers.items()
         ]
+        registry.set_alias(session, name="production", model_id=a.id)
         a, b, unevaluated = str(a.id), str(b.id), str(unevaluated.id)
     client.set_cookie(TOKEN_COOKIE, users["alice"])
     query = {"a": a, "b": b, "evaluation": jobs[0]}
@@ -381,6 +382,9 @@ def test_the_comparison_page_draws_the_apis_answer_or_its_refusal(setup, databas
     assert text(element(drawn, "compare-p")) == f"McNemar's exact test: p = {expected['mcnemar']['p_value']:.3g}"
     assert [element(drawn, f"compare-{side}")["value"] for side in "ab"] == [a, b]  # the picker holds the choice
     assert element(drawn, "compare-evaluation")["value"] == jobs[0]
+    by_alias = page_at(client, "/ui/compare", "?" + urlencode({**query, "a": "production"}))  # a link may name an alias
+    assert element(by_alias, "compare-a")["value"] == a
+    assert json.loads(element(by_alias, "compare-a-top1")["data-value"]) == expected["a_top1"]
 
     refused = {**query, "b": unevaluated}
     message = client.get("/models/compare", query_string=refused).get_json()["error"]["message"]

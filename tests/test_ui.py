@@ -572,6 +572,13 @@ def test_two_models_picked_on_the_models_page_are_compared_side_by_side_as_the_a
     swapped = client.get("/models/compare", query_string={"a": b, "b": a, "evaluation": the_set}).get_json()
     shows_the_comparison(page, client, swapped)
     assert page.locator("#compare-difference").inner_text() == "-45.0 points"
+    choose(page, "#compare-a", re.compile(a[:8]))  # picked again on the page itself: the URL and figures follow
+    choose(page, "#compare-b", re.compile(b[:8]))
+    page.wait_for_function(f"() => document.querySelector('#compare-go').href.includes('a={a}&b={b}')")
+    page.locator("#compare-go").click()
+    page.locator("#compare-difference").get_by_text("+45.0 points").wait_for()
+    assert parse_qs(urlparse(page.url).query) == {"a": [a], "b": [b], "evaluation": [the_set]}
+    shows_the_comparison(page, client, expected)
 
 
 def test_a_models_page_shows_its_card_and_evaluations_and_an_evaluation_its_figures(service, page):
