@@ -394,3 +394,17 @@ def test_the_comparison_page_draws_the_apis_answer_or_its_refusal(setup, databas
     options = answer["response"]["compare-evaluation"]["options"]
     assert status == 200 and [option["value"] for option in options] == jobs
     assert ["A's evaluation" in options[0]["label"], "B's evaluation" in options[1]["label"]] == [True, True]
+
+
+def test_a_job_without_per_file_results_has_its_header_alone(setup, database_url, tmp_path):
+    """A promotion has no gallery to draw: its page is its header (the API would answer 409 no_results)."""
+    client, _, _, users = setup
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        model = factories.model(session, artifact=tmp_path / "model")
+        params = {"model": str(model.id), "alias": "production"}
+        job_id = str(factories.job(session, type="promote", params=params, model_id=model.id, owner_token_id=owner).id)
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    drawn = page_at(client, f"/ui/jobs/{job_id}")
+    assert "alias production" in text(element(drawn, "job-header"))
+    assert not list(elements(drawn, lambda props: props.get("id") in ("gallery", "training-curves")))

@@ -51,7 +51,7 @@ def layout(job_id: str, calls):
             html.Div(header(job), id="job-header"),
             html.Div(id="job-message"),
             html.Div(settings_part(job), id="job-settings-area"),
-            BODIES.get(job["type"], prediction_body)(job, calls),
+            BODIES[job["type"]](job, calls) if job["type"] in BODIES else None,
         ]
     )
 
@@ -371,8 +371,8 @@ def tile(job_id: str, result: dict, classes: list[str] | None = None) -> html.Fi
     )
 
 
-# Each kind's body under the header; a kind not named here is shown as a prediction job is.
-BODIES = {TRAIN.name: training_body, EVALUATE.name: evaluation_body}
+# Each kind's body under the header; a kind not named here (a promotion) has its header alone.
+BODIES = {TRAIN.name: training_body, PREDICT.name: prediction_body, EVALUATE.name: evaluation_body}
 
 
 def register(ui: Dash, calls) -> None:
