@@ -408,3 +408,33 @@ def test_a_job_without_per_file_results_has_its_header_alone(setup, database_url
     drawn = page_at(client, f"/ui/jobs/{job_id}")
     assert "alias production" in text(element(drawn, "job-header"))
     assert not list(elements(drawn, lambda props: props.get("id") in ("gallery", "training-curves")))
+
+
+def test_a_training_with_next_steps_shows_its_chain_and_where_it_stopped(setup, database_url, tmp_path):
+    """train -> evaluate -> promote: the training's page lists what it asked for, each step with its
+    status and link, and why the chain stopped; each step's page names the job that made it."""
+    client, _, _, users = setup
+    then = {
+        "evaluate": {"input": {"paths": ["/photos/a.jpg"]}, "labels": ["Apple"], "label_level": "coarse"},
+        "promote": "production",
+        "gate": {"min_top1": 0.9, "not_worse_than": "production"},
+    }
+    then["evaluate"]["named"] = {"index": {"split": "val"}}
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        model = factories.model(session, artifact=tmp_path / "model")
+        mine = {"owner_token_id": owner, "model_id": model.id}
+        training = factories.job(session, type="train", status="succeeded", next_steps=then, **mine)
+        evaluation = factories.job(session, type="evaluate", status="succeeded", parent_id=training.id, **mine)
+        promotion = factories.job(session, type="promote", status="failed", parent_id=evaluation.id, **mine)
+        promotion.error_code, promotion.error_message = "gate_failed", "production stays where it is: top-1 0.5"
+        training_id, evaluation_id, promotion_id = str(training.id), str(evaluation.id), str(promotion.id)
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+
+    chain = text(element(page_at(client, f"/ui/jobs/{training_id}"), "job-chain"))
+    assert "evaluate on split val, then promote to production if top-1 at least 90.0% and not worse than" in chain
+    assert "succeeded evaluate" in chain and "failed promote" in chain
+    assert "The chain stopped: the promotion failed: production stays where it is: top-1 0.5" in chain
+    assert evaluation_id[:8] in chain and promotion_id[:8] in chain
+    header = text(element(page_at(client, f"/ui/jobs/{promotion_id}"), "job-header"))
+    assert f"made by{evaluation_id[:8]}" in header

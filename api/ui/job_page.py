@@ -16,11 +16,13 @@ from api.ui.components import (
     elapsed_seconds,
     facts,
     job_badge,
+    job_link,
     message,
     model_link,
     percent,
     progress_bar,
     short_id,
+    status_badge,
     when,
 )
 from service.kinds import EVALUATE, PREDICT, TRAIN
@@ -81,8 +83,10 @@ def header(job: dict) -> list:
                 "device": job.get("device"),
                 MODEL_ROLES.get(job["type"], "model"): model_link(job["model_id"]) if job.get("model_id") else None,
                 REQUEST_NAMES.get(job["type"], "parameters"): described(job),
+                "made by": job_link(job["parent_id"]) if job.get("parent_id") else None,  # a chain's step
             }
         ),
+        chain_part(job.get("chain")),
     ]
     if waiting := job.get("waiting"):  # why it is not running yet, under its status
         estimate = waiting["estimated_start_seconds"]
@@ -97,6 +101,42 @@ def header(job: dict) -> list:
     if job["status"] in LIVE_STATUSES and not job.get("cancel_requested"):
         parts.append(html.Button("Cancel job", id="job-cancel", className="small"))
     return parts
+
+
+def chain_part(chain: dict | None) -> html.Section | None:
+    """A training's chain (train -> evaluate -> promote): what it asked for, each step made so far,
+    and where and why it stopped."""
+    if chain is None:
+        return None
+    then = chain["then"]
+    asked = [f"evaluate on {evaluation_views.set_name(then['evaluate']['named'])}"]
+    if then.get("promote"):
+        gate = then.get("gate") or {}
+        rules = [f"top-1 at least {percent(gate['min_top1'])}" if gate.get("min_top1") is not None else None]
+        rules.append(f"not worse than {gate['not_worse_than']}" if gate.get("not_worse_than") else None)
+        rules = [rule for rule in rules if rule]
+        asked.append(f"promote to {then['promote']}" + (f" if {' and '.join(rules)}" if rules else ""))
+    steps = [
+        html.Li(
+            [
+                status_badge(step["status"]),
+                f" {step['type']} ",
+                job_link(step["id"]),
+                *((" of model ", model_link(step["model_id"])) if step["model_id"] else ()),
+                f": {step['error']['message']}" if step["error"] else "",
+            ]
+        )
+        for step in chain["steps"]
+    ]
+    return html.Section(
+        [
+            html.H2("Then"),
+            html.P(", then ".join(asked)),
+            html.Ol(steps) if steps else html.P("No step yet: they follow the training's success.", className="muted"),
+            message(f"The chain stopped: {chain['stopped']}") if chain["stopped"] else None,
+        ],
+        id="job-chain",
+    )
 
 
 def settings_part(job: dict) -> html.Section | None:
