@@ -419,7 +419,7 @@ def test_a_training_with_next_steps_shows_its_chain_and_where_it_stopped(setup, 
         "promote": "production",
         "gate": {"min_top1": 0.9, "not_worse_than": "production"},
     }
-    then["evaluate"]["named"] = {"index": {"split": "val"}}
+    then["evaluate"]["named"] = {"index": {"split": "val"}}  # as the request named it: what the page shows
     with factories.store_session(database_url) as session:
         owner = tokens.find_token(session, secret=users["alice"]).id
         model = factories.model(session, artifact=tmp_path / "model")

@@ -109,7 +109,7 @@ def chain_part(chain: dict | None) -> html.Section | None:
     if chain is None:
         return None
     then = chain["then"]
-    asked = [f"evaluate on {evaluation_views.set_name(then['evaluate']['named'])}"]
+    asked = [f"evaluate on {evaluation_views.set_name(then['evaluate'])}"]
     if then.get("promote"):
         gate = then.get("gate") or {}
         rules = [f"top-1 at least {percent(gate['min_top1'])}" if gate.get("min_top1") is not None else None]
