@@ -11,8 +11,9 @@ from dash import Dash, Input, Output, State, dcc, html
 
 from api.ui import charts
 from api.ui.components import exact, field, job_link, message, model_link, percent, short_id, when
-from api.ui.evaluation_views import compare_href, set_name, share
+from api.ui.evaluation_views import compare_href, share
 from api.ui.training_views import GRAPH_CONFIG
+from service.specs import set_name
 
 QUERY = ("a", "b", "evaluation")
 SIDES = {"a": "A", "b": "B"}

@@ -9,21 +9,9 @@ from dash import dcc, html
 
 from api.ui import training_views
 from api.ui.components import exact, job_link, percent, when
+from service.specs import set_name
 
 NO_FIGURE = "–"  # a class nothing was predicted as has no precision; one with no file has no recall
-
-
-def set_name(named: dict | None) -> str:
-    """The labelled set as its request named it: "split val", "/photos/shelf", "a manifest of 20 files"."""
-    named = named or {}
-    if index := named.get("index"):
-        of = f" of {index['data_dir']}" if index.get("data_dir") else ""
-        return f"split {index['split']}{of}"
-    if manifest := named.get("manifest"):
-        return f"a manifest of {manifest['files']} files"
-    if source := named.get("folder") or named.get("url"):
-        return source + (f" ({named['pattern']})" if named.get("pattern") else "")
-    return "a labelled set"
 
 
 def compare_href(**chosen: str | None) -> str:

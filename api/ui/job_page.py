@@ -26,6 +26,7 @@ from api.ui.components import (
     when,
 )
 from service.kinds import EVALUATE, PREDICT, TRAIN
+from service.specs import set_name
 from service.states import FINISHED_STATUSES, LIVE_STATUSES, Status
 
 REFRESH_MS = 2000
@@ -109,7 +110,7 @@ def chain_part(chain: dict | None) -> html.Section | None:
     if chain is None:
         return None
     then = chain["then"]
-    asked = [f"evaluate on {evaluation_views.set_name(then['evaluate'])}"]
+    asked = [f"evaluate on {set_name(then['evaluate'])}"]
     if then.get("promote"):
         gate = then.get("gate") or {}
         rules = [f"top-1 at least {percent(gate['min_top1'])}" if gate.get("min_top1") is not None else None]
@@ -184,7 +185,7 @@ def described(job: dict) -> str:
     an evaluation scores."""
     params = job["params"]
     if job["type"] == EVALUATE.name:
-        return evaluation_views.set_name(params.get("named"))
+        return set_name(params.get("named"))
     source = params.get("input")
     if source is None:
         return ", ".join(f"{name} {value}" for name, value in params.items()) or "the default recipe"
