@@ -10,6 +10,7 @@ from api.errors import APIError
 from api.resources import resources
 from service import artifacts, crud, registry
 from service.kinds import EVALUATE
+from service.specs import set_name
 from service.tables import Job, Model
 
 blueprint = Blueprint("cards", __name__)
@@ -96,9 +97,9 @@ def markdown(card: dict) -> str:
         lines.append("None yet: submit an evaluation job (POST /jobs with type evaluate).")
     for entry in card["evaluations"]:
         lines.append(
-            f"- `{entry['job_id']}` on {entry['set']} ({entry['label_level']}): top-1 {entry['top1']:.4f}, "
-            f"top-5 {entry['top5']:.4f}, ECE {entry['ece']:.4f} over {entry['count']} photos "
-            f"({entry['errors']} unreadable, {entry['unlabelled']} unlabelled, "
+            f"- `{entry['job_id']}` on {set_name(entry['set'])} ({entry['label_level']} labels): "
+            f"top-1 {entry['top1']:.4f}, top-5 {entry['top5']:.4f}, ECE {entry['ece']:.4f} "
+            f"over {entry['count']} photos ({entry['errors']} unreadable, {entry['unlabelled']} unlabelled, "
             f"{entry['unknown_labels']} unknown labels)"
         )
     return "\n".join(lines) + "\n"

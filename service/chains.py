@@ -118,7 +118,21 @@ def chain_of(session: Session, *, job: Job) -> dict | None:
     evaluations = list(session.scalars(select(Job).where(Job.parent_id == job.id).order_by(Job.created_at)))
     promotions = [found for evaluation in evaluations if (found := promotion_of(session, evaluation)) is not None]
     steps = [step_json(found) for found in (*evaluations, *promotions)]
-    return {"then": job.next_steps, "steps": steps, "stopped": stopped(job, evaluations, promotions)}
+    return {
+        "then": then_json(NextSteps.of_job(job.next_steps)),
+        "steps": steps,
+        "stopped": stopped(job, evaluations, promotions),
+    }
+
+
+def then_json(steps: NextSteps) -> dict:
+    """What the training asked to follow, as its request named it: the set by its name, not its files."""
+    return {
+        "evaluate": steps.evaluate.named,
+        "label_level": steps.evaluate.label_level,
+        "promote": steps.promote,
+        "gate": steps.gate.model_dump() if steps.gate else None,
+    }
 
 
 def step_json(job: Job) -> dict:

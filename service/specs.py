@@ -260,6 +260,19 @@ class LabelledSet(Strict):
     shard_size: int | None = None
 
 
+def set_name(named: dict | None) -> str:
+    """The labelled set as its request named it: "split val", "/photos/shelf", "a manifest of 20 files"."""
+    named = named or {}
+    if index := named.get("index"):
+        of = f" of {index['data_dir']}" if index.get("data_dir") else ""
+        return f"split {index['split']}{of}"
+    if manifest := named.get("manifest"):
+        return f"a manifest of {manifest['files']} files"
+    if source := named.get("folder") or named.get("url"):
+        return source + (f" ({named['pattern']})" if named.get("pattern") else "")
+    return "a labelled set"
+
+
 class EvaluateSpec(LabelledSet):
     """An evaluation job's params: a model on a labelled set."""
 

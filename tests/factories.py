@@ -7,13 +7,16 @@ Every factory is keyword-only and takes the session to write in; it flushes, the
 import contextlib
 import io
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from conftest import TINY_CLASSES
 from PIL import Image
 
-from service import crud, registry, shards, tokens
+from grocery.evaluation import labelled_report
+from service import crud, predictions, registry, shards, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 
@@ -64,6 +67,40 @@ def model(session, *, artifact: Path, arch: str = "efficientnet_lite0", classes:
         job_id=None,
         **fields,
     )
+
+
+def evaluation(session, *, model, truths: list[str | None], answers: list[str | None], **fields):
+    """A succeeded evaluation job of ``model`` on a manifest of files /photos/<i>.jpg whose true labels
+    are ``truths`` (None: unlabelled) and which the model answered ``answers`` (None: unreadable), with
+    the rows and the result its worker leaves (worker/evaluation.py); ``fields``: the job's others."""
+    paths = [f"/photos/{i}.jpg" for i in range(len(truths))]
+    named = {"manifest": {"files": len(paths)}}
+    params = {
+        "model": str(model.id),
+        "input": {"paths": paths},
+        "labels": truths,
+        "label_level": "coarse",
+        "named": named,
+    }
+    made = job(session, type="evaluate", status="succeeded", params=params, model_id=model.id, **fields)
+    rows = [
+        result_row(path, label=answer, error=None if answer else "unreadable_image", top5=[], true_label=truth)
+        for path, answer, truth in zip(paths, answers, truths, strict=True)
+    ]
+    predictions.add_predictions(session, job_id=made.id, rows=rows)
+    report = labelled_report(
+        truths, [[a] if a else None for a in answers], [0.9 if a else None for a in answers], model.class_names
+    )
+    failed = sum(answer is None for answer in answers)
+    counts = {"total": len(paths), "done": len(paths), "succeeded": len(paths) - failed, "failed": failed}
+    made.result = {
+        **counts,
+        "labels": dict(Counter(answer for answer in answers if answer)),
+        "evaluation": {**report, "set": named, "label_level": "coarse", "model_id": str(model.id)},
+    }
+    made.finished_at = datetime.now(timezone.utc)
+    session.flush()
+    return made
 
 
 def seed_model(database_url: str, *, artifact: Path):

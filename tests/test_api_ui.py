@@ -6,6 +6,7 @@ import json
 import os
 import re
 import uuid
+from urllib.parse import urlencode
 
 import factories
 import pytest
@@ -13,7 +14,7 @@ from conftest import write_tiny_dataset
 from PIL import Image
 
 from api.auth import TOKEN_COOKIE
-from service import crud, predictions, tokens
+from service import crud, predictions, registry, tokens
 from service.db import make_engine, make_session_factory
 from service.kinds import KINDS, NewJob
 from service.settings import Settings
@@ -148,17 +149,25 @@ def test_the_ui_pages_need_a_sign_in_and_can_be_turned_off(setup, make_app):
         Settings.from_env({"GROCERY_UI": "maybe"})
 
 
+def value_of(values: dict, item: dict):
+    """A callback input's value: by "id.property" where one component gives two (the URL's pathname
+    and search), else by component id."""
+    return values.get(f"{item['id']}.{item['property']}", values.get(item["id"]))
+
+
 def dash_call(client, output_part: str, values: dict) -> tuple[int, dict]:
     """POST one UI callback as the browser would: the callback whose outputs name ``output_part``,
-    each input and state taking its value from ``values`` (by component id)."""
+    each input and state taking its value from ``values`` (by component id, or id.property)."""
     callback = next(c for c in client.get("/ui/_dash-dependencies").get_json() if output_part in c["output"])
-    outputs = [dict(zip(("id", "property"), o.split("."), strict=True)) for o in callback["output"][2:-2].split("...")]
-    fill = [{**item, "value": values.get(item["id"])} for item in callback["inputs"]]
+    spec = callback["output"]  # "..a.children...b.data.." for several outputs, "a.children" for one
+    named = [dict(zip(("id", "property"), o.split("."), strict=True)) for o in spec.strip(".").split("...")]
+    outputs = named if spec.startswith("..") else named[0]
+    fill = [{**item, "value": value_of(values, item)} for item in callback["inputs"]]
     body = {
         "output": callback["output"],
         "outputs": outputs,
         "inputs": fill,
-        "state": [{**item, "value": values.get(item["id"])} for item in callback["state"]],
+        "state": [{**item, "value": value_of(values, item)} for item in callback["state"]],
         "changedPropIds": [f"{fill[0]['id']}.{fill[0]['property']}"],
     }
     response = client.post("/ui/_dash-update-component", json=body)
@@ -257,3 +266,175 @@ def test_a_training_shows_a_sentence_before_its_first_epoch_and_charts_from_one_
         c for c in drawn()["confusion-area"]["children"] if c.get("props", {}).get("id") == "confusion-matrix"
     )
     assert matrix["props"]["figure"]["data"][0]["text"] == [[3, 1], [0, 4]]
+
+
+def element(tree, element_id: str) -> dict:
+    """The props of the component with ``element_id`` in a callback's answer (Dash's JSON of components)."""
+    found = list(elements(tree, lambda props: props.get("id") == element_id))
+    assert len(found) == 1, f"{len(found)} components with id {element_id!r}"
+    return found[0]
+
+
+def elements(tree, wanted):
+    if isinstance(tree, list):
+        for item in tree:
+            yield from elements(item, wanted)
+    elif isinstance(tree, dict):
+        props = tree.get("props")
+        if isinstance(props, dict):
+            if wanted(props):
+                yield props
+            yield from elements(props.get("children"), wanted)
+        else:
+            for value in tree.values():
+                yield from elements(value, wanted)
+
+
+def text(tree) -> str:
+    """What a component says: its strings and its children's, in order."""
+    if isinstance(tree, str):
+        return tree
+    if isinstance(tree, list):
+        return "".join(text(item) for item in tree)
+    if isinstance(tree, dict):
+        return text(tree.get("props", {}).get("children")) if "props" in tree else text(tree.get("children"))
+    return "" if tree is None else str(tree)
+
+
+def page_at(client, path: str, search: str = "") -> dict:
+    """The page the router draws for a URL, as the browser receives it."""
+    status, answer = dash_call(client, "..page.children", {"url.pathname": path, "url.search": search})
+    assert status == 200, answer
+    return answer["response"]["page"]["children"]
+
+
+def test_an_evaluations_page_counts_files_without_a_label_and_labels_the_model_does_not_know(
+    setup, database_url, tmp_path
+):
+    """Every figure the page shows is the job's; files the figures leave out are counted, and each
+    file in the gallery says what its true label was and how it was scored."""
+    client, _, _, users = setup
+    truths = ["Apple", "Apple", "Pear", "Milk", None, "Durian"]
+    answers = ["Apple", "Pear", "Pear", None, "Milk", "Apple"]
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        model = factories.model(session, artifact=tmp_path / "model")
+        job_id = str(
+            factories.evaluation(session, model=model, truths=truths, answers=answers, owner_token_id=owner).id
+        )
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    report = client.get(f"/jobs/{job_id}").get_json()["result"]["evaluation"]
+    assert (report["count"], report["unlabelled"], report["unknown_labels"]) == (4, 1, {"Durian": 1})
+
+    drawn = page_at(client, f"/ui/jobs/{job_id}")
+    assert text(element(drawn, "job-header")).count("a manifest of 6 files") == 1  # the set, as its request named it
+    summary = dash_call(client, "job-summary.data", {"job-id": job_id})[1]["response"]["job-summary"]["data"]
+    figures = dash_call(client, "evaluation-metrics.children", {"job-summary": summary, "job-id": job_id})[1]
+    metrics = figures["response"]["evaluation-metrics"]["children"]
+    assert json.loads(element(metrics, "evaluation-top1")["data-value"]) == report["top1"] == 0.5
+    assert text(element(metrics, "evaluation-top1")) == "50.0%"
+    assert text(element(metrics, "evaluation-unlabelled")) == "1"
+    assert text(element(metrics, "evaluation-unknown")) == "1: Durian (1)"
+    assert text(element(metrics, "evaluation-errors")) == "1"  # the unreadable Milk photo: a miss
+    rows = {props["data-class"]: text(props["children"]) for props in elements(metrics, lambda p: "data-class" in p)}
+    assert rows == {"Apple": "Apple100.0%50.0%2", "Pear": "Pear50.0%100.0%1", "Milk": "Milk–0.0%1"}
+    matrix = element(metrics, "confusion-matrix")["figure"]["data"][0]
+    assert matrix["text"] == report["confusion"] and matrix["x"] == report["classes"]
+
+    classes = element(drawn, "gallery-classes")["data"]
+    assert classes == model.class_names
+    page = {"cursor": None, "previous": []}
+    gallery = dash_call(
+        client, "gallery.children", {"gallery-page": page, "job-id": job_id, "gallery-classes": classes}
+    )
+    tiles = elements(gallery[1]["response"]["gallery"]["children"], lambda p: "data-verdict" in p)
+    assert [tile["data-verdict"] for tile in tiles] == [
+        "right",
+        "wrong",
+        "right",
+        "wrong",
+        "unlabelled",
+        "unknown class",
+    ]
+
+
+def test_the_comparison_page_draws_the_apis_answer_or_its_refusal(setup, database_url, tmp_path):
+    client, _, _, users = setup
+    truths = ["Apple"] * 10 + ["Pear"] * 10
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        a, b, unevaluated = (factories.model(session, artifact=tmp_path / name) for name in "abc")
+        answers = {a: ["Apple"] * 20, b: ["Apple"] * 9 + ["Milk"] + ["Pear"] * 10}
+        jobs = [
+            str(factories.evaluation(session, model=m, truths=truths, answers=said, owner_token_id=owner).id)
+            for m, said in answers.items()
+        ]
+        registry.set_alias(session, name="production", model_id=a.id)
+        a, b, unevaluated = str(a.id), str(b.id), str(unevaluated.id)
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    query = {"a": a, "b": b, "evaluation": jobs[0]}
+    expected = client.get("/models/compare", query_string=query).get_json()
+    drawn = page_at(client, "/ui/compare", "?" + urlencode(query))
+    for name, key in (("compare-a-top1", "a_top1"), ("compare-b-top1", "b_top1"), ("compare-difference", "difference")):
+        assert json.loads(element(drawn, name)["data-value"]) == expected[key], name
+    assert text(element(drawn, "compare-difference")) == "+45.0 points"
+    assert json.loads(element(drawn, "compare-ci")["data-value"]) == expected["ci95"]
+    assert text(element(drawn, "compare-p")) == f"McNemar's exact test: p = {expected['mcnemar']['p_value']:.3g}"
+    assert [element(drawn, f"compare-{side}")["value"] for side in "ab"] == [a, b]  # the picker holds the choice
+    assert element(drawn, "compare-evaluation")["value"] == jobs[0]
+    by_alias = page_at(client, "/ui/compare", "?" + urlencode({**query, "a": "production"}))  # a link may name an alias
+    assert element(by_alias, "compare-a")["value"] == a
+    assert json.loads(element(by_alias, "compare-a-top1")["data-value"]) == expected["a_top1"]
+
+    refused = {**query, "b": unevaluated}
+    message = client.get("/models/compare", query_string=refused).get_json()["error"]["message"]
+    assert text(element(page_at(client, "/ui/compare", "?" + urlencode(refused)), "comparison")) == message
+
+    status, answer = dash_call(client, "compare-evaluation.options", {"compare-a": a, "compare-b": b})
+    options = answer["response"]["compare-evaluation"]["options"]
+    assert status == 200 and [option["value"] for option in options] == jobs
+    assert ["A's evaluation" in options[0]["label"], "B's evaluation" in options[1]["label"]] == [True, True]
+
+
+def test_a_job_without_per_file_results_has_its_header_alone(setup, database_url, tmp_path):
+    """A promotion has no gallery to draw: its page is its header (the API would answer 409 no_results)."""
+    client, _, _, users = setup
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        model = factories.model(session, artifact=tmp_path / "model")
+        params = {"model": str(model.id), "alias": "production"}
+        job_id = str(factories.job(session, type="promote", params=params, model_id=model.id, owner_token_id=owner).id)
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+    drawn = page_at(client, f"/ui/jobs/{job_id}")
+    assert "alias production" in text(element(drawn, "job-header"))
+    assert not list(elements(drawn, lambda props: props.get("id") in ("gallery", "training-curves")))
+
+
+def test_a_training_with_next_steps_shows_its_chain_and_where_it_stopped(setup, database_url, tmp_path):
+    """train -> evaluate -> promote: the training's page lists what it asked for, each step with its
+    status and link, and why the chain stopped; each step's page names the job that made it."""
+    client, _, _, users = setup
+    then = {
+        "evaluate": {"input": {"paths": ["/photos/a.jpg"]}, "labels": ["Apple"], "label_level": "coarse"},
+        "promote": "production",
+        "gate": {"min_top1": 0.9, "not_worse_than": "production"},
+    }
+    then["evaluate"]["named"] = {"index": {"split": "val"}}  # as the request named it: what the page shows
+    with factories.store_session(database_url) as session:
+        owner = tokens.find_token(session, secret=users["alice"]).id
+        model = factories.model(session, artifact=tmp_path / "model")
+        mine = {"owner_token_id": owner, "model_id": model.id}
+        training = factories.job(session, type="train", status="succeeded", next_steps=then, **mine)
+        evaluation = factories.job(session, type="evaluate", status="succeeded", parent_id=training.id, **mine)
+        promotion = factories.job(session, type="promote", status="failed", parent_id=evaluation.id, **mine)
+        promotion.error_code, promotion.error_message = "gate_failed", "production stays where it is: top-1 0.5"
+        training_id, evaluation_id, promotion_id = str(training.id), str(evaluation.id), str(promotion.id)
+    client.set_cookie(TOKEN_COOKIE, users["alice"])
+
+    chain = text(element(page_at(client, f"/ui/jobs/{training_id}"), "job-chain"))
+    assert "evaluate on split val, then promote to production if top-1 at least 90.0% and not worse than" in chain
+    assert "succeeded evaluate" in chain and "failed promote" in chain
+    assert "The chain stopped: the promotion failed: production stays where it is: top-1 0.5" in chain
+    assert evaluation_id[:8] in chain and promotion_id[:8] in chain
+    header = text(element(page_at(client, f"/ui/jobs/{promotion_id}"), "job-header"))
+    assert f"made by{evaluation_id[:8]}" in header

@@ -6,8 +6,7 @@ import math
 
 import factories
 
-from grocery.evaluation import labelled_report, mcnemar_exact, paired_bootstrap
-from service import predictions
+from grocery.evaluation import mcnemar_exact, paired_bootstrap
 
 TRUTHS = ["Apple"] * 10 + ["Pear"] * 10
 A_SAYS = ["Apple"] * 20  # right on the ten apples only
@@ -15,22 +14,7 @@ B_SAYS = ["Apple"] * 9 + ["Milk"] + ["Pear"] * 10  # one apple worse, ten pears 
 
 
 def evaluation(session, model, answers: list[str]):
-    params = {
-        "model": str(model.id),
-        "input": {"paths": [f"/photos/{i}.jpg" for i in range(20)]},
-        "labels": TRUTHS,
-        "label_level": "coarse",
-        "named": {"manifest": {"files": 20}},
-    }
-    job = factories.job(session, type="evaluate", status="succeeded", params=params, model_id=model.id)
-    rows = [
-        {"path": path, "label": label, "class_id": 0, "confidence": 0.9, "top5": [], "true_label": truth}
-        for path, label, truth in zip(params["input"]["paths"], answers, TRUTHS, strict=True)
-    ]
-    predictions.add_predictions(session, job_id=job.id, rows=rows)
-    # The figures the worker keeps as it finishes (worker/evaluation.py).
-    job.result = {"evaluation": labelled_report(TRUTHS, [[label] for label in answers], [0.9] * 20, model.class_names)}
-    return job
+    return factories.evaluation(session, model=model, truths=TRUTHS, answers=answers)
 
 
 def test_two_models_on_one_set_give_the_hand_computed_difference_interval_and_p_value(client, settings, tmp_path):

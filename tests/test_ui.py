@@ -4,11 +4,13 @@ of its pages under test-results/ui/."""
 
 import csv
 import io
+import json
 import os
 import re
 import threading
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import factories
 import numpy as np
@@ -493,3 +495,162 @@ def test_a_running_training_shows_its_batches_and_cancelling(service, page, slow
     assert "Cancel requested" in page.locator("#job-message").inner_text()
     shot(page, "job-train-cancelling")
     wait_for_badge(page, "#job-title", "cancelled")
+
+
+def data_value(page, selector: str):
+    """The API's exact figure the page keeps beside the rounded one it shows."""
+    return json.loads(page.locator(selector).get_attribute("data-value"))
+
+
+def choose(page, dropdown: str, option) -> None:
+    page.locator(dropdown).click()
+    page.get_by_role("option", name=option).click()
+
+
+def recall_traces(page) -> list[dict]:
+    page.locator("#compare-recall .js-plotly-plot").wait_for()
+    return page.eval_on_selector(
+        "#compare-recall .js-plotly-plot", "g => g.data.map(t => ({name: t.name, x: t.x, y: t.y}))"
+    )
+
+
+def shows_the_comparison(page, client, expected: dict) -> None:
+    """Every figure of GET /models/compare's answer, and each side's recall per class as its own
+    evaluation job reports it."""
+    page.locator("#compare-difference").wait_for()
+    for side in "ab":
+        top1 = expected[f"{side}_top1"]
+        assert data_value(page, f"#compare-{side}-top1") == top1
+        assert page.locator(f"#compare-{side}-top1").inner_text() == f"{top1:.1%}"
+        assert page.locator(f"#compare-side-{side} a").first.get_attribute("title") == expected[side]["model_id"]
+    difference, (low, high), p = expected["difference"], expected["ci95"], expected["mcnemar"]["p_value"]
+    assert data_value(page, "#compare-difference") == difference
+    assert page.locator("#compare-difference").inner_text() == f"{difference * 100:+.1f} points"
+    assert data_value(page, "#compare-ci") == [low, high]
+    assert f"{low * 100:+.1f} to {high * 100:+.1f} points" in page.locator("#compare-ci").inner_text()
+    assert data_value(page, "#compare-p") == p and page.locator("#compare-p").inner_text().endswith(f"p = {p:.3g}")
+    changed = page.locator("#compare-changed tr.changed-row")
+    assert [row.get_attribute("data-class") for row in changed.all()] == [
+        c["class"] for c in expected["classes_changed"]
+    ]
+    reports = {
+        side: client.get(f"/jobs/{expected[side]['evaluation']}").get_json()["result"]["evaluation"] for side in "ab"
+    }
+    traces = recall_traces(page)
+    assert [trace["name"][0] for trace in traces] == ["A", "B"]
+    for side, trace in zip("ab", traces, strict=True):
+        assert trace["x"] == [reports[side]["per_class"][name]["recall"] for name in trace["y"]]
+        assert set(trace["y"]) == {name for name, s in reports[side]["per_class"].items() if s["support"]}
+
+
+def test_two_models_picked_on_the_models_page_are_compared_side_by_side_as_the_api_answers(
+    service, page, database_url, tmp_path
+):
+    url, client, _ = service
+    truths = ["Apple"] * 10 + ["Pear"] * 10
+    with factories.store_session(database_url) as session:
+        a, b = (factories.model(session, artifact=tmp_path / name) for name in "ab")
+        the_set = factories.evaluation(session, model=a, truths=truths, answers=["Apple"] * 20).id
+        factories.evaluation(session, model=b, truths=truths, answers=["Apple"] * 9 + ["Milk"] + ["Pear"] * 10)
+        a, b, the_set = str(a.id), str(b.id), str(the_set)
+    expected = client.get("/models/compare", query_string={"a": a, "b": b, "evaluation": the_set}).get_json()
+    assert (expected["a_top1"], expected["b_top1"]) == (0.5, 0.95)  # two models that differ, A and B apart
+
+    page.goto(f"{url}/ui/models")
+    choose(page, "#compare-a", re.compile(a[:8]))
+    choose(page, "#compare-b", re.compile(b[:8]))
+    choose(page, "#compare-evaluation", re.compile("A's evaluation"))
+    page.wait_for_function("() => document.querySelector('#compare-go').href.includes('evaluation=')")
+    shot(page, "models-compare-picker")
+    page.locator("#compare-go").click()
+    page.wait_for_url(re.compile(r"/ui/compare\?"))
+    assert parse_qs(urlparse(page.url).query) == {"a": [a], "b": [b], "evaluation": [the_set]}
+    shows_the_comparison(page, client, expected)
+    assert "a manifest of 20 files" in page.locator("#comparison-set").inner_text()
+    shot(page, "compare")
+
+    page.goto(f"{url}/ui/compare?b={a}&a={b}&evaluation={the_set}")  # a link alone draws it, sides swapped
+    swapped = client.get("/models/compare", query_string={"a": b, "b": a, "evaluation": the_set}).get_json()
+    shows_the_comparison(page, client, swapped)
+    assert page.locator("#compare-difference").inner_text() == "-45.0 points"
+    choose(page, "#compare-a", re.compile(a[:8]))  # picked again on the page itself: the URL and figures follow
+    choose(page, "#compare-b", re.compile(b[:8]))
+    page.wait_for_function(f"() => document.querySelector('#compare-go').href.includes('a={a}&b={b}')")
+    page.locator("#compare-go").click()
+    page.locator("#compare-difference").get_by_text("+45.0 points").wait_for()
+    assert parse_qs(urlparse(page.url).query) == {"a": [a], "b": [b], "evaluation": [the_set]}
+    shows_the_comparison(page, client, expected)
+
+
+def test_a_models_page_shows_its_card_and_evaluations_and_an_evaluation_its_figures(service, page):
+    url, client, _ = service
+    training = client.post("/jobs", json={"type": "train", "params": {"epochs": 1, "input_size": 64, "freeze": 9}})
+    trained = wait_for(client, training.get_json()["id"], FINISHED)
+    assert trained["status"] == "succeeded", trained["error"]
+    model_id = trained["model_id"]
+    body = {"type": "evaluate", "model": model_id, "input": {"index": {"split": "val"}}, "shard_size": 4}
+    evaluation = wait_for(client, client.post("/jobs", json=body).get_json()["id"], FINISHED)
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    report = evaluation["result"]["evaluation"]
+    card = client.get(f"/models/{model_id}/card").get_json()
+    lineage = card["lineage"]
+    data, code, machine = lineage["data"], lineage["code"], lineage["machine"]
+
+    page.goto(f"{url}/ui/models/{model_id}")
+
+    def lineage_fact(name: str) -> str:
+        return fact(page, "#card-lineage", name).inner_text()
+
+    assert lineage_fact("training set") == f"split {data['splits']} of the service dataset"
+    assert lineage_fact("photos").startswith(f"{data['photos']['files']} photos, ")
+    assert lineage_fact("photos digest") == data["photos"]["digest"]
+    assert lineage_fact("index digest") == data["index_fingerprint"]
+    assert lineage_fact("code").startswith(f"{code['package']} {code['version'] or '(version unknown)'}, commit ")
+    assert lineage_fact("code").endswith(code["git_commit"] or "unknown")
+    assert lineage_fact("base weights") == lineage["base_weights"]
+    assert lineage_fact("parent model") == "none: trained from its base weights"
+    assert lineage_fact("machine") == f"{machine['host']}: {machine['cpu']}, {machine['cores']} cores"
+    assert lineage_fact("device") == machine["device"]
+    assert lineage_fact("training time").startswith(f"{lineage['training_seconds'] / 60:.1f} minutes")
+    page.locator("#card-settings summary").click()
+    assert page.locator("#card-settings dt").all_inner_texts() == sorted(lineage["settings"])
+    assert fact(page, "#card-settings", "epochs").inner_text() == "1"
+
+    (listed,) = card["evaluations"]
+    row = page.locator(f"#model-evaluations tr[data-evaluation='{evaluation['id']}']")
+    assert row.locator("td").first.inner_text() == "split val"
+    assert row.locator(".evaluation-top1").inner_text() == f"{listed['top1']:.1%}" == f"{report['top1']:.1%}"
+    for form in ("onnx", "safetensors"):
+        href = page.locator(f"#download-{form}").get_attribute("href")
+        assert href == f"/models/{model_id}/download?format={form}"
+        fetched = page.request.get(url + href)  # with the browser's cookies, as a click would
+        assert fetched.status == 200 and fetched.body() == client.get(href).data
+    shot(page, "model-card")
+
+    row.get_by_role("link", name=evaluation["id"][:8]).click()
+    page.wait_for_url(f"**/ui/jobs/{evaluation['id']}")
+    page.locator("#evaluation-top1").wait_for()
+    assert fact(page, "#job-header", "set").inner_text() == "split val"
+    for name in ("top1", "top5", "ece"):
+        assert data_value(page, f"#evaluation-{name}") == report[name], name
+    assert page.locator("#evaluation-top1").inner_text() == f"{report['top1']:.1%}"
+    counted = {"count": "scored files", "unlabelled": "without a label (not scored)"}
+    for key, name in counted.items():
+        assert fact(page, "#evaluation-counts", name).inner_text() == str(report[key])
+    assert fact(page, "#evaluation-counts", "labels the model does not know (not scored)").inner_text() == "0"
+    for name, stats in report["per_class"].items():
+        cells = page.locator(f"#evaluation-classes tr[data-class='{name}'] td").all_inner_texts()
+        shown = [f"{v:.1%}" if v is not None else "–" for v in (stats["precision"], stats["recall"])]
+        assert cells == [name, *shown, str(stats["support"])], name
+    heatmap = page.eval_on_selector("#confusion-matrix .js-plotly-plot", "g => g.data[0]")
+    assert heatmap["text"] == report["confusion"] and heatmap["x"] == report["classes"]
+
+    page.wait_for_function(f"() => document.querySelectorAll('#gallery .tile img').length === {report['count']}")
+    shown = page.eval_on_selector_all(
+        "#gallery .tile", "ts => ts.map(t => [t.dataset.label, t.dataset.trueLabel, t.dataset.verdict])"
+    )
+    rows = client.get(f"/jobs/{evaluation['id']}/results?limit=100").get_json()["results"]
+    wanted = [[r["label"], r["true_label"], "right" if r["label"] == r["true_label"] else "wrong"] for r in rows]
+    assert sorted(shown) == sorted(wanted)
+    assert sum(verdict == "right" for *_, verdict in shown) / len(shown) == report["top1"]
+    shot(page, "job-evaluate")

@@ -1,8 +1,10 @@
 """The web UI at /ui/: Dash pages served by the API's own Flask app, Plotly charts.
 
 Pages: the workshop (random image or your photo -> prediction), jobs (live list, forms,
-cancel), a job (training curves and confusion matrix, or a prediction job's counts, accuracy,
-gallery and CSV), models (metrics, aliases), a model (curves, serving runtimes, delete). The
+cancel), a job (training curves and confusion matrix, a prediction job's counts, accuracy,
+gallery and CSV, or an evaluation's figures and right/wrong gallery), models (metrics, aliases,
+a comparison's picker), a model (card, evaluations, downloads, curves, serving runtimes, delete),
+a comparison of two models on one evaluated set. The
 pages hold no data: their callbacks call the API in process with the visitor's token
 (api/ui/calls.py), so the API's rules are the UI's rules.
 """
@@ -17,7 +19,7 @@ from api.auth import UI_PREFIX
 def mount_ui(app: Flask) -> None:
     import dash  # only when the UI is on: the API stays importable without it
 
-    from api.ui import job_page, jobs, model_page, registry, shell, signin, workshop
+    from api.ui import compare_page, job_page, jobs, model_page, registry, shell, signin, workshop
     from api.ui.calls import LocalAPI
 
     ui = dash.Dash(
@@ -32,6 +34,6 @@ def mount_ui(app: Flask) -> None:
     )
     calls = LocalAPI(app)
     ui.layout = shell.layout
-    for page in (shell, workshop, jobs, job_page, registry, model_page):
+    for page in (shell, workshop, jobs, job_page, registry, model_page, compare_page):
         page.register(ui, calls)
     app.register_blueprint(signin.blueprint)

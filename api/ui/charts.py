@@ -3,6 +3,8 @@
 import plotly.graph_objects as go
 
 ACCENT = "#2f6f3e"  # the UI's green (assets/style.css)
+SECOND = "#7c8aa5"  # beside the green one: model A beside model B
+SECOND = "#7c8aa5"  # a second series beside the green one (model A beside model B)
 LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "template": "plotly_white", "height": 340}
 # Each chart's own legend, below its plot: two charts side by side never share one.
 LEGEND_BELOW = {"orientation": "h", "x": 0, "y": -0.22, "xanchor": "left", "yanchor": "top"}
@@ -70,4 +72,27 @@ def class_counts(labels: dict[str, int]) -> go.Figure:
         figure.update_xaxes(visible=False)
         figure.update_yaxes(visible=False)
         figure.add_annotation(text="No file classified yet", showarrow=False, font={"size": 15, "color": "#6b7280"})
+    return figure
+
+
+def recall_bars(classes: list[str], recalls: dict[str, list[float | None]]) -> go.Figure:
+    """Per class, each model's recall side by side (one bar a model, named by ``recalls``' keys); a
+    class a model's evaluation has no file of is a gap, not a zero."""
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=values,
+                y=classes,
+                name=name,
+                orientation="h",
+                marker_color=colour,
+                hovertemplate="%{y}: %{x:.1%}<extra>" + name + "</extra>",
+            )
+            for (name, values), colour in zip(recalls.items(), (SECOND, ACCENT), strict=False)
+        ]
+    )
+    height = max(260, 18 * len(recalls) * len(classes) + 140)
+    figure.update_layout(**{**LAYOUT, "height": height}, barmode="group", legend=LEGEND_BELOW, showlegend=True)
+    figure.update_xaxes(range=[0, 1.02], tickformat=".0%", title_text="recall")
+    figure.update_yaxes(autorange="reversed")  # the first class on top, as in the tables
     return figure

@@ -1,6 +1,7 @@
 """Small pieces every page uses: messages, status badges, progress bars, times, links."""
 
 import base64
+import json
 from datetime import datetime, timezone
 
 from dash import dcc, html
@@ -92,6 +93,11 @@ def duration(seconds: float) -> str:
 
 def percent(fraction: float | None) -> str:
     return "" if fraction is None else f"{fraction:.1%}"
+
+
+def exact(value) -> dict:
+    """The API's own figure (JSON) in data-value beside the rounded one shown: what a reader checks against."""
+    return {"data-value": json.dumps(value)}
 
 
 def field(label: str, control, hint: str | None = None) -> html.Label:

@@ -1,24 +1,32 @@
 """A job's page: live header; training curves and confusion matrix, or a prediction job's
-counts per class, gallery (by class, low confidence, failures) and CSV download."""
+counts per class, gallery (by class, low confidence, failures) and CSV download, or an evaluation's
+figures (top-1/top-5, calibration, per class, confusion matrix) above the same gallery, each file
+with its true label and right or wrong.
+
+A page is its parts in order (``layout``): the header, then its kind's body (BODIES); a part that
+some jobs have (a training's settings) is a function of the job that answers None for the others."""
 
 from urllib.parse import quote, urlencode
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 
-from api.ui import charts, training_views
+from api.ui import charts, evaluation_views, training_views
 from api.ui.components import (
     duration,
     elapsed_seconds,
     facts,
     job_badge,
+    job_link,
     message,
     model_link,
     percent,
     progress_bar,
     short_id,
+    status_badge,
     when,
 )
-from service.kinds import PREDICT, TRAIN
+from service.kinds import EVALUATE, PREDICT, TRAIN
+from service.specs import set_name
 from service.states import FINISHED_STATUSES, LIVE_STATUSES, Status
 
 REFRESH_MS = 2000
@@ -39,7 +47,6 @@ def layout(job_id: str, calls):
     if not reply.ok:
         return message(reply.error)
     job = reply.body
-    body = training_body() if job["type"] == TRAIN.name else prediction_body()
     return html.Section(
         [
             dcc.Store(id="job-id", data=job_id),
@@ -47,13 +54,17 @@ def layout(job_id: str, calls):
             html.Div(header(job), id="job-header"),
             html.Div(id="job-message"),
             html.Div(settings_part(job), id="job-settings-area"),
-            body,
+            BODIES[job["type"]](job, calls) if job["type"] in BODIES else None,
         ]
     )
 
 
+# What a job's model is to it, and what its params are called, by kind.
+MODEL_ROLES = {TRAIN.name: "trained model", EVALUATE.name: "evaluated model"}
+REQUEST_NAMES = {PREDICT.name: "input", EVALUATE.name: "set", TRAIN.name: "parameters"}
+
+
 def header(job: dict) -> list:
-    model_role = "trained model" if job["type"] == TRAIN.name else "model"
     parts = [
         html.H1(
             ["Job ", html.Span(short_id(job["id"]), className="mono", title=job["id"]), " ", job_badge(job)],
@@ -71,10 +82,12 @@ def header(job: dict) -> list:
                 "attempts": str(job["attempts"]),
                 "worker": job.get("worker"),
                 "device": job.get("device"),
-                model_role: model_link(job["model_id"]) if job.get("model_id") else None,
-                "input" if job["type"] == PREDICT.name else "parameters": described(job["params"]),
+                MODEL_ROLES.get(job["type"], "model"): model_link(job["model_id"]) if job.get("model_id") else None,
+                REQUEST_NAMES.get(job["type"], "parameters"): described(job),
+                "made by": job_link(job["parent_id"]) if job.get("parent_id") else None,  # a chain's step
             }
         ),
+        chain_part(job.get("chain")),
     ]
     if waiting := job.get("waiting"):  # why it is not running yet, under its status
         estimate = waiting["estimated_start_seconds"]
@@ -89,6 +102,42 @@ def header(job: dict) -> list:
     if job["status"] in LIVE_STATUSES and not job.get("cancel_requested"):
         parts.append(html.Button("Cancel job", id="job-cancel", className="small"))
     return parts
+
+
+def chain_part(chain: dict | None) -> html.Section | None:
+    """A training's chain (train -> evaluate -> promote): what it asked for, each step made so far,
+    and where and why it stopped."""
+    if chain is None:
+        return None
+    then = chain["then"]
+    asked = [f"evaluate on {set_name(then['evaluate'])}"]
+    if then.get("promote"):
+        gate = then.get("gate") or {}
+        rules = [f"top-1 at least {percent(gate['min_top1'])}" if gate.get("min_top1") is not None else None]
+        rules.append(f"not worse than {gate['not_worse_than']}" if gate.get("not_worse_than") else None)
+        rules = [rule for rule in rules if rule]
+        asked.append(f"promote to {then['promote']}" + (f" if {' and '.join(rules)}" if rules else ""))
+    steps = [
+        html.Li(
+            [
+                status_badge(step["status"]),
+                f" {step['type']} ",
+                job_link(step["id"]),
+                *((" of model ", model_link(step["model_id"])) if step["model_id"] else ()),
+                f": {step['error']['message']}" if step["error"] else "",
+            ]
+        )
+        for step in chain["steps"]
+    ]
+    return html.Section(
+        [
+            html.H2("Then"),
+            html.P(", then ".join(asked)),
+            html.Ol(steps) if steps else html.P("No step yet: they follow the training's success.", className="muted"),
+            message(f"The chain stopped: {chain['stopped']}") if chain["stopped"] else None,
+        ],
+        id="job-chain",
+    )
 
 
 def settings_part(job: dict) -> html.Section | None:
@@ -131,8 +180,12 @@ def settings_section(settings: dict, given: dict) -> html.Section:
     )
 
 
-def described(params: dict) -> str:
-    """A job's request in a line: a training job's settings, or what a prediction job reads."""
+def described(job: dict) -> str:
+    """A job's request in a line: a training job's settings, what a prediction job reads, or the set
+    an evaluation scores."""
+    params = job["params"]
+    if job["type"] == EVALUATE.name:
+        return set_name(params.get("named"))
     source = params.get("input")
     if source is None:
         return ", ".join(f"{name} {value}" for name, value in params.items()) or "the default recipe"
@@ -143,7 +196,7 @@ def described(params: dict) -> str:
     return f"{source.get('paths_count', len(source['paths']))} listed file(s)"
 
 
-def training_body() -> html.Div:
+def training_body(_job: dict, _calls) -> html.Div:
     return html.Div(
         [
             html.H2("Training curves"),
@@ -203,41 +256,93 @@ def runtimes_text(runtimes: dict[str, int]) -> str:
     return f"ran on {ran}"
 
 
-def prediction_body() -> html.Div:
+def prediction_body(_job: dict, _calls) -> html.Div:
     return html.Div(
         [
-            html.H2("Files per class"),
-            html.Div(id="prediction-summary", className="muted"),
-            html.Div(
-                [
-                    dcc.Graph(id="class-counts", config={"displaylogo": False}),
-                    html.Div(id="prediction-accuracy", className="card"),
-                ],
-                className="counts-grid",
-            ),
-            html.H2("Results"),
-            html.Div(
-                [
-                    dcc.Dropdown(id="gallery-label", placeholder="every class", className="grow"),
-                    dcc.RadioItems(CONFIDENCE_CHOICES, 1.0, id="gallery-confidence", inline=True),
-                    dcc.Checklist([{"label": "failed files only", "value": "errors"}], [], id="gallery-errors"),
-                    html.A("Download CSV", id="results-csv", className="button", href=""),
-                ],
-                className="filters",
-            ),
-            dcc.Store(id="gallery-page", data={"cursor": None, "previous": []}),
-            dcc.Store(id="gallery-next-cursor"),
-            dcc.Store(id="gallery-digest"),
-            html.Div(id="gallery", className="gallery"),
-            html.Div(
-                [
-                    html.Button("Previous page", id="gallery-previous", className="small"),
-                    html.Button("Next page", id="gallery-next", className="small"),
-                ],
-                className="actions",
-            ),
+            *counts_part("Files per class", html.Div(id="prediction-accuracy", className="card")),
+            *gallery_part(classes=None),
         ]
     )
+
+
+def evaluation_body(job: dict, calls) -> html.Div:
+    """The evaluation's figures once it ends, then what a prediction job's page shows: the files per
+    predicted class and the gallery, where each file also shows its true label and whether it was right."""
+    model = calls.get(f"/models/{job['model_id']}") if job.get("model_id") else None
+    classes = model.body["classes"] if model is not None and model.ok else []
+    return html.Div(
+        [
+            html.H2("Evaluation"),
+            html.Div(id="evaluation-metrics"),
+            *counts_part("Files per predicted class", html.Div(id="evaluation-scored", className="card")),
+            *gallery_part(classes=classes),
+        ]
+    )
+
+
+def counts_part(title: str, beside) -> list:
+    """The files per class chart, ``beside`` it a card of the kind's own; the job's summary for both."""
+    return [
+        html.H2(title),
+        html.Div(id="prediction-summary", className="muted"),
+        html.Div(
+            [dcc.Graph(id="class-counts", config={"displaylogo": False}), beside],
+            className="counts-grid",
+        ),
+        dcc.Store(id="job-summary"),
+    ]
+
+
+def gallery_part(classes: list[str] | None) -> list:
+    """The results a page at a time; ``classes``: an evaluated model's, whose files are right or wrong."""
+    return [
+        html.H2("Results"),
+        html.Div(
+            [
+                dcc.Dropdown(id="gallery-label", placeholder="every class", className="grow"),
+                dcc.RadioItems(CONFIDENCE_CHOICES, 1.0, id="gallery-confidence", inline=True),
+                dcc.Checklist([{"label": "failed files only", "value": "errors"}], [], id="gallery-errors"),
+                html.A("Download CSV", id="results-csv", className="button", href=""),
+            ],
+            className="filters",
+        ),
+        dcc.Store(id="gallery-page", data={"cursor": None, "previous": []}),
+        dcc.Store(id="gallery-next-cursor"),
+        dcc.Store(id="gallery-digest"),
+        dcc.Store(id="gallery-classes", data=classes),
+        html.Div(id="gallery", className="gallery"),
+        html.Div(
+            [
+                html.Button("Previous page", id="gallery-previous", className="small"),
+                html.Button("Next page", id="gallery-next", className="small"),
+            ],
+            className="actions",
+        ),
+    ]
+
+
+def evaluation_metrics(summary: dict, finished: bool, job_id: str) -> list:
+    """The evaluation's figures, kept with the job as it ended; a sentence until then, or if it failed."""
+    report = summary.get("evaluation")
+    if report:
+        return evaluation_views.metrics_part(report, job_id=job_id)
+    if finished:
+        return [html.P("No figures: the evaluation did not succeed.", className="muted", id="evaluation-missing")]
+    waiting = "The figures (top-1, top-5, calibration, per class) come when every file is classified."
+    return [html.P(waiting, className="muted", id="evaluation-missing")]
+
+
+def scored_card(summary: dict) -> list:
+    """Beside the counts: how many files the figures score, and those they leave out."""
+    report = summary.get("evaluation")
+    if not report:
+        return [html.P("Files are scored against their labels when the job ends.", className="muted")]
+    left_out = report["unlabelled"] + sum((report.get("unknown_labels") or {}).values())
+    return [
+        html.Div("Scored against their labels", className="card-title"),
+        html.Div(str(report["count"]), className="big-number"),
+        html.P(f"files; {left_out} left out (no label, or one the model does not know).", className="muted"),
+    ]
 
 
 def result_filters(label, max_confidence, errors) -> dict:
@@ -247,8 +352,31 @@ def result_filters(label, max_confidence, errors) -> dict:
     return {name: value for name, value in filters.items() if value is not None}
 
 
-def tile(job_id: str, result: dict) -> html.Figure:
+def verdict(result: dict, classes: list[str]) -> str:
+    """An evaluated file as its figures count it: right, wrong, or not scored (no label, or a label
+    the model does not know); an unreadable file is a miss."""
+    truth = result.get("true_label")
+    if truth is None:
+        return "unlabelled"
+    if truth not in classes:
+        return "unknown class"
+    return "right" if result.get("label") == truth else "wrong"
+
+
+def truth_caption(result: dict, classes: list[str] | None) -> list:
+    if classes is None:
+        return []
+    shown = verdict(result, classes)
+    return [
+        html.Span(["true: ", html.Strong(result.get("true_label") or "none")], className="tile-truth"),
+        html.Span(shown, className=f"badge verdict-{shown.replace(' ', '-')}"),
+    ]
+
+
+def tile(job_id: str, result: dict, classes: list[str] | None = None) -> html.Figure:
+    """One file's result; with ``classes`` (an evaluation's), its true label and whether it was right."""
     name = result["path"].rsplit("/", 1)[-1]
+    evaluated = {} if classes is None else {"data-verdict": verdict(result, classes)}
     if result.get("error"):
         return html.Figure(
             [
@@ -257,10 +385,12 @@ def tile(job_id: str, result: dict) -> html.Figure:
                     [
                         html.Span(name, className="mono", title=result["path"]),
                         html.Span(result["error"]["message"], className="muted"),
+                        *truth_caption(result, classes),
                     ]
                 ),
             ],
             className="tile failed",
+            **evaluated,
         )
     source = f"/jobs/{job_id}/image?" + urlencode({"path": result["path"], "size": THUMBNAIL_PX}, quote_via=quote)
     return html.Figure(
@@ -271,12 +401,19 @@ def tile(job_id: str, result: dict) -> html.Figure:
                     html.Strong(result["label"], className="tile-label"),
                     html.Span(percent(result["confidence"]), className="tile-confidence"),
                     html.Span(name, className="mono muted", title=result["path"]),
+                    *truth_caption(result, classes),
                 ]
             ),
         ],
         className="tile",
         **{"data-label": result["label"], "data-confidence": str(result["confidence"])},
+        **({"data-true-label": result.get("true_label") or ""} if classes is not None else {}),
+        **evaluated,
     )
+
+
+# Each kind's body under the header; a kind not named here (a promotion) has its header alone.
+BODIES = {TRAIN.name: training_body, PREDICT.name: prediction_body, EVALUATE.name: evaluation_body}
 
 
 def register(ui: Dash, calls) -> None:
@@ -344,7 +481,7 @@ def register(ui: Dash, calls) -> None:
         Output("class-counts", "figure"),
         Output("prediction-summary", "children"),
         Output("gallery-label", "options"),
-        Output("prediction-accuracy", "children"),
+        Output("job-summary", "data"),
         Input("job-tick", "n_intervals"),
         State("job-id", "data"),
     )
@@ -365,8 +502,23 @@ def register(ui: Dash, calls) -> None:
             charts.class_counts(labels),
             shown if summary else "Listing the input...",
             sorted(labels),
-            accuracy_card(summary, finished),
+            {"summary": summary, "finished": finished},
         )
+
+    # The parts each kind draws from the job's summary (prediction_counts reads it once per tick).
+    @ui.callback(Output("prediction-accuracy", "children"), Input("job-summary", "data"), prevent_initial_call=True)
+    def prediction_accuracy(shown):
+        return accuracy_card(shown["summary"], shown["finished"])
+
+    @ui.callback(
+        Output("evaluation-metrics", "children"),
+        Output("evaluation-scored", "children"),
+        Input("job-summary", "data"),
+        State("job-id", "data"),
+        prevent_initial_call=True,
+    )
+    def evaluation_figures(shown, job_id):
+        return evaluation_metrics(shown["summary"], shown["finished"], job_id), scored_card(shown["summary"])
 
     @ui.callback(
         Output("gallery-page", "data"),
@@ -404,8 +556,9 @@ def register(ui: Dash, calls) -> None:
         State("gallery-errors", "value"),
         State("job-id", "data"),
         State("gallery-digest", "data"),
+        State("gallery-classes", "data"),
     )
-    def gallery(page, _tick, label, max_confidence, errors, job_id, shown_digest):
+    def gallery(page, _tick, label, max_confidence, errors, job_id, shown_digest, classes):
         filters = result_filters(label, max_confidence, errors)
         csv = f"/jobs/{job_id}/results?" + urlencode({**filters, "format": "csv"})
         reply = calls.get(f"/jobs/{job_id}/results", limit=GALLERY_PAGE, cursor=page["cursor"], **filters)
@@ -415,5 +568,5 @@ def register(ui: Dash, calls) -> None:
         if shown == shown_digest:  # e.g. a full page stays full while the job runs on
             return (no_update,) * 6
         results, next_cursor = reply.body["results"], reply.body["next_cursor"]
-        tiles = [tile(job_id, r) for r in results] or [html.P("No results match.", className="muted")]
+        tiles = [tile(job_id, r, classes) for r in results] or [html.P("No results match.", className="muted")]
         return tiles, next_cursor, csv, not next_cursor, not page["previous"], shown

@@ -1,9 +1,10 @@
 """A model's page: what it scored and how it learned (its training job's curves and confusion matrix),
-the runtime each machine measured and serves it on, its aliases, the job that trained it, and delete."""
+its card (where it comes from, its evaluations, its files to download), the runtime each machine
+measured and serves it on, its aliases, the job that trained it, and delete."""
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from api.ui import training_views
+from api.ui import card_views, evaluation_views, training_views
 from api.ui.components import duration, facts, job_link, message, percent, short_id, when
 from api.ui.job_page import all_events
 
@@ -42,6 +43,9 @@ def layout(model_id: str, calls):
             about(model),
             html.H2("Metrics"),
             metrics_table(model.get("metrics") or {}),
+            *card_parts(model["id"], calls),
+            html.H2("Download"),
+            card_views.downloads_part(model["id"]),
             *training_parts(model, calls),
             html.H2("Serving"),
             runtimes_table((model.get("serving") or {}).get("runtimes") or {}),
@@ -72,6 +76,19 @@ def about(model: dict) -> html.Dl:
             "artifact": html.Span(model["artifact"], className="mono"),
         }
     )
+
+
+def card_parts(model_id: str, calls) -> list:
+    """Its card's lineage and evaluations (GET /models/<id>/card)."""
+    reply = calls.get(f"/models/{model_id}/card")
+    if not reply.ok:
+        return [html.H2("Model card"), message(reply.error)]
+    return [
+        html.H2("Model card: where it comes from"),
+        *card_views.lineage_part(reply.body),
+        html.H2("Evaluations"),
+        evaluation_views.evaluations_table(model_id, reply.body["evaluations"]),
+    ]
 
 
 def metrics_table(metrics: dict):

@@ -1,15 +1,31 @@
 """Models: the registry with metrics, the job that produced each, its aliases (each model links to its
-page); move `production` here."""
+page); move `production` here; pick two models and an evaluated set to compare."""
 
 from dash import ALL, Dash, Input, Output, ctx, dcc, html, no_update
 
+from api.ui import compare_page
 from api.ui.components import job_link, message, model_link, percent, short_id, when
 
 
-def layout() -> html.Section:
+def layout(calls) -> html.Section:
     return html.Section(
-        [html.H1("Models"), dcc.Store(id="models-changed"), html.Div(id="models-message"), html.Div(id="models-table")]
+        [
+            html.H1("Models"),
+            dcc.Store(id="models-changed"),
+            html.Div(id="models-message"),
+            html.Div(id="models-table"),
+            html.H2("Compare two models"),
+            *compare_picker(calls),
+        ]
     )
+
+
+def compare_picker(calls) -> list:
+    """Two models and a set one of them was evaluated on: the comparison page's own picker."""
+    reply = calls.get("/models")
+    if not reply.ok:
+        return []  # the table's callback says why
+    return [compare_page.picker(reply.body["models"], compare_page.chosen_of(None), calls)]
 
 
 def models_table(models: list[dict]):

@@ -7,7 +7,7 @@ from flask import current_app, request
 
 from api.auth import TOKEN_COOKIE
 from api.resources import resources
-from api.ui import job_page, jobs, model_page, registry, workshop
+from api.ui import compare_page, job_page, jobs, model_page, registry, workshop
 from api.ui.components import message
 
 JOB_PATH = re.compile(r"^/ui/jobs/([0-9a-fA-F-]{36})/?$")
@@ -37,14 +37,17 @@ def layout() -> html.Div:
     )
 
 
-def page_for(pathname: str | None, calls):
+def page_for(pathname: str | None, search: str | None, calls):
+    """The page a path shows; ``search``, the URL's query, only the comparison's reads (a link to keep)."""
     path = (pathname or "/ui/").rstrip("/") or "/ui"
     if path == "/ui":
         return workshop.layout()
     if path == "/ui/jobs":
         return jobs.layout()
     if path == "/ui/models":
-        return registry.layout()
+        return registry.layout(calls)
+    if path == "/ui/compare":
+        return compare_page.layout(search, calls)
     if match := JOB_PATH.match(path):
         return job_page.layout(match.group(1), calls)
     if match := MODEL_PATH.match(path):
@@ -72,6 +75,7 @@ def register(ui: Dash, calls) -> None:
         Output("signin-state", "children"),
         Output("ui-error", "children"),
         Input("url", "pathname"),
+        Input("url", "search"),
     )
-    def route(pathname):
-        return page_for(pathname, calls), signin_state(), None
+    def route(pathname, search):
+        return page_for(pathname, search, calls), signin_state(), None
