@@ -92,13 +92,13 @@ def test_train_then_predict(stack, client, tiny_dataset, tmp_path):
     assert correct >= 12
     # Its folders name the classes: the job says its accuracy, as counted here.
     assert job["result"]["accuracy"] == {"labelled": 16, "correct": correct, "top1": round(correct / 16, 4)}
-    # Each shard names the runtime it ran on: the machine's choice, or fp32 on ONNX Runtime before it was measured.
+    # Each shard names the runtime it ran on: the machine's choice, or fp32 (OpenVINO) before it was measured.
     shards = client.get(f"/jobs/{job['id']}/shards").get_json()["shards"]
     assert job["result"]["runtimes"] == dict(Counter(s["runtime"] for s in shards))
     # The workers measure the runtimes in the background, and serve with the fastest accepted one.
     (choice,) = wait_for_runtime_choice(client, model["id"])["serving"]["runtimes"].values()
     assert choice["variants"][choice["runtime"]]["accepted"] and choice["check_images"] == 16
-    assert set(job["result"]["runtimes"]) <= {"onnx", choice["runtime"]}
+    assert set(job["result"]["runtimes"]) <= {"openvino", choice["runtime"]}
     again = wait_for(client, client.post("/jobs", json=prediction).get_json()["id"], FINISHED)
     assert again["status"] == "succeeded" and again["result"]["runtimes"] == {
         choice["runtime"]: again["result"]["shards"]
