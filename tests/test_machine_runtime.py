@@ -38,7 +38,7 @@ MEASURED = re.compile(r"measured the runtimes of model (\S+) here")
 PROVISIONAL = re.compile(r"model (\S+) serves on (\S+) here provisionally")
 SERVES = re.compile(r"model (\S+) serves on (\S+) here \(")
 # What serves before a machine has measured a model: fp32 on OpenVINO (a dependency), else ONNX Runtime.
-PROVISIONAL = "openvino" if importlib.util.find_spec("openvino") else "onnx"
+PROVISIONAL_RUNTIME = "openvino" if importlib.util.find_spec("openvino") else "onnx"
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,19 @@ def logged(worker, pattern: re.Pattern) -> list[tuple[str, ...]]:
     return [match.groups() for line in list(worker.log_tail) if (match := pattern.search(line))]
 
 
-def measured_by(machine, model_id: str, timeout: float = 60) -> list[str]:
-    """The workers' nodes that logged measuring the model (the log line follows the record)."""
+def logged_by(machine, pattern: re.Pattern, model_id: str, timeout: float = 60) -> list[tuple]:
+    """The workers' lines about the model (their number, what the line says), waiting for one at most
+    ``timeout`` (a line may follow what the test saw in the database)."""
     deadline = time.monotonic() + timeout
     while True:
-        lines = [n for n, worker in enumerate(machine.workers) for (m,) in logged(worker, MEASURED) if m == model_id]
+        lines = [(n, *rest) for n, w in enumerate(machine.workers) for m, *rest in logged(w, pattern) if m == model_id]
         if lines or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)
+
+
+def measured_by(machine, model_id: str) -> list[tuple]:
+    return logged_by(machine, MEASURED, model_id)
 
 
 def choice_of(model: dict) -> dict:
@@ -146,12 +151,12 @@ def test_a_job_before_the_measurement_serves_provisionally_without_waiting_for_i
         job = predict(machine, model_id, tiny_dataset)
         assert job["status"] == "succeeded" and job["result"]["total"] == 48, job
         # Every shard names the runtime it ran on: fp32 on the model's checked export.
-        assert job["result"]["runtimes"] == {PROVISIONAL: 8}, job
+        assert job["result"]["runtimes"] == {PROVISIONAL_RUNTIME: 8}, job
         model = machine.client.get(f"/models/{model_id}").get_json()
         assert model["serving"].get("runtimes", {}) == {}  # finished, and nothing measured meanwhile
         held_until = time.time()
     served = {runtime for worker in machine.workers for m, runtime in logged(worker, PROVISIONAL) if m == model_id}
-    assert served == {PROVISIONAL}
+    assert served == {PROVISIONAL_RUNTIME}
 
     recorded = choice_of(wait_for_runtime_choice(machine.client, model_id))
     assert len(measured_by(machine, model_id)) == 1
@@ -161,6 +166,7 @@ def test_a_job_before_the_measurement_serves_provisionally_without_waiting_for_i
     # The workers that served it provisionally serve the measured choice from their next shard on.
     later = predict(machine, model_id, tiny_dataset)
     assert later["status"] == "succeeded" and later["result"]["runtimes"] == {recorded["runtime"]: 8}, later
+    assert {runtime for _, runtime in logged_by(machine, SERVES, model_id)} == {recorded["runtime"]}
 
 
 def measuring_now(machine, timeout: float = 120) -> None:
