@@ -154,12 +154,17 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) 
     return attempt
 
 
-def report_job(session: Session, *, job_id: uuid.UUID, attempt: int, **progress) -> bool:
-    """Record progress (``progress_done``, ``progress_total``, ``shards_total`` as given; liveness too);
-    returns whether to stop: cancellation was requested, or this attempt no longer owns the job
-    (another attempt took it over)."""
+def report_job(
+    session: Session, *, job_id: uuid.UUID, attempt: int, event: tuple[str, dict] | None = None, **progress
+) -> bool:
+    """Record progress (``progress_done``, ``progress_total``, ``shards_total`` as given; liveness too)
+    and ``event`` (kind, data), if this attempt still owns the job; returns whether to stop: cancellation
+    was requested, or this attempt no longer owns the job (another attempt took it over, and a late
+    attempt's event, an epoch the next attempt trains again, stays out of the job's history)."""
     given = {name: value for name, value in progress.items() if value is not None}
     cancel = attempts.report(session, table=Job, key=job_id, attempt=attempt, returning=Job.cancel_requested, **given)
+    if cancel is not None and event is not None:
+        add_event(session, job_id=job_id, kind=event[0], data=event[1])
     return cancel is None or cancel
 
 

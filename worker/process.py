@@ -249,13 +249,12 @@ class JobReporter:
                 session,
                 job_id=self.job_id,
                 attempt=self.attempt,
+                event=event,
                 progress_done=done,
                 progress_total=total,
                 progress_detail=detail,
                 result=self.kept_result or None,
             )
-            if event is not None:
-                crud.add_event(session, job_id=self.job_id, kind=event[0], data=event[1])
             session.commit()
         self.last_beat = time.monotonic()
         return self.cancelled
