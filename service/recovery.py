@@ -26,6 +26,14 @@ def _older_than(column, seconds: float):
     return column < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
+def _silent_for(column, seconds: float):
+    """Not written for ``seconds``, counted from the database's start at the earliest. No worker can
+    report while the database is down: counted from the last report alone, a restart longer than the
+    lease took every worker for lost at once, ended all their sessions and put all their work back on
+    the queue, each job an attempt the poorer, though every worker lived."""
+    return _older_than(func.greatest(column, func.pg_postmaster_start_time()), seconds)
+
+
 def worker_session_name(hostname: str, pid: int) -> str:
     """The application_name of a worker process's database sessions (PostgreSQL keeps 63 bytes)."""
     return f"grocery-worker {pid}@{hostname}"[:63]
@@ -40,7 +48,7 @@ def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str |
     its locks, and the worker's late writes fail instead of landing (a lost worker is fenced off).
     ``exclude`` is the caller's own session name: a reconciler never ends itself."""
     lost = select(Worker.hostname, Worker.pid).where(
-        Worker.status != WorkerStatus.OFFLINE, _older_than(Worker.heartbeat_at, lease_seconds)
+        Worker.status != WorkerStatus.OFFLINE, _silent_for(Worker.heartbeat_at, lease_seconds)
     )
     names = [worker_session_name(hostname, pid) for hostname, pid in session.execute(lost)]
     names = [name for name in names if name != exclude]
@@ -56,9 +64,9 @@ def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str |
 def _lost_or_stalled(table, lease_seconds: float, stall_seconds: float):
     """Running work whose worker went silent past the lease, or whose task made no progress for
     ``stall_seconds`` although its worker lives; with a flag that says which."""
-    stalled = _older_than(table.progress_at, stall_seconds)
+    stalled = _silent_for(table.progress_at, stall_seconds)
     query = select(table, stalled).where(
-        table.status == Status.RUNNING, or_(_older_than(table.heartbeat_at, lease_seconds), stalled)
+        table.status == Status.RUNNING, or_(_silent_for(table.heartbeat_at, lease_seconds), stalled)
     )
     return query
 

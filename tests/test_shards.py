@@ -8,7 +8,7 @@ from datetime import timedelta
 import factories
 import psycopg
 import pytest
-from sqlalchemy import create_engine, func, update
+from sqlalchemy import create_engine, func, select, update
 
 from service import attempts, crud, ops, predictions, recovery, shards
 from service.attempts import Verdict
@@ -162,6 +162,25 @@ def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions)
         assert crud.get_job(session, job_id=job_id).result["output"] == output
         assert shards.outcome(session, job_id=job_id, max_failed_fraction=0.1) is None  # ended once
         session.commit()
+
+
+def test_a_silence_counts_from_the_database_start(sessions):
+    """No worker can report while the database is down: a heartbeat written before it (re)started is
+    silent only a lease after the start, so a restart longer than the lease takes no live worker's work."""
+    with sessions() as session:
+        _, (shard_id,) = running_job(session, [["/a/1.jpg"]])
+        shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
+        before_start = func.pg_postmaster_start_time() - timedelta(hours=1)
+        session.execute(update(JobShard).values(heartbeat_at=before_start, progress_at=before_start))
+        up = session.scalar(select(func.extract("epoch", func.now() - func.pg_postmaster_start_time())))
+        session.commit()
+        since_start = float(up)
+        assert recovery.silent_shards(session, lease_seconds=since_start + 60, stall_seconds=since_start + 60) == []
+        (silent, stalled), *_ = recovery.silent_shards(
+            session, lease_seconds=max(0.0, since_start - 1), stall_seconds=since_start + 60
+        )
+        assert silent.id == shard_id and not stalled
+        session.rollback()
 
 
 def test_a_worker_frozen_inside_a_pipeline_is_fenced_so_its_shard_can_be_taken_back(sessions, database_url):
