@@ -349,6 +349,16 @@ class JobError(Exception):
     code = "internal_error"
 
 
+def database_unreachable(error: BaseException) -> bool:
+    """A lost, refused or ended database connection (PostgreSQL restarting, a cut link, a fenced
+    session): no fault of the job's, so no verdict on it. The attempt ends there; its lease lapses and the
+    reconciler hands the job to another attempt, which resumes (a training from its last checkpoint).
+    Recorded as the job's failure instead, a restart of the database failed every training it caught."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(error, OperationalError | InterfaceError)
+
+
 def error_code(error: Exception) -> str:
     if isinstance(error, JobError):
         return error.code

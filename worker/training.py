@@ -17,7 +17,15 @@ from service.kinds import TRAIN
 from service.specs import TrainParams
 from service.states import Status
 from worker.celery_app import app
-from worker.process import error_code, hard_time_limit, sessions, shutting_down, start, worker_settings
+from worker.process import (
+    database_unreachable,
+    error_code,
+    hard_time_limit,
+    sessions,
+    shutting_down,
+    start,
+    worker_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,8 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
                 serving = prepare_for_serving(files.output, data_dir=config.data_dir)
                 files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
+        if database_unreachable(e):
+            raise
         log.exception("train job %s failed", job.id)
         return reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
     if result.status == "stopped":
