@@ -146,6 +146,22 @@ def test_a_cancelled_job_drops_its_queued_shards(sessions):
         session.commit()
 
 
+def test_a_job_queued_again_to_be_listed_keeps_its_shards(sessions):
+    """Its lister lost, a job goes back on the queue to be listed again: its shards, queued or running,
+    are still its work, neither dropped nor stopped, and they run once the job does."""
+    with sessions() as session:
+        job_id, (running, queued) = running_job(session, [["/a/1.jpg"], ["/a/2.jpg"]])
+        under_way = shards.claim_shard(session, shard_id=running, worker="w1@h", device="cpu")
+        assert crud.requeue_job(session, job_id=job_id, attempt=1, reason="no heartbeat for 4s")
+        assert shards.drop_shard_of_stopped_job(session, shard_id=queued) is None
+        assert shards.claim_shard(session, shard_id=queued, worker="w2@h", device="cpu") is None  # not while queued
+        verdict = shards.report_shard(session, shard=under_way, attempt=1, done=1, failed=0, labels={}, runtime="onnx")
+        assert verdict is Verdict.GO_ON
+        assert crud.claim_job(session, job_id=job_id, worker="lister@h", device="cpu") == 2
+        assert shards.claim_shard(session, shard_id=queued, worker="w2@h", device="cpu").attempts == 1
+        session.commit()
+
+
 def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions):
     """So that a client who sees the job ended finds its results object in place."""
     with sessions() as session:
