@@ -12,7 +12,7 @@ from service import attempts, deliveries
 from service.kinds import NewJob
 from service.specs import EvaluateSpec
 from service.states import LIVE_STATUSES, Lane, Status
-from service.tables import Job, JobEvent
+from service.tables import Job, JobEvent, JobShard
 
 
 def create_job(session: Session, *, new: NewJob) -> Job:
@@ -213,6 +213,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     if cancelled is not None:
         add_event(session, job_id=job_id, kind="state", data={"status": Status.CANCELLED})
         deliveries.add_deliveries(session, job_id=job_id, event=Status.CANCELLED)
+        cancel_queued_shards(session, job_id=job_id)  # a job queued to be listed again may have some
         return Status.CANCELLED
     flagged = session.scalar(
         update(Job)
@@ -224,6 +225,16 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
         return Status.RUNNING
     return None
+
+
+def cancel_queued_shards(session: Session, *, job_id: uuid.UUID) -> None:
+    """The queued shards of a job that has ended: nothing would run them (the reconciler sends again
+    only the shards of running jobs), and left queued they would stay so for ever."""
+    session.execute(
+        update(JobShard)
+        .where(JobShard.job_id == job_id, JobShard.status == Status.QUEUED)
+        .values(status=Status.CANCELLED, finished_at=func.now())
+    )
 
 
 def evaluation_on_the_same_set(session: Session, *, evaluation: Job, model_id: uuid.UUID) -> Job | None:

@@ -7,10 +7,10 @@ import uuid
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from service.crud import finish_job, requeue_job
+from service.crud import cancel_queued_shards, finish_job, requeue_job
 from service.kinds import SHARDED_TYPES
 from service.retry import RetryPolicy
-from service.shards import fail_remaining, finish_shard, requeue_shard
+from service.shards import fail_remaining, finish_shard, job_stopped, requeue_shard
 from service.states import LIVE_STATUSES, Status, WorkerStatus
 from service.tables import Job, JobShard, Worker
 
@@ -94,7 +94,13 @@ def silent_jobs(session: Session, *, lease_seconds: float, stall_seconds: float)
 
 
 def recover_job(session: Session, *, job: Job, code: str, reason: str, policy: RetryPolicy) -> Status:
-    """Back on the queue, or failed once it has lost as many attempts this way as the policy allows."""
+    """Back on the queue, or failed once it has lost as many attempts this way as the policy allows;
+    cancelled, when a cancel was asked (put back on the queue, it could never be claimed again: it
+    stayed queued for ever)."""
+    if job.cancel_requested:
+        finish_job(session, job_id=job.id, attempt=job.attempts, status=Status.CANCELLED)
+        cancel_queued_shards(session, job_id=job.id)
+        return Status.CANCELLED
     lost = job.lost_attempts + 1
     session.execute(update(Job).where(Job.id == job.id).values(lost_attempts=lost))
     if not policy.retries(lost):
@@ -113,7 +119,11 @@ def silent_shards(session: Session, *, lease_seconds: float, stall_seconds: floa
 
 
 def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, policy: RetryPolicy) -> Status:
-    """Back on the queue (the next attempt resumes after the rows written), or its files fail."""
+    """Back on the queue (the next attempt resumes after the rows written), or its files fail; cancelled,
+    when its job was cancelled or has ended."""
+    if session.scalar(select(job_stopped()).where(Job.id == shard.job_id)):
+        finish_shard(session, shard=shard, attempt=shard.attempts, status=Status.CANCELLED, error_message=reason)
+        return Status.CANCELLED
     if policy.retries(shard.attempts):
         requeue_shard(session, shard=shard, attempt=shard.attempts, error_message=reason)
         return Status.QUEUED

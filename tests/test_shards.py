@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, func, select, update
 from service import attempts, crud, ops, predictions, recovery, shards
 from service.attempts import Verdict
 from service.db import make_session_factory
+from service.retry import RetryPolicy
 from service.tables import JobShard, Worker
 
 
@@ -160,6 +161,24 @@ def test_a_job_queued_again_to_be_listed_keeps_its_shards(sessions):
         assert crud.claim_job(session, job_id=job_id, worker="lister@h", device="cpu") == 2
         assert shards.claim_shard(session, shard_id=queued, worker="w2@h", device="cpu").attempts == 1
         session.commit()
+
+
+def test_a_lost_job_or_shard_whose_cancel_was_asked_ends_cancelled(sessions):
+    """Put back on the queue, a job flagged for cancelling could never be claimed again (it stayed queued
+    for ever), nor a shard of an ended job be sent again."""
+    with sessions() as session:
+        job_id, (lost, queued) = running_job(session, [["/a/1.jpg"], ["/a/2.jpg"]])
+        shard = shards.claim_shard(session, shard_id=lost, worker="w@h", device="cpu")
+        assert crud.request_cancel(session, job_id=job_id) == "running"
+        policy = RetryPolicy(3)
+        assert (
+            recovery.recover_shard(session, shard=shard, code="worker_lost", reason="r", policy=policy) == "cancelled"
+        )
+        job = crud.get_job(session, job_id=job_id)
+        assert recovery.recover_job(session, job=job, code="worker_lost", reason="r", policy=policy) == "cancelled"
+        session.commit()
+        assert crud.get_job(session, job_id=job_id).status == "cancelled"
+        assert [session.get(JobShard, i).status for i in (lost, queued)] == ["cancelled", "cancelled"]
 
 
 def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions):
