@@ -259,6 +259,14 @@ class JobReporter:
         self.last_beat = time.monotonic()
         return self.cancelled
 
+    def owns(self) -> bool:
+        """Whether this attempt still runs the job: a superseded one writes nothing more, not even to
+        the bucket (asked just before each upload; the upload itself is not fenced)."""
+        with sessions()() as session:
+            owned = attempts.keep_alive(session, table=Job, key=self.job_id, attempt=self.attempt)
+            session.commit()
+        return owned
+
     def requeue(self, reason: str) -> bool:
         with sessions()() as session:
             requeued = crud.requeue_job(session, job_id=self.job_id, attempt=self.attempt, reason=reason)

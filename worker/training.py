@@ -75,6 +75,8 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
 
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
+                if not reporter.owns():
+                    return True  # superseded (its worker was cut off or frozen): no late checkpoint
                 last_confusion.update(event["confusion"])
                 files.keep_checkpoint()
                 # The next epoch's batches, none done yet.
@@ -92,7 +94,8 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
                 # Exported and checked before it is registered; a failed export is recorded, not raised.
                 reporter.beat(force=True)
                 serving = prepare_for_serving(files.output, data_dir=config.data_dir)
-                files.keep_artifact()
+                if reporter.owns():  # a superseded attempt's finish is refused: nothing of it to keep
+                    files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
         if database_unreachable(e):
             raise
