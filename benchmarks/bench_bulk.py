@@ -10,6 +10,12 @@ one single-threaded worker process per core, serving with the runtime each chose
 (d) a client POSTing each file to /predict. Also: result rows written per second, and the API's
 memory while the big job lists and while its results export as CSV.
 
+--first-job (with --model) measures only what a freshly registered model's first bulk job costs: the
+workers up and idle, a copy of the model never measured on this machine registered, a bulk job over
+the training images submitted at once and timed, with the runtimes its shards ran on; then, once the
+machine's runtime choice is recorded, the same job again. Run it from a checkout of another commit to
+compare (it needs only the API).
+
 Uses the PostgreSQL and Redis of DATABASE_URL's server and REDIS_URL (defaults: the local ones);
 creates and drops its own database.
 
@@ -31,7 +37,16 @@ from pathlib import Path
 
 import psutil
 from bench_prediction import workshop_loop
-from harness import free_port, register_model, request, scratch_database, service_env, start_api, start_workers
+from harness import (
+    free_port,
+    live_workers,
+    register_model,
+    request,
+    scratch_database,
+    service_env,
+    start_api,
+    start_workers,
+)
 
 from grocery import index
 from grocery.predict import Predictor
@@ -203,6 +218,59 @@ def write_rate(database_url: str, rows: int, batch: int) -> float:
         return rows / (time.perf_counter() - start)
 
 
+def first_job(args, database_url: str, data_dir: str, work: Path) -> dict:
+    """A freshly registered model's first bulk job, then the same job once the runtime choice is recorded."""
+    model = shutil.copytree(args.model, work / "fresh-model", ignore=shutil.ignore_patterns("runtimes.json", ".*"))
+    env = service_env(database_url, data_dir, work)
+    port, processes = free_port(), []
+    try:
+        processes.append(start_api(env, port, workers=2))
+        processes += start_workers(env, args.workers, ["predict"])
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        live_workers(conn, args.workers)
+        load_before = os.getloadavg()
+        register_model(database_url, model)
+        registered = time.perf_counter()
+        model_id = request(conn, "GET", "/models/latest")[1]["id"]
+        first_rate, first = run_job(conn, {"folder": str(Path(data_dir) / "train")})
+        first_seconds = time.perf_counter() - registered
+        print(
+            f"first bulk job, {first['result']['total']} images: {first_rate:.1f} img/s, {first_seconds:.1f} s "
+            f"from the registration; shards by runtime {first['result']['runtimes']}",
+            flush=True,
+        )
+        while not (choices := request(conn, "GET", f"/models/{model_id}")[1]["serving"].get("runtimes")):
+            time.sleep(1)
+        recorded_after = time.perf_counter() - registered
+        ((machine, choice),) = choices.items()
+        speeds = ", ".join(variant_line(n, v) for n, v in choice["variants"].items())
+        print(
+            f"runtime recorded {recorded_after:.1f} s after the registration on {machine}: {choice['runtime']} "
+            f"({speeds}); quiet: {json.dumps(choice.get('quiet'))}",
+            flush=True,
+        )
+        warm_rate, warm = run_job(conn, {"folder": str(Path(data_dir) / "train")})
+        print(f"the same job again: {warm_rate:.1f} img/s; shards by runtime {warm['result']['runtimes']}", flush=True)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+    return {
+        "workers": args.workers,
+        "load_before": [round(load, 2) for load in load_before],
+        "load_after": [round(load, 2) for load in os.getloadavg()],
+        "first_job": {
+            "images_per_s": round(first_rate, 1),
+            "seconds_from_registration": round(first_seconds, 1),
+            "runtimes": first["result"]["runtimes"],
+        },
+        "choice_recorded_after_s": round(recorded_after, 1),
+        "runtime_chosen": choice["runtime"],
+        "quiet": choice.get("quiet"),
+        "second_job": {"images_per_s": round(warm_rate, 1), "runtimes": warm["result"]["runtimes"]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -213,6 +281,9 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=300, help="images POSTed one by one to /predict")
     parser.add_argument("--workshop-images", type=int, default=600, help="images the workshop loop classifies")
     parser.add_argument(
+        "--first-job", action="store_true", help="only a freshly registered --model's first bulk job, then the next"
+    )
+    parser.add_argument(
         "--model-dir",
         help="where the service writes the model it trains, kept afterwards (default: a temporary folder, removed)",
     )
@@ -220,6 +291,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="grocery-bulk-"))
     data_dir = str(Path(args.data_dir).resolve())
+    if args.first_job:
+        if not args.model:
+            parser.error("--first-job needs --model")
+        with scratch_database() as database_url:
+            figures = first_job(args, database_url, data_dir, work)
+        shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(figures))
+        return
     paths = [str(s.path) for s in index.read_split(data_dir, "train", "coarse")]
     big = generated_folder(paths, work / "generated", args.files)
     with scratch_database() as database_url:

@@ -69,8 +69,8 @@ class Stack:
         self.settings = Settings.from_env()
 
     def wait_until_ready(self) -> None:
-        """Until the API answers /readyz on its port and every worker answers a ping (a worker that
-        measures the serving model's runtimes at its start answers once it has)."""
+        """Until the API answers /readyz on its port and every worker answers a ping (a worker answers
+        once it has loaded the serving model)."""
         from celery.utils.nodenames import host_format
 
         from cli.worker import plan
@@ -86,7 +86,7 @@ class Stack:
             if api_ready and expected <= set(ready_workers):
                 return
             if time.monotonic() > told:
-                waiting = "the workers (loading and timing the serving model)" if api_ready else "the API"
+                waiting = "the workers (loading the serving model)" if api_ready else "the API"
                 print(f"grocery-jobs: still starting: waiting for {waiting}", flush=True)
                 told = time.monotonic() + 30
             time.sleep(POLL_SECONDS)

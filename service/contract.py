@@ -22,9 +22,14 @@ from service.tables import Job, Model
 log = logging.getLogger(__name__)
 
 
-# The modules that define the tasks (a worker imports them as it starts): each kind's, the reconciler
-# and the webhook courier.
-WORKER_MODULES = (*dict.fromkeys(kind.module for kind in KINDS.values()), "worker.reconciler", "worker.deliveries")
+# The modules that define the tasks (a worker imports them as it starts): each kind's, the reconciler,
+# the webhook courier and the background runtime measurement.
+WORKER_MODULES = (
+    *dict.fromkeys(kind.module for kind in KINDS.values()),
+    "worker.reconciler",
+    "worker.deliveries",
+    "worker.measuring",
+)
 # The unique index two submissions with one Idempotency-Key meet at (service/tables.py).
 IDEMPOTENCY_INDEX = "jobs_owner_token_id_idempotency_key"
 # An export's record count, sent before its body so a client can tell a cut download from a whole one.

@@ -2,8 +2,9 @@
 machine chose for them. Callers own the transaction."""
 
 import uuid
+from collections.abc import Collection
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.tables import Model, ModelAlias
@@ -59,6 +60,18 @@ def record_runtime_choice(
         return recorded
     model.serving = {**model.serving, "runtimes": {**model.serving.get("runtimes", {}), machine: choice}}
     return choice
+
+
+def models_to_measure(
+    session: Session, *, machine: str, newest: int, including: Collection[uuid.UUID] = ()
+) -> list[Model]:
+    """The models a machine measures before a job asks for them: the ``newest`` and every one an
+    alias names, where none has a runtime choice recorded for the machine; and ``including`` (models
+    a worker of the machine serves provisionally), whatever is recorded. Newest first."""
+    recent = select(Model.id).order_by(Model.version.desc()).limit(newest).scalar_subquery()
+    wanted = or_(Model.id.in_(recent), Model.id.in_(select(ModelAlias.model_id)), Model.id.in_(list(including)))
+    models = session.scalars(select(Model).where(wanted).order_by(Model.version.desc()))
+    return [m for m in models if m.id in including or machine not in m.serving.get("runtimes", {})]
 
 
 def resolve_model(session: Session, *, reference: str) -> Model | None:

@@ -401,6 +401,18 @@ def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240) -> d
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
+def wait_for_runtime_choice(client, model_id: str, timeout: float = 240) -> dict:
+    """The model's document once a machine has recorded its runtime choice (the prediction workers
+    measure it in the background, while the machine is quiet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = client.get(f"/models/{model_id}").get_json()
+        if model["serving"].get("runtimes"):
+            return model
+        time.sleep(0.2)
+    raise TimeoutError(f"no runtime choice recorded for model {model_id} after {timeout}s")
+
+
 class Launcher:
     """`grocery worker --gpus cpu` as a real process tree, its output kept for debugging."""
 

@@ -8,9 +8,19 @@ import time
 
 import factories
 import pytest
-from conftest import FINISHED, clean_store, new_bucket, stack_settings, start_worker, stop_worker, wait_for
+from conftest import (
+    FINISHED,
+    clean_store,
+    new_bucket,
+    stack_settings,
+    start_worker,
+    stop_worker,
+    wait_for,
+    wait_for_runtime_choice,
+)
 
 from grocery import storage
+from grocery.machine_lock import LOCK_NAME, WANTED_NAME
 from grocery.runtimes import CHOICES_NAME
 from service.artifacts import cache_folder, training_folder
 
@@ -116,8 +126,10 @@ def test_a_worker_with_an_empty_cache_serves_a_model_kept_only_in_the_bucket(ser
     copy = cache_folder(server, model_id=model_id)
     assert (copy / "model.safetensors").is_file() and (copy / "model.onnx").is_file()
     assert not (copy / "checkpoint.pt").exists()  # serving needs no checkpoint
+    wait_for_runtime_choice(client, str(model_id))  # measured in the background, on this machine's copy
     assert (copy / CHOICES_NAME).is_file()  # the runtime measured on this machine, kept with its copy
-    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no partial copy left behind
+    # No partial copy left behind: the copy, and the machine lock its workers share.
+    assert sorted(p.name for p in copy.parent.iterdir()) == sorted([copy.name, LOCK_NAME, WANTED_NAME])
 
 
 def test_uploads_are_kept_in_the_bucket_and_read_by_their_own_job_alone(serving, client, settings, tiny_dataset):

@@ -1,5 +1,6 @@
 """What every task of a worker process shares: its settings and database sessions, its identity and
-presence, claiming a job and reporting on it, its time limits and error codes."""
+presence, the machine lock it holds while it runs, claiming a job and reporting on it, its time limits
+and error codes."""
 
 import contextlib
 import functools
@@ -21,6 +22,7 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
+from grocery.machine_lock import MachineLock
 from service import attempts, crud, ops, registry
 from service.broker import announce_job_finished
 from service.contract import send_next_steps
@@ -160,16 +162,30 @@ def end_presence(**_) -> None:
     presence.stop()
 
 
+@functools.cache
+def machine_lock() -> MachineLock:
+    """The lock of the machine's workers, in the artifact cache they share: each task holds it shared
+    while it runs, and a runtime measurement exclusively, while no task runs (worker/measuring.py)."""
+    return MachineLock(worker_settings().artifact_cache)
+
+
+# What the running task holds of the machine lock, released as it ends.
+task_hold = contextlib.ExitStack()
+
+
 @task_prerun.connect
 def task_started(task=None, args=(), **_) -> None:
     if task.name in {shard.name for shard in SHARD_TASKS}:
         presence.update(job_id=None, shard_id=args[0])
     else:
         presence.update(job_id=uuid.UUID(args[0]), shard_id=None)
+    # Waits for one step of a measurement at most: the measurement yields to the task.
+    task_hold.enter_context(machine_lock().task())
 
 
 @task_postrun.connect
 def task_finished(**_) -> None:
+    task_hold.close()
     presence.update(job_id=None, shard_id=None, kept=None)
 
 

@@ -132,7 +132,8 @@ def runtimes_table(runtimes: dict):
     """Per machine: the variants it measured, the one it chose (and serves with) first."""
     if not runtimes:
         return html.P(
-            "No machine has served this model yet: a worker measures the runtimes when it first loads it.",
+            "No machine has measured this model yet: an idle prediction worker measures its runtimes in the "
+            "background, and jobs serve on fp32 meanwhile.",
             className="muted",
         )
     head = html.Thead(html.Tr([html.Th(c) for c in ("Runtime", "Images/s", "Batch", "Agreement", "")]))
