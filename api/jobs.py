@@ -419,9 +419,9 @@ def delete_job(job_id: str):
         job = existing_job(session, job_id)
         if job.status not in FINISHED_STATUSES:
             raise APIError(409, "job_not_finished", f"job {job_id} is {job.status}: cancel it, then delete it")
-        lifecycle.delete_jobs(session, job_ids=[job.id])
+        files = lifecycle.delete_jobs(session, job_ids=[job.id], settings=resources().settings)
         session.commit()
-    lifecycle.remove_files(lifecycle.job_files(resources().settings, job.id))
+    lifecycle.remove_files(files)
     return "", 204
 
 

@@ -20,14 +20,14 @@ from api.resources import resources
 from api.uploads import looks_like_image, storage_error
 from grocery import storage
 from service import contract, crud, predictions
-from service.broker import await_job_finished
+from service.broker import JOB_END_WAIT_SECONDS, await_job_finished
 from service.kinds import PREDICT, NewJob
 from service.specs import PREDICT_SOURCE, PredictSpec, StoredInput
 from service.states import FINISHED_STATUSES, Lane
 
 blueprint = Blueprint("workshop", __name__)
 PREDICT_TIMEOUT_SECONDS = 30.0
-RECHECK_SECONDS, BROKER_DOWN_RECHECK_SECONDS = 5.0, 0.25
+RECHECK_SECONDS, BROKER_DOWN_RECHECK_SECONDS = JOB_END_WAIT_SECONDS, 0.25
 
 
 def serving_model(session):

@@ -5,6 +5,16 @@ import uuid
 from amqp.exceptions import ChannelError
 from celery import Celery
 
+# A broker that vanishes without closing its connections (a cut link, a host gone) must not hold a command
+# for ever: redis-py waits without a timeout by default, and a POST /jobs sent into a cut link waited until
+# TCP gave up (minutes) instead of answering 202 and leaving its job to the reconciler. These bound
+# connecting and every command (service.contract's Celery configuration); the workers' consuming BRPOP is
+# watched by kombu's own health check instead.
+BROKER_CONNECT_SECONDS = 3.0
+BROKER_SOCKET_SECONDS = 5.0
+# A blocking read of ours waits less than a command may take, or the socket's timeout would cut it short.
+JOB_END_WAIT_SECONDS = BROKER_SOCKET_SECONDS / 2
+
 
 def queue_depths(app: Celery, names: list[str]) -> dict[str, int]:
     """Messages waiting in each queue (every priority level counted). Redis keeps no empty lists,
@@ -34,7 +44,9 @@ def announce_job_finished(app: Celery, job_id: uuid.UUID, status: str) -> None:
 
 
 def await_job_finished(app: Celery, job_id: uuid.UUID, timeout: float) -> str | None:
-    """The status the job ended with, once its worker says so; None if it did not within ``timeout``."""
+    """The status the job ended with, once its worker says so; None if it did not within ``timeout``
+    (at most JOB_END_WAIT_SECONDS)."""
+    key, wait = JOB_END_KEY.format(job_id=job_id), min(timeout, JOB_END_WAIT_SECONDS)
     with app.connection_for_read() as connection:
-        reply = connection.default_channel.client.blpop([JOB_END_KEY.format(job_id=job_id)], timeout=timeout)
+        reply = connection.default_channel.client.blpop([key], timeout=wait)
     return reply[1].decode() if reply else None

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import chains, crud, registry
+from service.broker import BROKER_CONNECT_SECONDS, BROKER_SOCKET_SECONDS
 from service.kinds import KINDS, NewJob, Task
 from service.settings import Settings
 from service.tables import Job, Model
@@ -48,8 +49,15 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # status and results live in PostgreSQL
         # The first of a worker's queues that holds a message is served first (QUEUES' order).
-        broker_transport_options={"queue_order_strategy": "priority"},
+        broker_transport_options={
+            "queue_order_strategy": "priority",
+            "socket_connect_timeout": BROKER_CONNECT_SECONDS,
+            "socket_timeout": BROKER_SOCKET_SECONDS,
+        },
         broker_connection_retry_on_startup=True,
+        # A send's connecting, retries included, as long as one try: the API answers 202 in seconds
+        # while the broker is cut off (Celery's default 4 s let a second 3-s try start).
+        broker_connection_timeout=BROKER_CONNECT_SECONDS,
         worker_hijack_root_logger=False,
     )
     return app

@@ -12,7 +12,7 @@ from service import attempts, chains, deliveries
 from service.kinds import EVALUATE, NewJob
 from service.specs import EvaluateSpec
 from service.states import LIVE_STATUSES, Lane, Status
-from service.tables import Job, JobEvent
+from service.tables import Job, JobEvent, JobShard
 
 
 def create_job(session: Session, *, new: NewJob) -> Job:
@@ -156,12 +156,17 @@ def claim_job(session: Session, *, job_id: uuid.UUID, worker: str, device: str) 
     return attempt
 
 
-def report_job(session: Session, *, job_id: uuid.UUID, attempt: int, **progress) -> bool:
-    """Record progress (``progress_done``, ``progress_total``, ``shards_total`` as given; liveness too);
-    returns whether to stop: cancellation was requested, or this attempt no longer owns the job
-    (another attempt took it over)."""
+def report_job(
+    session: Session, *, job_id: uuid.UUID, attempt: int, event: tuple[str, dict] | None = None, **progress
+) -> bool:
+    """Record progress (``progress_done``, ``progress_total``, ``shards_total`` as given; liveness too)
+    and ``event`` (kind, data), if this attempt still owns the job; returns whether to stop: cancellation
+    was requested, or this attempt no longer owns the job (another attempt took it over, and a late
+    attempt's event, an epoch the next attempt trains again, stays out of the job's history)."""
     given = {name: value for name, value in progress.items() if value is not None}
     cancel = attempts.report(session, table=Job, key=job_id, attempt=attempt, returning=Job.cancel_requested, **given)
+    if cancel is not None and event is not None:
+        add_event(session, job_id=job_id, kind=event[0], data=event[1])
     return cancel is None or cancel
 
 
@@ -211,6 +216,7 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
     if cancelled is not None:
         add_event(session, job_id=job_id, kind="state", data={"status": Status.CANCELLED})
         deliveries.add_deliveries(session, job_id=job_id, event=Status.CANCELLED)
+        cancel_queued_shards(session, job_id=job_id)  # a job queued to be listed again may have some
         chains.advance(session, job_id=job_id)
         return Status.CANCELLED
     flagged = session.scalar(
@@ -223,6 +229,16 @@ def request_cancel(session: Session, *, job_id: uuid.UUID) -> str | None:
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
         return Status.RUNNING
     return None
+
+
+def cancel_queued_shards(session: Session, *, job_id: uuid.UUID) -> None:
+    """The queued shards of a job that has ended: nothing would run them (the reconciler sends again
+    only the shards of running jobs), and left queued they would stay so for ever."""
+    session.execute(
+        update(JobShard)
+        .where(JobShard.job_id == job_id, JobShard.status == Status.QUEUED)
+        .values(status=Status.CANCELLED, finished_at=func.now())
+    )
 
 
 def evaluation_on_the_same_set(session: Session, *, evaluation: Job, model_id: uuid.UUID) -> Job | None:

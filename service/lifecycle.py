@@ -20,17 +20,46 @@ from service.tables import Job, Model, ModelAlias
 log = logging.getLogger(__name__)
 
 
-def job_files(settings: Settings, job_id: uuid.UUID) -> list[Path | str]:
-    """A job's own files: its uploads (a folder or a prefix) and its result files. A training job's
-    model artifact is the registry's (the model outlives the job) and goes with DELETE /models/<id>."""
-    return [storage.join(settings.upload_dir, str(job_id)), settings.export_dir / str(job_id)]
+def job_files(settings: Settings, job_id: uuid.UUID, *, kept: set[str] = frozenset()) -> list[Path | str]:
+    """A job's own files: its uploads (a folder or a prefix), its result files, and a training's attempt
+    folders in the model storage (the checkpoints of attempts superseded, cancelled or failed) but those
+    in ``kept``: a model's artifact is the registry's (the model outlives the job) and goes with DELETE
+    /models/<id>."""
+    own = [storage.join(settings.upload_dir, str(job_id)), settings.export_dir / str(job_id)]
+    return own + [folder for folder in attempt_folders(settings, job_id) if _location(folder) not in kept]
 
 
-def delete_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> None:
+def attempt_folders(settings: Settings, job_id: uuid.UUID) -> list[Path | str]:
+    """The folders, or prefixes, of a training job's attempts in the model storage (none for other jobs).
+    A bucket that does not answer lists none (logged): the job's rows go all the same."""
+    job_folder = storage.join(settings.model_dir, str(job_id))
+    if not storage.is_url(job_folder):
+        return sorted(Path(job_folder).glob("attempt-*"))
+    prefix = storage.as_prefix(str(job_folder))
+    try:
+        names = {url[len(prefix) :].split("/", 1)[0] for url in storage.list_objects(prefix)}
+    except storage.StorageError as e:
+        log.warning("could not list the attempts of job %s: %s", job_id, e)
+        return []
+    return [storage.join(job_folder, name) for name in sorted(names) if name.startswith("attempt-")]
+
+
+def _location(folder: Path | str) -> str:
+    """A folder or prefix as a model's artifact_path names it."""
+    return str(folder).rstrip("/")
+
+
+def delete_jobs(session: Session, *, job_ids: list[uuid.UUID], settings: Settings) -> list[Path | str]:
     """The jobs' rows; their results, shards and events go with them (ON DELETE CASCADE), and the
-    models they trained stay, without their producing job (ON DELETE SET NULL)."""
-    if job_ids:
-        session.execute(delete(Job).where(Job.id.in_(job_ids)))
+    models they trained stay, without their producing job (ON DELETE SET NULL). Returns the jobs' files
+    (job_files), for the caller to remove once it has committed."""
+    if not job_ids:
+        return []
+    artifacts = session.scalars(select(Model.artifact_path).where(Model.job_id.in_(job_ids)))
+    kept = {_location(path) for path in artifacts}
+    files = [file for job_id in job_ids for file in job_files(settings, job_id, kept=kept)]
+    session.execute(delete(Job).where(Job.id.in_(job_ids)))
+    return files
 
 
 def remove_files(locations: list[Path | str]) -> None:

@@ -7,10 +7,10 @@ import uuid
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from service.crud import finish_job, requeue_job
+from service.crud import cancel_queued_shards, finish_job, requeue_job
 from service.kinds import SHARDED_TYPES
 from service.retry import RetryPolicy
-from service.shards import fail_remaining, finish_shard, requeue_shard
+from service.shards import fail_remaining, finish_shard, job_stopped, requeue_shard
 from service.states import LIVE_STATUSES, Status, WorkerStatus
 from service.tables import Job, JobShard, Worker
 
@@ -24,6 +24,14 @@ def take_reconcile_turn(session: Session) -> bool:
 
 def _older_than(column, seconds: float):
     return column < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+def _silent_for(column, seconds: float):
+    """Not written for ``seconds``, counted from the database's start at the earliest. No worker can
+    report while the database is down: counted from the last report alone, a restart longer than the
+    lease took every worker for lost at once, ended all their sessions and put all their work back on
+    the queue, each job an attempt the poorer, though every worker lived."""
+    return _older_than(func.greatest(column, func.pg_postmaster_start_time()), seconds)
 
 
 def worker_session_name(hostname: str, pid: int) -> str:
@@ -40,7 +48,7 @@ def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str |
     its locks, and the worker's late writes fail instead of landing (a lost worker is fenced off).
     ``exclude`` is the caller's own session name: a reconciler never ends itself."""
     lost = select(Worker.hostname, Worker.pid).where(
-        Worker.status != WorkerStatus.OFFLINE, _older_than(Worker.heartbeat_at, lease_seconds)
+        Worker.status != WorkerStatus.OFFLINE, _silent_for(Worker.heartbeat_at, lease_seconds)
     )
     names = [worker_session_name(hostname, pid) for hostname, pid in session.execute(lost)]
     names = [name for name in names if name != exclude]
@@ -56,9 +64,9 @@ def fence_lost_workers(session: Session, *, lease_seconds: float, exclude: str |
 def _lost_or_stalled(table, lease_seconds: float, stall_seconds: float):
     """Running work whose worker went silent past the lease, or whose task made no progress for
     ``stall_seconds`` although its worker lives; with a flag that says which."""
-    stalled = _older_than(table.progress_at, stall_seconds)
+    stalled = _silent_for(table.progress_at, stall_seconds)
     query = select(table, stalled).where(
-        table.status == Status.RUNNING, or_(_older_than(table.heartbeat_at, lease_seconds), stalled)
+        table.status == Status.RUNNING, or_(_silent_for(table.heartbeat_at, lease_seconds), stalled)
     )
     return query
 
@@ -86,7 +94,13 @@ def silent_jobs(session: Session, *, lease_seconds: float, stall_seconds: float)
 
 
 def recover_job(session: Session, *, job: Job, code: str, reason: str, policy: RetryPolicy) -> Status:
-    """Back on the queue, or failed once it has lost as many attempts this way as the policy allows."""
+    """Back on the queue, or failed once it has lost as many attempts this way as the policy allows;
+    cancelled, when a cancel was asked (put back on the queue, it could never be claimed again: it
+    stayed queued for ever)."""
+    if job.cancel_requested:
+        finish_job(session, job_id=job.id, attempt=job.attempts, status=Status.CANCELLED)
+        cancel_queued_shards(session, job_id=job.id)
+        return Status.CANCELLED
     lost = job.lost_attempts + 1
     session.execute(update(Job).where(Job.id == job.id).values(lost_attempts=lost))
     if not policy.retries(lost):
@@ -105,7 +119,11 @@ def silent_shards(session: Session, *, lease_seconds: float, stall_seconds: floa
 
 
 def recover_shard(session: Session, *, shard: JobShard, code: str, reason: str, policy: RetryPolicy) -> Status:
-    """Back on the queue (the next attempt resumes after the rows written), or its files fail."""
+    """Back on the queue (the next attempt resumes after the rows written), or its files fail; cancelled,
+    when its job was cancelled or has ended."""
+    if session.scalar(select(job_stopped()).where(Job.id == shard.job_id)):
+        finish_shard(session, shard=shard, attempt=shard.attempts, status=Status.CANCELLED, error_message=reason)
+        return Status.CANCELLED
     if policy.retries(shard.attempts):
         requeue_shard(session, shard=shard, attempt=shard.attempts, error_message=reason)
         return Status.QUEUED

@@ -21,7 +21,7 @@ from service.attempts import Verdict
 from service.crud import add_event, finish_job
 from service.predictions import add_predictions
 from service.specs import PredictSpec
-from service.states import LIVE_STATUSES, Priority, Status
+from service.states import FINISHED_STATUSES, LIVE_STATUSES, Priority, Status
 from service.tables import Job, JobShard, Model, PredictionRow
 
 
@@ -92,14 +92,20 @@ def next_shard(session: Session) -> int | None:
     return session.scalar(query)
 
 
+def job_stopped():
+    """Whether a shard's job was cancelled or has ended (a correlated condition on JobShard). Not merely
+    "not running": a job whose lister was lost goes back on the queue to be listed again, and its shards,
+    queued or under way, are still its work (taken for stopped, they were cancelled, and the job ended
+    "succeeded" with files that have no result)."""
+    return or_(Job.status.in_(FINISHED_STATUSES), Job.cancel_requested)
+
+
 def drop_shard_of_stopped_job(session: Session, *, shard_id: int) -> uuid.UUID | None:
     """A queued shard whose job was cancelled or has ended is cancelled; returns its job's id if so."""
-    job_stopped = select(Job.id).where(
-        Job.id == JobShard.job_id, or_(Job.status != Status.RUNNING, Job.cancel_requested)
-    )
+    job_stopped_now = select(Job.id).where(Job.id == JobShard.job_id, job_stopped())
     return session.scalar(
         update(JobShard)
-        .where(JobShard.id == shard_id, JobShard.status == Status.QUEUED, job_stopped.exists())
+        .where(JobShard.id == shard_id, JobShard.status == Status.QUEUED, job_stopped_now.exists())
         .values(status=Status.CANCELLED, finished_at=func.now())
         .returning(JobShard.job_id)
     )
@@ -147,7 +153,7 @@ def report_shard(
             heartbeat_at=func.now(),
             progress_at=func.now(),
         )
-        .returning(or_(Job.cancel_requested, Job.status != Status.RUNNING))
+        .returning(job_stopped())
     )
     return Verdict.STOP if stop else Verdict.GO_ON
 

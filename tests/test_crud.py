@@ -40,12 +40,14 @@ def test_a_superseded_attempt_cannot_write(sessions):
         # The job is handed to a second attempt (as recovery of a lost worker would do).
         session.execute(text("UPDATE jobs SET status = 'queued' WHERE id = :id"), {"id": job_id})
         assert crud.claim_job(session, job_id=job_id, worker="b@h", device="cpu") == 2
-        assert crud.report_job(session, job_id=job_id, attempt=1, progress_done=5) is True  # told to stop
+        epoch = ("epoch", {"epoch": 1})
+        assert crud.report_job(session, job_id=job_id, attempt=1, progress_done=5, event=epoch) is True  # told to stop
         assert not crud.finish_job(session, job_id=job_id, attempt=1, status="failed", error_code="stale")
         assert crud.finish_job(session, job_id=job_id, attempt=2, status="succeeded")
         session.commit()
         job = crud.get_job(session, job_id=job_id)
         assert (job.status, job.worker, job.progress_done, job.error_code) == ("succeeded", "b@h", 0, None)
+        assert "epoch" not in [event.kind for event in crud.list_events(session, job_id=job_id)]  # its event too
 
 
 def test_predictions_are_unique_per_job_and_path(sessions):

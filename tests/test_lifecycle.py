@@ -97,15 +97,21 @@ def test_deleting_a_finished_job_removes_its_rows_and_files(stack, client, setti
     assert client.delete(f"/jobs/{job_id}").status_code == 404
 
 
-def test_a_running_job_is_409_until_cancelled(stack, client, tiny_dataset):
+def test_a_running_job_is_409_until_cancelled(stack, client, settings, tiny_dataset):
     params = {**TRAIN, "epochs": 200, "data_dir": str(tiny_dataset)}
     job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
-    wait_for(client, job_id, {"running"})
+    deadline = time.monotonic() + 120
+    while client.get(f"/jobs/{job_id}").get_json()["progress"]["done"] < 1:  # an epoch and its checkpoint
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     refused = client.delete(f"/jobs/{job_id}")
     assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "job_not_finished"
     client.post(f"/jobs/{job_id}/cancel")
     assert wait_for(client, job_id, FINISHED)["status"] == "cancelled"
+    attempt = settings.model_dir / job_id / "attempt-1"
+    assert (attempt / "checkpoint.pt").is_file()  # no model was registered from it
     assert client.delete(f"/jobs/{job_id}").status_code == 204
+    assert not attempt.exists()  # nothing of the deleted job is left
 
 
 def test_models_outlive_their_job_and_are_deleted_when_unused(stack, client, settings, tiny_dataset):

@@ -8,11 +8,12 @@ from datetime import timedelta
 import factories
 import psycopg
 import pytest
-from sqlalchemy import create_engine, func, update
+from sqlalchemy import create_engine, func, select, update
 
 from service import attempts, crud, ops, predictions, recovery, shards
 from service.attempts import Verdict
 from service.db import make_session_factory
+from service.retry import RetryPolicy
 from service.tables import JobShard, Worker
 
 
@@ -146,6 +147,40 @@ def test_a_cancelled_job_drops_its_queued_shards(sessions):
         session.commit()
 
 
+def test_a_job_queued_again_to_be_listed_keeps_its_shards(sessions):
+    """Its lister lost, a job goes back on the queue to be listed again: its shards, queued or running,
+    are still its work, neither dropped nor stopped, and they run once the job does."""
+    with sessions() as session:
+        job_id, (running, queued) = running_job(session, [["/a/1.jpg"], ["/a/2.jpg"]])
+        under_way = shards.claim_shard(session, shard_id=running, worker="w1@h", device="cpu")
+        assert crud.requeue_job(session, job_id=job_id, attempt=1, reason="no heartbeat for 4s")
+        assert shards.drop_shard_of_stopped_job(session, shard_id=queued) is None
+        assert shards.claim_shard(session, shard_id=queued, worker="w2@h", device="cpu") is None  # not while queued
+        verdict = shards.report_shard(session, shard=under_way, attempt=1, done=1, failed=0, labels={}, runtime="onnx")
+        assert verdict is Verdict.GO_ON
+        assert crud.claim_job(session, job_id=job_id, worker="lister@h", device="cpu") == 2
+        assert shards.claim_shard(session, shard_id=queued, worker="w2@h", device="cpu").attempts == 1
+        session.commit()
+
+
+def test_a_lost_job_or_shard_whose_cancel_was_asked_ends_cancelled(sessions):
+    """Put back on the queue, a job flagged for cancelling could never be claimed again (it stayed queued
+    for ever), nor a shard of an ended job be sent again."""
+    with sessions() as session:
+        job_id, (lost, queued) = running_job(session, [["/a/1.jpg"], ["/a/2.jpg"]])
+        shard = shards.claim_shard(session, shard_id=lost, worker="w@h", device="cpu")
+        assert crud.request_cancel(session, job_id=job_id) == "running"
+        policy = RetryPolicy(3)
+        assert (
+            recovery.recover_shard(session, shard=shard, code="worker_lost", reason="r", policy=policy) == "cancelled"
+        )
+        job = crud.get_job(session, job_id=job_id)
+        assert recovery.recover_job(session, job=job, code="worker_lost", reason="r", policy=policy) == "cancelled"
+        session.commit()
+        assert crud.get_job(session, job_id=job_id).status == "cancelled"
+        assert [session.get(JobShard, i).status for i in (lost, queued)] == ["cancelled", "cancelled"]
+
+
 def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions):
     """So that a client who sees the job ended finds its results object in place."""
     with sessions() as session:
@@ -162,6 +197,25 @@ def test_a_job_with_an_output_object_ends_only_with_the_object_written(sessions)
         assert crud.get_job(session, job_id=job_id).result["output"] == output
         assert shards.outcome(session, job_id=job_id, max_failed_fraction=0.1) is None  # ended once
         session.commit()
+
+
+def test_a_silence_counts_from_the_database_start(sessions):
+    """No worker can report while the database is down: a heartbeat written before it (re)started is
+    silent only a lease after the start, so a restart longer than the lease takes no live worker's work."""
+    with sessions() as session:
+        _, (shard_id,) = running_job(session, [["/a/1.jpg"]])
+        shards.claim_shard(session, shard_id=shard_id, worker="w1@h", device="cpu")
+        before_start = func.pg_postmaster_start_time() - timedelta(hours=1)
+        session.execute(update(JobShard).values(heartbeat_at=before_start, progress_at=before_start))
+        up = session.scalar(select(func.extract("epoch", func.now() - func.pg_postmaster_start_time())))
+        session.commit()
+        since_start = float(up)
+        assert recovery.silent_shards(session, lease_seconds=since_start + 60, stall_seconds=since_start + 60) == []
+        (silent, stalled), *_ = recovery.silent_shards(
+            session, lease_seconds=max(0.0, since_start - 1), stall_seconds=since_start + 60
+        )
+        assert silent.id == shard_id and not stalled
+        session.rollback()
 
 
 def test_a_worker_frozen_inside_a_pipeline_is_fenced_so_its_shard_can_be_taken_back(sessions, database_url):

@@ -14,7 +14,7 @@ from service.specs import EvaluateSpec, PredictSpec
 from service.states import Status
 from worker.celery_app import app
 from worker.finishing import finish_job_if_done
-from worker.process import error_code, sessions, start, worker_settings
+from worker.process import database_unreachable, error_code, sessions, start, worker_settings
 
 log = logging.getLogger(__name__)
 # The specs of the kinds whose input is listed into shards: each has input, shard_size and true_label.
@@ -36,6 +36,8 @@ def list_job(task, job_id: str) -> int | None:
     try:
         outcome, single = list_into_shards(job.id, spec, reporter.attempt, settings)
     except Exception as e:
+        if database_unreachable(e):
+            raise
         log.exception("listing prediction job %s failed", job_id)
         reporter.finish(Status.FAILED, error_code=error_code(e), error_message=f"listing the input failed: {e}")
         return None

@@ -266,16 +266,23 @@ class JobReporter:
                 session,
                 job_id=self.job_id,
                 attempt=self.attempt,
+                event=event,
                 progress_done=done,
                 progress_total=total,
                 progress_detail=detail,
                 result=self.kept_result or None,
             )
-            if event is not None:
-                crud.add_event(session, job_id=self.job_id, kind=event[0], data=event[1])
             session.commit()
         self.last_beat = time.monotonic()
         return self.cancelled
+
+    def owns(self) -> bool:
+        """Whether this attempt still runs the job: a superseded one writes nothing more, not even to
+        the bucket (asked just before each upload; the upload itself is not fenced)."""
+        with sessions()() as session:
+            owned = attempts.keep_alive(session, table=Job, key=self.job_id, attempt=self.attempt)
+            session.commit()
+        return owned
 
     def requeue(self, reason: str) -> bool:
         with sessions()() as session:
@@ -368,6 +375,16 @@ class JobError(Exception):
     """An error of the job service's own, naming its error code."""
 
     code = "internal_error"
+
+
+def database_unreachable(error: BaseException) -> bool:
+    """A lost, refused or ended database connection (PostgreSQL restarting, a cut link, a fenced
+    session): no fault of the job's, so no verdict on it. The attempt ends there; its lease lapses and the
+    reconciler hands the job to another attempt, which resumes (a training from its last checkpoint).
+    Recorded as the job's failure instead, a restart of the database failed every training it caught."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(error, OperationalError | InterfaceError)
 
 
 def error_code(error: Exception) -> str:

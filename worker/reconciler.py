@@ -78,10 +78,9 @@ def delete_expired(settings: Settings) -> None:
             retention_seconds=settings.job_retention_seconds,
             predict_retention_seconds=settings.predict_retention_seconds,
         )
-        lifecycle.delete_jobs(session, job_ids=expired)
+        files = lifecycle.delete_jobs(session, job_ids=expired, settings=settings)
         session.commit()
-    for job_id in expired:
-        lifecycle.remove_files(lifecycle.job_files(settings, job_id))
+    lifecycle.remove_files(files)
     if expired:
         log.info("deleted %d finished jobs past their retention", len(expired))
 

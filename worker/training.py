@@ -17,7 +17,15 @@ from service.kinds import TRAIN
 from service.specs import TrainParams
 from service.states import Status
 from worker.celery_app import app
-from worker.process import error_code, hard_time_limit, sessions, shutting_down, start, worker_settings
+from worker.process import (
+    database_unreachable,
+    error_code,
+    hard_time_limit,
+    sessions,
+    shutting_down,
+    start,
+    worker_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
 
         def on_progress(event: dict) -> bool:
             if event["kind"] == "epoch":
+                if not reporter.owns():
+                    return True  # superseded (its worker was cut off or frozen): no late checkpoint
                 last_confusion.update(event["confusion"])
                 files.keep_checkpoint()
                 # The next epoch's batches, none done yet.
@@ -84,8 +94,11 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
                 # Exported and checked before it is registered; a failed export is recorded, not raised.
                 reporter.beat(force=True)
                 serving = prepare_for_serving(files.output, data_dir=config.data_dir)
-                files.keep_artifact()
+                if reporter.owns():  # a superseded attempt's finish is refused: nothing of it to keep
+                    files.keep_artifact()
     except Exception as e:  # the job fails with the reason; the worker lives on
+        if database_unreachable(e):
+            raise
         log.exception("train job %s failed", job.id)
         return reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
     if result.status == "stopped":
