@@ -25,11 +25,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from grocery.datasets import GroceryDataset, decode_all
-from grocery.engine import TrainConfig, evaluate, fit, training_samples
-from grocery.folds import near_duplicate_groups
+from grocery.engine import TrainConfig, evaluate, fit, read_fold_groups, training_samples
+from grocery.folds import near_duplicate_groups, scene_clusters
 from grocery.index import fine_to_coarse, read_classes, read_splits
 from grocery.networks import FineToCoarse, create_model, get_arch
 from grocery.transforms import normalize
+
+FOLDS = Path(__file__).resolve().parent / "folds"
+NEAR_DUPLICATES = FOLDS / "near-duplicates-0.85.json"
 
 # Named TrainConfig overrides; "default" is TrainConfig's defaults, the recipe `grocery train` runs.
 # Every recipe is cross-validated on the pool of train + val (cv_config).
@@ -43,6 +46,10 @@ RECIPES = {
     "old_default": dict(
         freeze=6, epochs=12, coarse_from_fine=False, layer_decay=1.0, ema_decay=0.0, train_decode_scale=1.0
     ),
+    # Issue 30's levers: the early epochs on smaller crops (0.68x the steps' cost), tinted light.
+    "progressive": dict(min_input_size=128),
+    "tinted": dict(white_balance=0.2),
+    "progressive_tinted": dict(min_input_size=128, white_balance=0.2),
     # bf16 autocast against fp32 on a short schedule: speed, and no loss of accuracy.
     "short_fp32": dict(precision="fp32", epochs=4),
     "short_bf16": dict(precision="bf16", epochs=4),
@@ -56,13 +63,11 @@ def cv_config(args, recipe: str, fold: int) -> TrainConfig:
     return TrainConfig(data_dir=args.data_dir, threads=args.threads, **overrides)
 
 
-def write_near_duplicate_groups(data_dir: str, threshold: float, path: Path, threads: int) -> Path:
-    """Group the pool's photos whose ImageNet features (EfficientNet-Lite0, pooled) are this similar.
+def pool_features(data_dir: str, threads: int) -> tuple[list, torch.Tensor]:
+    """The pool's (train + val) samples and their ImageNet features (EfficientNet-Lite0, pooled, bf16).
 
-    Random folds put shots of one pile in both training and held-out folds: the held-out
-    photo's twin was trained on, and the estimate soars far above the test split's. The features
-    are bf16, whose rounding differs between CPUs, and one changed group reshuffles every later
-    class's deal: the file written here is what fixes the folds (benchmarks/folds/ keeps one).
+    bf16 rounding differs between CPUs, and one changed group reshuffles every later class's deal:
+    the groups files written from them are what fix the folds (benchmarks/folds/ keeps them).
     """
     samples = read_splits(data_dir, "train+val", "fine")
     images = decode_all([s.path for s in samples], 224, threads=threads)
@@ -73,11 +78,33 @@ def write_near_duplicate_groups(data_dir: str, threshold: float, path: Path, thr
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         for batch in images.split(64):
             features.append(model(normalize(batch, pre).contiguous(memory_format=torch.channels_last)).float())
-    groups = near_duplicate_groups(torch.cat(features), [s.label for s in samples], threshold)
+    return samples, torch.cat(features)
+
+
+def write_groups(data_dir: str, samples: list, groups: list, path: Path) -> Path:
     relative = [s.path.relative_to(data_dir).as_posix() for s in samples]
     path.write_text(json.dumps(dict(zip(relative, groups, strict=True))))
-    print(f"{len(set(groups))} near-duplicate groups at similarity {threshold} among {len(samples)} photos", flush=True)
+    print(f"{len(set(groups))} groups among {len(samples)} photos: {path}", flush=True)
     return path
+
+
+def write_near_duplicate_groups(data_dir: str, threshold: float, path: Path, threads: int) -> Path:
+    """Group the pool's photos whose ImageNet features are this similar.
+
+    Random folds put shots of one pile in both training and held-out folds: the held-out
+    photo's twin was trained on, and the estimate soars far above the test split's.
+    """
+    samples, features = pool_features(data_dir, threads)
+    return write_groups(data_dir, samples, near_duplicate_groups(features, [s.label for s in samples], threshold), path)
+
+
+def write_scene_groups(data_dir: str, scenes: int, near_duplicates: Path, path: Path, threads: int) -> Path:
+    """Cut each class into ``scenes`` look-alike clusters (grocery.folds.scene_clusters), near-duplicate
+    groups kept whole: with as many folds, each fold holds out one scene of every class."""
+    samples, features = pool_features(data_dir, threads)
+    groups = read_fold_groups(str(near_duplicates), data_dir, samples)
+    clusters = scene_clusters(features, [s.label for s in samples], scenes, groups=groups)
+    return write_groups(data_dir, samples, clusters, path)
 
 
 def held_out_scores(config: TrainConfig, model: torch.nn.Module, size: int) -> dict:
@@ -171,6 +198,12 @@ def main() -> None:
         " benchmarks/folds/near-duplicates-0.85.json (written by --near-duplicates 0.85)",
     )
     parser.add_argument(
+        "--scenes",
+        action="store_true",
+        help="hold out scenes, not photos: cut each class into FOLDS look-alike clusters (benchmarks/folds/"
+        "scenes-FOLDS.json, written from this machine's features if missing), one a fold (issue 30)",
+    )
+    parser.add_argument(
         "--eval-sizes",
         type=lambda text: [int(v) for v in text.split(",")],
         default=[],
@@ -180,8 +213,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folds = [int(f) for f in args.only_folds.split(",")] if args.only_folds else list(range(args.folds))
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    if args.fold_groups is not None and args.near_duplicates is not None:
-        parser.error("--fold-groups and --near-duplicates both choose the groups: give one")
+    if sum(bool(x) for x in (args.fold_groups, args.near_duplicates, args.scenes)) > 1:
+        parser.error("--fold-groups, --near-duplicates and --scenes each choose the groups: give one")
+    if args.scenes:
+        groups_file = FOLDS / f"scenes-{args.folds}.json"
+        if not groups_file.is_file():
+            write_scene_groups(args.data_dir, args.folds, NEAR_DUPLICATES, groups_file, args.threads)
+        args.fold_groups = str(groups_file)
     if args.near_duplicates is not None:
         groups_file = Path(args.output) / f"groups-{args.near_duplicates}.json"
         if not groups_file.is_file():

@@ -148,6 +148,12 @@ class TrainingProgress:
                 self.bar = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}", leave=False)
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event['loss']:.3f}")
+        elif event["kind"] == "plan":
+            print(
+                f"time budget {event['budget_seconds'] / 60:.1f} min: {event['epochs']} epochs"
+                f" (about {event['seconds'] / 60:.1f} min planned)",
+                file=sys.stderr,
+            )
         elif event["kind"] == "epoch":
             self.close()
             print(

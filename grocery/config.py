@@ -9,6 +9,7 @@ the web form (api/ui/jobs.py) are built from ``TRAIN_PARAMS``. Torch-free: the A
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, get_args
 
@@ -96,12 +97,36 @@ class TrainConfig:
     freeze: int = param(4, ge=0, le=20, help="backbone stages (stem first) kept frozen", service=True)
     seed: int = param(0, ge=0, le=2**32 - 1, service=True, help="the random seed: the same seed, the same run")
     input_size: int = param(224, ge=32, le=512, help="pixels of the square model input", service=True)
+    # Progressive resizing (as FFCV and fast.ai schedules): early epochs see smaller crops, which cost
+    # about the square of their side, growing to input_size by the last quarter of the epochs.
+    min_input_size: int | None = param(
+        None,
+        ge=32,
+        le=512,
+        service=True,
+        help="progressive resizing: the first epoch's input size, growing to --input-size for the last quarter",
+    )
+    # Minutes of training to plan the epochs from (grocery.engine.plan_epochs): steps timed on a
+    # copy of the model before the run; the planned epochs replace `epochs` (then their upper bound)
+    # in the recorded config, so a run is reproduced with --epochs and no budget.
+    time_budget: float | None = param(
+        None,
+        gt=0,
+        le=24 * 60,
+        service=True,
+        help="minutes of training: plan the epochs (at most --epochs) from throughput timed before the run",
+    )
     # Random crops are cut from photos decoded larger than the input: a crop of a quarter of a photo
     # decoded at 224 px is 112 px blown up to 224, of one decoded at 320 px 160 px, nearer the detail a
     # whole photo has when served. Cross-validated over five grouped folds: +0.5 ± 1.3 points coarse,
     # +0.7 ± 1.3 fine, paired fold by fold (docs/figures.md): inside the folds' noise, and it costs no time.
     train_decode_scale: float = param(
         1.43, ge=1, le=4, help="decode training photos at this multiple of input_size before cropping (1.43: 320 px)"
+    )
+    # Photos from other stores and days differ in the tint of their light more than ColorJitter's
+    # brightness, contrast and saturation cover (issue 30).
+    white_balance: float = param(
+        0.0, ge=0, lt=1, service=True, help="random per-channel colour gains of up to this fraction (0.2: 0.8 to 1.2)"
     )
     # Which photos train and validate. "train+val" pools index files. With folds > 1 the pool of
     # train_split is cut into class-stratified folds (fold_seed): the run trains on all but
@@ -145,6 +170,17 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training parameters: {sorted(unknown)}")
         return cls(**d)
+
+    def epoch_input_size(self, epoch: int) -> int:
+        """The input side of training crops in ``epoch`` (1-based): min_input_size growing linearly,
+        in steps of 16 px, to input_size, which the last quarter of the epochs train at."""
+        if self.min_input_size is None or self.min_input_size >= self.input_size:
+            return self.input_size
+        ramp = max(1, math.ceil(self.epochs * 0.75))  # epochs 1..ramp grow; the rest are at full size
+        if epoch > ramp:
+            return self.input_size
+        grown = self.min_input_size + (self.input_size - self.min_input_size) * (epoch - 1) / ramp
+        return max(self.min_input_size, int(grown) // 16 * 16)
 
     @property
     def train_decode_size(self) -> int:

@@ -5,6 +5,7 @@ through a callback that receives progress events and may return True to stop.
 """
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -62,7 +63,7 @@ class TrainingSetup:
         self.fine_to_coarse = index.fine_to_coarse(config.data_dir) if self.head_level != config.label_level else None
         self.num_head_classes = len(index.read_classes(config.data_dir, self.head_level))
         train, val = training_samples(config, self.head_level)
-        augment = train_augmentation(config.input_size)
+        augment = train_augmentation(config.input_size, config.white_balance)
         threads = resolve_threads(config.threads)
         if config.decode_cache:
             self.train_set = GroceryDataset.cached(train, config.train_decode_size, augment, threads=threads)
@@ -81,11 +82,19 @@ class TrainingSetup:
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
         self.drop_last = len(self.train_set) > config.batch_size  # no 1-image batch to upset batch norm
         self.steps_per_epoch = len(self.train_set) // config.batch_size if self.drop_last else 1
-        self.scheduler = warmup_cosine(
-            self.optimizer, int(config.warmup_epochs * self.steps_per_epoch), config.epochs * self.steps_per_epoch
-        )
+        self.scheduler = self.schedule()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixer = batch_mixer(self.num_head_classes) if config.mix > 0 else None
+
+    def schedule(self):
+        """The learning-rate schedule of config.epochs, from the first step."""
+        warmup = int(self.config.warmup_epochs * self.steps_per_epoch)
+        return warmup_cosine(self.optimizer, warmup, self.config.epochs * self.steps_per_epoch)
+
+    def replan(self, epochs: int) -> None:
+        """Train ``epochs`` instead (before the first step): the config recorded and the schedule follow."""
+        self.config = dataclasses.replace(self.config, epochs=epochs)
+        self.scheduler = self.schedule()
 
     @property
     def eval_model(self) -> nn.Module:
@@ -226,6 +235,8 @@ def batch_mixer(num_classes: int):
 
 def train_one_epoch(setup: TrainingSetup, epoch: int, callback: Callback | None = None) -> dict:
     """One pass over the training set; returns loss, accuracy and throughput, or marks a stop."""
+    size = setup.config.epoch_input_size(epoch)
+    setup.train_set.transform = train_augmentation(size, setup.config.white_balance)
     setup.set_train_mode()
     memory_format = torch.channels_last if setup.config.channels_last else torch.contiguous_format
     total_loss, correct, seen, stopped = 0.0, 0, 0, False
@@ -236,12 +247,9 @@ def train_one_epoch(setup: TrainingSetup, epoch: int, callback: Callback | None 
         targets = labels
         if setup.mixer is not None and random.random() < setup.config.mix:
             inputs, targets = setup.mixer(inputs, labels)
-        with torch.autocast(setup.device.type, setup.autocast_dtype, enabled=setup.autocast_dtype is not None):
-            logits = setup.model(inputs)
-            loss = setup.criterion(logits.float(), targets)
-        setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        setup.optimizer.step()
+        logits, loss = training_step(
+            setup.model, setup.optimizer, setup.criterion, inputs, targets, setup.autocast_dtype
+        )
         setup.scheduler.step()
         if setup.ema is not None:
             setup.ema.update(setup.model)
@@ -261,12 +269,98 @@ def train_one_epoch(setup: TrainingSetup, epoch: int, callback: Callback | None 
             break
     seconds = time.perf_counter() - start
     return {
+        "input_size": size,
         "train_loss": total_loss / max(1, seen),
         "train_acc": correct / max(1, seen),
         "train_images_per_s": seen / seconds,
         "train_seconds": seconds,
         "stopped": stopped,
     }
+
+
+def training_step(model, optimizer, criterion, inputs, targets, autocast_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and an optimiser step on one batch; (logits, loss)."""
+    with torch.autocast(inputs.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(inputs)
+        loss = criterion(logits.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
+
+
+def plan_epochs(setup: TrainingSetup, seconds: float) -> dict:
+    """The most epochs (at most config.epochs) whose schedule fits ``seconds``.
+
+    Training steps are timed on a copy of the model (the run's weights and optimiser untouched) at
+    the smallest and largest crop sizes of the schedule, a step's cost taken as linear in its pixels
+    between them; an evaluation of the validation set is timed too, for the epochs that evaluate.
+    """
+    config = setup.config
+    smallest = min(config.min_input_size or config.input_size, config.input_size)
+    per_image = {size: seconds_per_image(setup, size) for size in sorted({smallest, config.input_size})}
+    evaluation = seconds_per_image(setup, config.input_size, train=False) * len(setup.val_set)
+
+    def image_seconds(size: int) -> float:
+        if len(per_image) == 1:
+            return per_image[size]
+        (a, ta), (b, tb) = sorted(per_image.items())
+        return ta + (tb - ta) * (size * size - a * a) / (b * b - a * a)
+
+    def cost(epochs: int) -> float:
+        planned = dataclasses.replace(config, epochs=epochs)
+        images = setup.steps_per_epoch * config.batch_size
+        train = sum(images * image_seconds(planned.epoch_input_size(e)) for e in range(1, epochs + 1))
+        evaluated = sum(1 for e in range(1, epochs + 1) if e % config.eval_every == 0 or e == epochs)
+        return train + evaluated * evaluation
+
+    epochs = max([e for e in range(1, config.epochs + 1) if cost(e) <= seconds], default=1)
+    return {
+        "epochs": epochs,
+        "seconds": round(cost(epochs), 1),
+        "budget_seconds": round(seconds, 1),
+        "image_seconds": {str(k): round(v, 5) for k, v in per_image.items()},
+        "evaluation_seconds": round(evaluation, 1),
+    }
+
+
+def seconds_per_image(setup: TrainingSetup, size: int, train: bool = True, steps: int = 4) -> float:
+    """Seconds a training image costs at ``size``, its augmentation included (or an evaluated one),
+    timed on a copy of the model: the run's weights, optimiser and data order are untouched."""
+    model = copy.deepcopy(setup.model)
+    memory_format = torch.channels_last if setup.config.channels_last else torch.contiguous_format
+    batch = setup.config.batch_size if train else max(64, setup.config.batch_size)
+    inputs = torch.randn(batch, 3, size, size, device=setup.device).contiguous(memory_format=memory_format)
+    targets = torch.randint(setup.num_head_classes, (batch,), device=setup.device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)
+
+    def run() -> None:
+        if train:
+            model.train()
+            training_step(model, optimizer, setup.criterion, inputs, targets, setup.autocast_dtype)
+        else:
+            with torch.inference_mode():
+                model.eval()(inputs)
+
+    run()  # the first call pays one-off allocations and kernel choices
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    seconds = (time.perf_counter() - start) / (steps * batch)
+    return seconds + (augmentation_seconds(setup, size) if train else 0.0)
+
+
+def augmentation_seconds(setup: TrainingSetup, size: int, images: int = 32) -> float:
+    """Seconds the training set's augmentation at ``size`` costs an image (in-line, as the loader runs it)."""
+    dataset, kept = setup.train_set, setup.train_set.transform
+    dataset.transform = train_augmentation(size, setup.config.white_balance)
+    try:
+        start = time.perf_counter()
+        for i in range(min(images, len(dataset))):
+            dataset[i]
+        return (time.perf_counter() - start) / min(images, len(dataset))
+    finally:
+        dataset.transform = kept
 
 
 @torch.inference_mode()
@@ -325,12 +419,21 @@ def fit(
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     torch.set_num_threads(resolve_threads(config.threads))
     seed_everything(config.seed)
     setup = TrainingSetup(config)
     start_epoch, history = 1, []
     if resume is not None:
+        # A resumed run keeps the epochs planned when it began (its checkpoint's config).
         start_epoch, history = load_checkpoint(setup, resume)
+    elif config.time_budget is not None:
+        with torch.random.fork_rng(devices=[]):  # timing draws no numbers from the run's generator
+            plan = plan_epochs(setup, config.time_budget * 60 - (time.perf_counter() - started))
+        setup.replan(plan["epochs"])
+        config = setup.config
+        if callback:
+            callback({"kind": "plan", **plan})
     val_metrics = history[-1] if history else {}
     for epoch in range(start_epoch, config.epochs + 1):
         epoch_metrics = train_one_epoch(setup, epoch, callback)

@@ -80,3 +80,58 @@ def near_duplicate_groups(features, strata: Sequence[Hashable], threshold: float
         for a, b in similar:
             parent[root(indices[a])] = root(indices[b])
     return [root(i) for i in range(len(strata))]
+
+
+def scene_clusters(features, strata: Sequence[Hashable], clusters: int, seed: int = 0, groups=None) -> list[int]:
+    """Cluster ids cutting each class into ``clusters`` look-alike scenes (k-means on cosine features).
+
+    Held out whole, a scene is a session of a class the training folds never saw: the same pile
+    under the same light from other angles lands in one cluster, and what differs between clusters
+    is what differs between shooting sessions (background, light, packaging). ``groups`` (e.g.
+    near_duplicate_groups) are kept whole: a group joins the cluster most of its photos fell in.
+    Deterministic for the same features and seed (k-means++ seeding from a seeded generator).
+    """
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=1)
+    generator = torch.Generator().manual_seed(seed)
+    cluster_of = [0] * len(strata)
+    by_stratum: dict[Hashable, list[int]] = defaultdict(list)
+    for i, stratum in enumerate(strata):
+        by_stratum[stratum].append(i)
+    for number, stratum in enumerate(sorted(by_stratum, key=repr)):
+        indices = by_stratum[stratum]
+        labels = _kmeans(features[indices], min(clusters, len(indices)), generator)
+        for i, label in zip(indices, labels, strict=True):
+            cluster_of[i] = number * clusters + label
+    if groups is not None:
+        members: dict[Hashable, list[int]] = defaultdict(list)
+        for i, group in enumerate(groups):
+            members[group].append(i)
+        for indices in members.values():
+            votes = [cluster_of[i] for i in indices]
+            winner = max(sorted(set(votes)), key=votes.count)
+            for i in indices:
+                cluster_of[i] = winner
+    return cluster_of
+
+
+def _kmeans(points, k: int, generator, iterations: int = 50) -> list[int]:
+    """Cluster labels (0..k-1) of unit vectors by spherical k-means, k-means++ seeded."""
+    import torch
+
+    centres = [points[int(torch.randint(len(points), (1,), generator=generator))]]
+    for _ in range(1, k):
+        distance = (1 - points @ torch.stack(centres).T).min(dim=1).values.clamp(min=0)
+        weights = distance / distance.sum() if distance.sum() > 0 else torch.full_like(distance, 1 / len(points))
+        centres.append(points[int(torch.multinomial(weights, 1, generator=generator))])
+    centres = torch.stack(centres)
+    labels = (points @ centres.T).argmax(dim=1)
+    for _ in range(iterations):
+        moved = torch.stack([points[labels == c].mean(0) if (labels == c).any() else centres[c] for c in range(k)])
+        centres = torch.nn.functional.normalize(moved, dim=1)
+        new_labels = (points @ centres.T).argmax(dim=1)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return labels.tolist()

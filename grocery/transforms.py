@@ -44,16 +44,30 @@ def normalize(batch: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     return (batch.to(torch.float32) - mean) / std
 
 
-def train_augmentation(input_size: int) -> v2.Compose:
+def train_augmentation(input_size: int, white_balance: float = 0.0) -> v2.Compose:
     """Augmentation on uint8 images already resized (to input_size or larger), giving input_size crops.
 
     Validation photos differ from training ones in framing and light more than
-    in content, so crops and colour shifts are generous.
+    in content, so crops and colour shifts are generous. ``white_balance`` > 0 also scales each
+    colour channel by its own random gain in [1 - w, 1 + w]: the tint of another store's light.
     """
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(input_size, scale=(0.25, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),  # no hue: it alone cost ~8 ms an image here
-        ]
-    )
+    steps = [
+        v2.RandomResizedCrop(input_size, scale=(0.25, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),  # no hue: it alone cost ~8 ms an image here
+    ]
+    if white_balance > 0:
+        steps.append(WhiteBalance(white_balance))
+    return v2.Compose(steps)
+
+
+class WhiteBalance(torch.nn.Module):
+    """Each colour channel of a uint8 (3, H, W) image times a random gain in [1 - strength, 1 + strength]."""
+
+    def __init__(self, strength: float):
+        super().__init__()
+        self.strength = strength
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        gains = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.strength
+        return (image.to(torch.float32) * gains).clamp_(0, 255).to(torch.uint8)

@@ -53,10 +53,15 @@ LIVE_WORKERS = text(
 
 
 def _accepted_jobs_live(db, findings: Findings, accepted: set[str], lease: float) -> None:
-    jobs = {str(row.id): row for row in db.execute(text("SELECT id, type, status, worker, shards_total FROM jobs"))}
+    jobs = {
+        str(row.id): row
+        for row in db.execute(text("SELECT id, type, status, worker, shards_total, error_code FROM jobs"))
+    }
     live = {name for name, _ in db.execute(LIVE_WORKERS, {"seconds": lease})}
     findings.counts["jobs"] = len(jobs)
     findings.counts.update(f"jobs {row.status}" for row in jobs.values())
+    # Why jobs failed, for the report: a fault may fail a job (its attempts spent), never lose one.
+    findings.counts.update(f"failed {row.type}: {row.error_code}" for row in jobs.values() if row.status == "failed")
     for job_id in sorted(accepted - set(jobs)):
         findings.violations.append(f"job {job_id} was accepted but is not in the store")
     for job_id, job in jobs.items():

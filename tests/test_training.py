@@ -136,3 +136,41 @@ def test_training_options_complete(tiny_config, tmp_path, options):
     result = fit(tiny_config(epochs=1, **options), tmp_path)
     assert result.status == "completed"
     assert 0 < result.metrics["train_loss"] < 10 and 0 <= result.metrics["val_top1"] <= 1
+
+
+def test_progressive_resizing_grows_the_crops_to_the_input_size(tiny_config, tmp_path):
+    config = tiny_config(epochs=4, input_size=64, min_input_size=32)
+    assert [config.epoch_input_size(e) for e in range(1, 5)] == [32, 32, 48, 64]  # the last quarter at full size
+    result = fit(config, tmp_path)
+    assert [h["input_size"] for h in result.history] == [32, 32, 48, 64]
+    assert read_artifact(tmp_path).preprocessing.input_size == 64  # it serves at the full size
+
+
+def test_a_time_budget_plans_the_epochs_and_records_them(tiny_config, tmp_path):
+    events = []
+    config = tiny_config(epochs=50, time_budget=0.25)  # 15 s for what would take minutes
+    result = fit(config, tmp_path / "budget", callback=lambda e: events.append(e) if e["kind"] == "plan" else None)
+    [plan] = events
+    assert 1 <= plan["epochs"] < 50 and plan["seconds"] <= plan["budget_seconds"] < 15
+    assert result.epochs_done == len(result.history) == plan["epochs"]
+    recorded = read_artifact(tmp_path / "budget").metadata["training"]
+    assert recorded["epochs"] == plan["epochs"] and recorded["time_budget"] == 0.25
+    # The recorded settings without the budget train the same model: the plan drew no random numbers.
+    fit(tiny_config(epochs=plan["epochs"]), tmp_path / "again")
+    a, b = (load_file(str(tmp_path / d / WEIGHTS_NAME)) for d in ("budget", "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_budget_that_fits_every_epoch_keeps_them(tiny_config, tmp_path):
+    result = fit(tiny_config(epochs=2, time_budget=60), tmp_path)
+    assert result.epochs_done == 2
+
+
+def test_white_balance_tints_each_channel_within_its_bounds():
+    from grocery.transforms import WhiteBalance
+
+    grey = torch.full((3, 8, 8), 100, dtype=torch.uint8)
+    torch.manual_seed(0)
+    tinted = [WhiteBalance(0.2)(grey)[:, 0, 0].tolist() for _ in range(50)]
+    assert all(80 <= v <= 120 for pixel in tinted for v in pixel)
+    assert any(len(set(pixel)) == 3 for pixel in tinted)  # the channels move apart: a tint, not brightness

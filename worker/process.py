@@ -93,7 +93,8 @@ class Presence:
     def start(self, name: str, queues: list[str]) -> None:
         self.name, self.queues = name, queues
         self.interval = heartbeat_interval()
-        self.write()
+        # The first write is the thread's: a database down as the worker starts delays its
+        # registration to a later beat instead of leaving it unregistered for good.
         self.thread = threading.Thread(target=self._beat, name="presence", daemon=True)
         self.thread.start()
 
@@ -113,12 +114,12 @@ class Presence:
 
     def _beat(self) -> None:
         while self.status != WorkerStatus.OFFLINE:
-            self.changed.wait(self.interval)
-            self.changed.clear()
             try:
                 self.write()
             except Exception:  # the database may be restarting: report again at the next beat
                 log.warning("worker heartbeat failed", exc_info=True)
+            self.changed.wait(self.interval)
+            self.changed.clear()
 
     def write(self) -> None:
         with sessions()() as session:

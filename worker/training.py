@@ -74,6 +74,10 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
         last_confusion, steps = {}, {"total": None}
 
         def on_progress(event: dict) -> bool:
+            if event["kind"] == "plan":  # a time budget's epochs, planned before the first step
+                planned = dataclasses.replace(config, epochs=event["epochs"])
+                reporter.keep_in_result(settings=effective_settings(planned, given_data_dir), plan=event)
+                return reporter.beat(done=0, total=event["epochs"], force=True) or stop.check()
             if event["kind"] == "epoch":
                 if not reporter.owns():
                     return True  # superseded (its worker was cut off or frozen): no late checkpoint
