@@ -18,6 +18,9 @@ OFFERED = {
     "val_limit",
     "data_dir",
     "input_size",
+    "min_input_size",
+    "time_budget",
+    "white_balance",
 }
 
 
