@@ -150,8 +150,8 @@ class TrainingProgress:
             self.bar.set_postfix(loss=f"{event['loss']:.3f}")
         elif event["kind"] == "plan":
             print(
-                f"time budget {event['budget_seconds'] / 60:.1f} min: {event['epochs']} epochs"
-                f" (about {event['seconds'] / 60:.1f} min planned)",
+                f"time budget: {event['epochs']} epochs, about {event['seconds'] / 60:.1f} min"
+                f" of the {event['seconds_left'] / 60:.1f} left",
                 file=sys.stderr,
             )
         elif event["kind"] == "epoch":

@@ -289,8 +289,8 @@ def training_step(model, optimizer, criterion, inputs, targets, autocast_dtype) 
     return logits, loss
 
 
-def plan_epochs(setup: TrainingSetup, seconds: float) -> dict:
-    """The most epochs (at most config.epochs) whose schedule fits ``seconds``.
+def plan_epochs(setup: TrainingSetup, deadline: float) -> dict:
+    """The most epochs (at most config.epochs) whose schedule ends by ``deadline`` (time.perf_counter's).
 
     Training steps are timed on a copy of the model (the run's weights and optimiser untouched) at
     the smallest and largest crop sizes of the schedule, a step's cost taken as linear in its pixels
@@ -300,6 +300,7 @@ def plan_epochs(setup: TrainingSetup, seconds: float) -> dict:
     smallest = min(config.min_input_size or config.input_size, config.input_size)
     per_image = {size: seconds_per_image(setup, size) for size in sorted({smallest, config.input_size})}
     evaluation = seconds_per_image(setup, config.input_size, train=False) * len(setup.val_set)
+    seconds = deadline - time.perf_counter()  # what is left once the timing is done
 
     def image_seconds(size: int) -> float:
         if len(per_image) == 1:
@@ -314,11 +315,13 @@ def plan_epochs(setup: TrainingSetup, seconds: float) -> dict:
         evaluated = sum(1 for e in range(1, epochs + 1) if e % config.eval_every == 0 or e == epochs)
         return train + evaluated * evaluation
 
-    epochs = max([e for e in range(1, config.epochs + 1) if cost(e) <= seconds], default=1)
+    epochs = 1
+    while epochs < config.epochs and cost(epochs + 1) <= seconds:  # the cost grows with the epochs
+        epochs += 1
     return {
         "epochs": epochs,
         "seconds": round(cost(epochs), 1),
-        "budget_seconds": round(seconds, 1),
+        "seconds_left": round(seconds, 1),  # of the budget, once the decoding and timing were done
         "image_seconds": {str(k): round(v, 5) for k, v in per_image.items()},
         "evaluation_seconds": round(evaluation, 1),
     }
@@ -429,7 +432,7 @@ def fit(
         start_epoch, history = load_checkpoint(setup, resume)
     elif config.time_budget is not None:
         with torch.random.fork_rng(devices=[]):  # timing draws no numbers from the run's generator
-            plan = plan_epochs(setup, config.time_budget * 60 - (time.perf_counter() - started))
+            plan = plan_epochs(setup, started + config.time_budget * 60)
         setup.replan(plan["epochs"])
         config = setup.config
         if callback:
@@ -538,6 +541,9 @@ def resumed_config(checkpoint: str | Path | None, given: dict) -> TrainConfig:
     checkpoint was trained with, ``given`` on top. A default changed between two attempts (an
     upgrade) then cannot switch a run's schedule or augmentation partway."""
     recorded = checkpoint_config(checkpoint) if checkpoint is not None else {}
+    if recorded.get("time_budget") is not None:
+        # A budgeted run's epochs were planned as it began and recorded: the given ones were their bound.
+        given = {k: v for k, v in given.items() if k != "epochs"}
     return TrainConfig.from_dict({**recorded, **given})
 
 

@@ -148,17 +148,35 @@ def test_progressive_resizing_grows_the_crops_to_the_input_size(tiny_config, tmp
 
 def test_a_time_budget_plans_the_epochs_and_records_them(tiny_config, tmp_path):
     events = []
-    config = tiny_config(epochs=50, time_budget=0.25)  # 15 s for what would take minutes
+    config = tiny_config(epochs=1000, time_budget=0.1)  # 6 s for what would take many minutes
     result = fit(config, tmp_path / "budget", callback=lambda e: events.append(e) if e["kind"] == "plan" else None)
     [plan] = events
-    assert 1 <= plan["epochs"] < 50 and plan["seconds"] <= plan["budget_seconds"] < 15
+    assert 1 <= plan["epochs"] < 1000 and plan["seconds"] <= plan["seconds_left"] < 6
     assert result.epochs_done == len(result.history) == plan["epochs"]
     recorded = read_artifact(tmp_path / "budget").metadata["training"]
-    assert recorded["epochs"] == plan["epochs"] and recorded["time_budget"] == 0.25
+    assert recorded["epochs"] == plan["epochs"] and recorded["time_budget"] == 0.1
     # The recorded settings without the budget train the same model: the plan drew no random numbers.
     fit(tiny_config(epochs=plan["epochs"]), tmp_path / "again")
     a, b = (load_file(str(tmp_path / d / WEIGHTS_NAME)) for d in ("budget", "again"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_budgeted_run_resumes_with_its_planned_epochs(tiny_config, tmp_path):
+    events = []
+
+    def stop_after_the_first_epoch(event):
+        events.append(event)
+        return event["kind"] == "epoch"
+
+    fit(tiny_config(epochs=1000, time_budget=0.1), tmp_path, callback=stop_after_the_first_epoch)
+    [plan] = [e for e in events if e["kind"] == "plan"]
+    # The job's params, as a worker resumes it, still say 1,000 epochs: the bound, not the plan.
+    resumed = resumed_config(tmp_path, {"epochs": 1000, "time_budget": 0.1})
+    assert resumed.epochs == plan["epochs"] < 1000
+    result = fit(
+        resumed, tmp_path, resume=tmp_path, callback=lambda e: e["kind"] == "plan" and pytest.fail("re-planned")
+    )
+    assert result.epochs_done == plan["epochs"]
 
 
 def test_a_budget_that_fits_every_epoch_keeps_them(tiny_config, tmp_path):

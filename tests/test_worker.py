@@ -213,6 +213,20 @@ def test_workshop_endpoints_and_the_production_alias(stack, client, tiny_dataset
     assert picture.status_code == 200 and picture.mimetype == "image/jpeg" and picture.data[:2] == b"\xff\xd8"
 
 
+def test_a_time_budget_plans_a_training_jobs_epochs_and_says_so(stack, client, tiny_dataset):
+    params = {**TRAIN, "epochs": 1000, "time_budget": 0.5, "min_input_size": 32, "data_dir": str(tiny_dataset)}
+    job = wait_for(client, client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"], FINISHED)
+    assert job["status"] == "succeeded", job["error"]
+    plan = job["result"]["plan"]
+    assert 1 <= plan["epochs"] < 1000 and plan["seconds"] <= plan["seconds_left"] < 30
+    # What it ran: the planned epochs, in its settings, its progress, its events and its model's card.
+    assert job["result"]["settings"]["epochs"] == plan["epochs"] == job["progress"]["total"]
+    events = client.get(f"/jobs/{job['id']}/events").get_json()["events"]
+    assert [e["data"]["epoch"] for e in events if e["kind"] == "epoch"] == list(range(1, plan["epochs"] + 1))
+    card = client.get(f"/models/{job['model_id']}/card").get_json()
+    assert card["lineage"]["settings"]["epochs"] == plan["epochs"] and card["lineage"]["settings"]["time_budget"] == 0.5
+
+
 def test_a_running_training_shows_its_batches_and_time_and_a_cancel_says_so(stack, client, tiny_dataset):
     params = {**TRAIN, "epochs": 400, "data_dir": str(tiny_dataset)}
     job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
