@@ -188,6 +188,12 @@ class TrainConfig:
         return round(self.input_size * self.train_decode_scale)
 
 
+def check_progressive(min_input_size: int | None, input_size: int) -> None:
+    """Crops grow from min_input_size to input_size: from at or above it they would not grow at all."""
+    if min_input_size is not None and min_input_size >= input_size:
+        raise ValueError(f"min_input_size ({min_input_size}) must be below input_size ({input_size})")
+
+
 def declared_params(config_class: type = TrainConfig) -> dict[str, Param]:
     """Each field's Param, completed with its name, type and default, in field order."""
     declared = {}

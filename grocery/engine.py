@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 
 from grocery import index
 from grocery.artifact import CHECKPOINT_NAME, save_artifact
-from grocery.config import TrainConfig
+from grocery.config import TrainConfig, check_progressive
 from grocery.datasets import GroceryDataset
 from grocery.evaluation import ranked_metrics
 from grocery.folds import split_fold, stratified_folds
@@ -48,12 +48,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     artifact_dir: Path | None = None
     model: nn.Module | None = None
+    config: TrainConfig | None = None  # what the model trained with: a time budget's planned epochs in it
 
 
 class TrainingSetup:
     """Model, data and optimiser for one config, built once per run."""
 
     def __init__(self, config: TrainConfig):
+        check_progressive(config.min_input_size, config.input_size)
         self.config = config
         arch = get_arch(config.arch)
         self.pre: Preprocessing = arch.preprocessing(config.input_size)
@@ -476,7 +478,7 @@ def fit(
         data_fingerprint=index.fingerprint(config.data_dir, config.train_split),
         fine_to_coarse=setup.fine_to_coarse,
     )
-    return TrainResult("completed", config.epochs, val_metrics, history, artifact_dir, model)
+    return TrainResult("completed", config.epochs, val_metrics, history, artifact_dir, model, config)
 
 
 def seed_everything(seed: int) -> None:

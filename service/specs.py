@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
-from grocery.config import SERVICE_PARAMS, Param
+from grocery.config import SERVICE_PARAMS, TRAIN_PARAMS, Param, check_progressive
 from grocery.index import LABEL_LEVELS
 from service.states import FINISHED_STATUSES, Priority
 
@@ -78,12 +78,18 @@ def request_field(p: Param) -> tuple:
     return kind | None, Field(None, description=p.service_help)
 
 
+def progressive_below_input(params):
+    check_progressive(params.min_input_size, params.input_size or TRAIN_PARAMS["input_size"].default)
+    return params
+
+
 # A training job's spec: the training CLI's options a job may set (grocery.config declares them).
 TrainParams = create_model(
     "TrainParams",
     __base__=Strict,
     __doc__="The training CLI's options; unset ones take the default recipe.",
     __module__=__name__,
+    __validators__={"progressive_below_input": model_validator(mode="after")(progressive_below_input)},
     **{p.name: request_field(p) for p in SERVICE_PARAMS},
 )
 

@@ -57,6 +57,13 @@ def test_submit_train_job_commits_then_enqueues(client, redis_url):
         ),
         ({"type": "train", "params": {"epochs": 10**100}}, 422, "validation_error", "train.params.epochs"),
         ({"type": "train", "params": {"batch_size": True}}, 422, "validation_error", "train.params.batch_size"),
+        ({"type": "train", "params": {"min_input_size": 224}}, 422, "validation_error", "train.params"),
+        (
+            {"type": "train", "params": {"min_input_size": 160, "input_size": 128}},
+            422,
+            "validation_error",
+            "train.params",
+        ),
         ({"type": "train", "params": []}, 422, "validation_error", "train.params"),
         (["not", "an", "object"], 422, "validation_error", ""),
         ({"params": {}}, 422, "validation_error", ""),

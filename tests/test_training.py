@@ -144,6 +144,8 @@ def test_progressive_resizing_grows_the_crops_to_the_input_size(tiny_config, tmp
     result = fit(config, tmp_path)
     assert [h["input_size"] for h in result.history] == [32, 32, 48, 64]
     assert read_artifact(tmp_path).preprocessing.input_size == 64  # it serves at the full size
+    with pytest.raises(ValueError, match=r"min_input_size \(64\) must be below input_size \(64\)"):
+        fit(tiny_config(min_input_size=64), tmp_path / "not-growing")
 
 
 def test_a_time_budget_plans_the_epochs_and_records_them(tiny_config, tmp_path):

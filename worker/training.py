@@ -107,6 +107,7 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
         return reporter.finish(Status.FAILED, error_code=error_code(e), error_message=str(e))
     if result.status == "stopped":
         return finish_stopped(task, reporter, stop, result.epochs_done)
+    config = result.config  # as trained: a time budget's epochs are the planned ones
     metadata = {
         "arch": config.arch,
         "label_level": config.label_level,
