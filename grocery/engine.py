@@ -299,7 +299,7 @@ def plan_epochs(setup: TrainingSetup, deadline: float) -> dict:
     between them; an evaluation of the validation set is timed too, for the epochs that evaluate.
     """
     config = setup.config
-    smallest = min(config.min_input_size or config.input_size, config.input_size)
+    smallest = config.min_input_size or config.input_size
     per_image = {size: seconds_per_image(setup, size) for size in sorted({smallest, config.input_size})}
     evaluation = seconds_per_image(setup, config.input_size, train=False) * len(setup.val_set)
     seconds = deadline - time.perf_counter()  # what is left once the timing is done
