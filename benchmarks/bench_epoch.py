@@ -19,7 +19,7 @@ import torch
 from grocery.engine import TrainConfig, TrainingSetup, resolve_precision, seconds_per_image
 from grocery.index import read_splits
 
-SIZES = tuple(range(128, 225, 16))  # the steps epoch_input_size takes
+SIZES = tuple(range(128, 225, 16))  # timed always; a recipe's other sizes too
 
 
 def main() -> None:
@@ -43,12 +43,13 @@ def main() -> None:
     for precision in precisions:
         config = TrainConfig(data_dir=args.data_dir, precision=precision, train_limit=64, val_limit=64)
         setup = TrainingSetup(config)
-        per_image = {size: seconds_per_image(setup, size, steps=args.steps) for size in SIZES}
+        recipes = {name: TrainConfig(data_dir=args.data_dir, **overrides) for name, overrides in args.recipes.items()}
+        scheduled = {r.epoch_input_size(e) for r in recipes.values() for e in range(1, r.epochs + 1)}
+        per_image = {size: seconds_per_image(setup, size, steps=args.steps) for size in sorted(set(SIZES) | scheduled)}
         line = ", ".join(f"{size} px {1 / t:.1f} img/s ({pool * t:.0f} s an epoch)" for size, t in per_image.items())
         print(f"{precision}: {line}")
         schedules = {}
-        for name, overrides in args.recipes.items():
-            recipe = TrainConfig(data_dir=args.data_dir, **overrides)
+        for name, recipe in recipes.items():
             sizes = [recipe.epoch_input_size(e) for e in range(1, recipe.epochs + 1)]
             minutes = sum(pool * per_image[s] for s in sizes) / 60
             schedules[name] = {"epochs": recipe.epochs, "sizes": sizes, "training_minutes": round(minutes, 1)}

@@ -174,7 +174,7 @@ class TrainConfig:
     def epoch_input_size(self, epoch: int) -> int:
         """The input side of training crops in ``epoch`` (1-based): min_input_size growing linearly,
         in steps of 16 px, to input_size, which the last quarter of the epochs train at."""
-        if self.min_input_size is None or self.min_input_size >= self.input_size:
+        if self.min_input_size is None:  # below input_size where set (check_progressive)
             return self.input_size
         ramp = max(1, math.ceil(self.epochs * 0.75))  # epochs 1..ramp grow; the rest are at full size
         if epoch > ramp:

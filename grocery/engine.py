@@ -433,7 +433,8 @@ def fit(
         # A resumed run keeps the epochs planned when it began (its checkpoint's config).
         start_epoch, history = load_checkpoint(setup, resume)
     elif config.time_budget is not None:
-        with torch.random.fork_rng(devices=[]):  # timing draws no numbers from the run's generator
+        # Timing draws no numbers from the run's generators (the GPU's too, where it trains on one).
+        with torch.random.fork_rng(devices=[setup.device] if setup.device.type == "cuda" else []):
             plan = plan_epochs(setup, started + config.time_budget * 60)
         setup.replan(plan["epochs"])
         config = setup.config
