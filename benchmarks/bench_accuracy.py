@@ -57,6 +57,9 @@ RECIPES = {
     "progressive": dict(min_input_size=128),
     "tinted": dict(white_balance=0.2),
     "progressive_tinted": dict(min_input_size=128, white_balance=0.2),
+    # Larger ImageNet backbones (issue 30), at the default's 224 px.
+    "lite1": dict(arch="efficientnet_lite1"),
+    "lite2": dict(arch="efficientnet_lite2"),
     # bf16 autocast against fp32 on a short schedule: speed, and no loss of accuracy.
     "short_fp32": dict(precision="fp32", epochs=4),
     "short_bf16": dict(precision="bf16", epochs=4),

