@@ -90,12 +90,18 @@ class TrainingSetup:
         self.scheduler = self.schedule()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixer = batch_mixer(self.num_head_classes) if config.mix > 0 else None
-        compiling = resolve_compile(config, self.device, self.autocast_dtype, self.steps_per_epoch)
-        self.compiled = compiling and self.check_compile()
+        compiled = (
+            resolve_compile(config, self.device, self.autocast_dtype, self.steps_per_epoch) and self.check_compile()
+        )
         # The record says what ran, as it says the epochs a time budget planned.
-        self.config = dataclasses.replace(config, compile="on" if self.compiled else "off")
+        self.config = dataclasses.replace(config, compile="on" if compiled else "off")
         # What a training step calls: the model, or its compiled form (which shares its weights).
         self.forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
+
+    @property
+    def compiled(self) -> bool:
+        """Whether training steps run through torch.compile."""
+        return self.config.compile == "on"
 
     def check_compile(self) -> bool:
         """Whether a training step compiles here (torch.compile needs a C++ compiler), tried on a copy.

@@ -118,7 +118,10 @@ def test_the_cli_speaks_to_users(service_url, tiny_dataset):
     )
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
     helped = grocery(service_url, "jobs", "submit", "train", "--help").stdout
-    assert "{efficientnet_lite0,mobilenet_v3_small}" in helped and "(default: 16)" in helped
+    assert (
+        "{efficientnet_lite0,mobilenet_v3_small,efficientnet_lite1,efficientnet_lite2}" in helped
+        and "(default: 16)" in helped
+    )
     assert "cli/" not in grocery(service_url, "--help").stdout
     none = grocery(service_url, "jobs", "list", "--type", "train", "--status", "queued")
     assert none.returncode == 0 and not none.stdout and "no jobs" in none.stderr

@@ -19,7 +19,7 @@ from grocery.networks import (
     "arch, sha256, blocks",
     [
         ("efficientnet_lite0", "57934424", 16),
-        ("efficientnet_lite1", "77cc7160", 19),
+        ("efficientnet_lite1", "77cc7160", 21),
         ("efficientnet_lite2", "9656183e", 21),
     ],
 )

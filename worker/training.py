@@ -108,6 +108,8 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
     if result.status == "stopped":
         return finish_stopped(task, reporter, stop, result.epochs_done)
     config = result.config  # as trained: a time budget's epochs are the planned ones
+    # The job's settings say what ran, as its model's card does: the planned epochs, whether it compiled.
+    reporter.keep_in_result(settings=effective_settings(config, given_data_dir))
     metadata = {
         "arch": config.arch,
         "label_level": config.label_level,
