@@ -160,8 +160,8 @@ class TrainConfig:
     # Training matmuls: "bf16" autocast, "fp32", "auto" (bf16 where native).
     precision: str = param("auto", choices=PRECISIONS, help="training autocast (auto: bf16 if native)")
     # torch.compile fuses the training step's elementwise work (batch norms, activations and their
-    # gradients), which eager fp32 runs op by op: 1.2x an image under AVX2 fp32, 1.04x with AVX-512
-    # fp32, nothing in bf16 (docs/figures.md). "auto": long CPU fp32 runs at one size (COMPILE_MIN_IMAGES).
+    # gradients), which eager fp32 runs op by op: 1.24x an image with AVX2 kernels, 1.26x with AVX-512,
+    # 1.04x in bf16 (docs/figures.md). "auto": long CPU fp32 runs at one size (COMPILE_MIN_IMAGES).
     compile: str = param(
         "auto",
         choices=COMPILE_MODES,
