@@ -330,8 +330,11 @@ def system(args, database_url: str, data_dir: str, big: Path, paths) -> dict:
             model_id, model = request(conn, "GET", "/models/latest")[1]["id"], Path(args.model)
         else:
             model_id, model = train_through_the_service(conn, args.train_epochs)
-        run_job(conn, {"paths": paths[: 64 * args.workers]})  # each worker loads the model, choosing its runtime
-        choices = request(conn, "GET", f"/models/{model_id}")[1]["serving"].get("runtimes", {})
+        run_job(conn, {"paths": paths[: 64 * args.workers]})  # each worker loads the model
+        # The workers measure the runtimes in the background once the machine is quiet: the baselines
+        # wait for the choice, or they would be timed beside that measurement (and it beside them).
+        while not (choices := request(conn, "GET", f"/models/{model_id}")[1]["serving"].get("runtimes")):
+            time.sleep(1)
         for machine, choice in choices.items():
             speeds = ", ".join(variant_line(n, v) for n, v in choice["variants"].items())
             print(f"runtime chosen on {machine}: {choice['runtime']} ({speeds})", flush=True)

@@ -13,6 +13,7 @@ Each figure is the median of --rounds timings, the variants interleaved; the ran
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from collections import defaultdict
 
 import torch
 
+from grocery.allocator import memory_kept
 from grocery.config import ARCH_NAMES, DEFAULT_ARCH
 from grocery.engine import TrainConfig, TrainingSetup, resolve_precision, seconds_per_image
 from grocery.index import read_splits
@@ -49,13 +51,26 @@ def main() -> None:
         help="crop sizes timed, comma-separated, besides the recipes' (default: 128 to 224 in 16-px steps)",
     )
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="time eager steps only")
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="time with glibc's allocator defaults, not with the freed memory a run keeps (grocery.allocator)",
+    )
     args = parser.parse_args()
+    with contextlib.nullcontext(False) if args.glibc_defaults else memory_kept() as kept:
+        measure(args, kept)
+
+
+def measure(args, kept: bool) -> None:
     torch.set_num_threads(args.threads)
     pool = len(read_splits(args.data_dir, "train+val", "fine"))
     isa = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
-    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, {isa or 'native ISA'}; {pool} photos")
+    memory = "freed memory kept" if kept else "glibc's allocator defaults"
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, {isa or 'native ISA'}, {memory}")
+    print(f"{pool} photos")
     print(f"{args.arch}")
-    results = {"arch": args.arch, "isa": isa, "threads": args.threads, "pool": pool, "precisions": {}}
+    results = {"arch": args.arch, "isa": isa, "threads": args.threads, "memory_kept": kept, "pool": pool}
+    results["precisions"] = {}
     precisions = ["fp32"] + (["bf16"] if resolve_precision("auto", torch.device("cpu")) else [])
     variants = [(p, c) for p in precisions for c in ([False, True] if args.compile else [False])]
     setups = {

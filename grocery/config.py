@@ -29,6 +29,10 @@ COMPILE_MODES = ("auto", "on", "off")
 # resizing (each crop size compiles anew, some 35 s).
 COMPILE_MIN_IMAGES = 16_000
 COMPILE_MIN_BUDGET = 10
+# The default recipe plans its epochs to fit this many minutes (TrainConfig.time_budget), so that the
+# slowest machine class (2 cores, AVX2 only, fp32) trains it within 30 minutes, export and checks
+# included; machines that fit every epoch sooner train them all (issue 30).
+DEFAULT_TIME_BUDGET = 28.0
 # Param.cli for a bool that is on by default and has one flag, --no-NAME, to turn it off.
 OFF_SWITCH = "off-switch"
 
@@ -116,13 +120,14 @@ class TrainConfig:
     )
     # Minutes of training to plan the epochs from (grocery.engine.plan_epochs): steps timed on a
     # copy of the model before the run; the planned epochs replace `epochs` (then their upper bound)
-    # in the recorded config, so a run is reproduced with --epochs and no budget.
-    time_budget: float | None = param(
-        None,
-        gt=0,
+    # in the recorded config, so a run is reproduced with --epochs and --time-budget 0.
+    time_budget: float = param(
+        DEFAULT_TIME_BUDGET,
+        ge=0,
         le=24 * 60,
         service=True,
-        help="minutes of training: plan the epochs (at most --epochs) from throughput timed before the run",
+        help="minutes of training: plan the epochs (at most --epochs) from throughput timed before the run; "
+        "0: no budget, train every epoch",
     )
     # Random crops are cut from photos decoded larger than the input: a crop of a quarter of a photo
     # decoded at 224 px is 112 px blown up to 224, of one decoded at 320 px 160 px, nearer the detail a

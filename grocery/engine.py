@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from grocery import index
+from grocery.allocator import memory_kept
 from grocery.artifact import CHECKPOINT_NAME, save_artifact
 from grocery.config import COMPILE_MIN_BUDGET, COMPILE_MIN_IMAGES, COMPILE_MODES, TrainConfig, check_progressive
 from grocery.datasets import GroceryDataset
@@ -256,7 +257,7 @@ def resolve_compile(
     if config.compile != "auto":
         return config.compile == "on"
     images = steps_per_epoch * config.batch_size * config.epochs * (config.input_size / 224) ** 2
-    budgeted = config.time_budget is None or config.time_budget >= COMPILE_MIN_BUDGET
+    budgeted = not config.time_budget or config.time_budget >= COMPILE_MIN_BUDGET
     # Each crop size compiles anew (35 s), and a graph with dynamic sizes took over ten minutes to compile.
     one_size = config.min_input_size is None
     long_run = images >= COMPILE_MIN_IMAGES and budgeted and one_size
@@ -348,7 +349,8 @@ def plan_epochs(setup: TrainingSetup, deadline: float) -> dict:
     config = setup.config
     smallest = config.min_input_size or config.input_size
     per_image = {size: seconds_per_image(setup, size) for size in sorted({smallest, config.input_size})}
-    evaluation = seconds_per_image(setup, config.input_size, train=False) * len(setup.val_set)
+    # An evaluation costs a few seconds of an epoch: one timed batch is close enough.
+    evaluation = seconds_per_image(setup, config.input_size, train=False, steps=1) * len(setup.val_set)
     seconds = deadline - time.perf_counter()  # what is left once the timing is done
 
     def image_seconds(size: int) -> float:
@@ -386,7 +388,7 @@ def seconds_per_image(
     compiled = setup.compiled if compiled is None else compiled
     forward = torch.compile(model, dynamic=False) if compiled and train else model
     memory_format = torch.channels_last if setup.config.channels_last else torch.contiguous_format
-    batch = setup.config.batch_size if train else max(64, setup.config.batch_size)
+    batch = setup.config.batch_size if train else min(max(64, setup.config.batch_size), max(1, len(setup.val_set)))
     inputs = torch.randn(batch, 3, size, size, device=setup.device).contiguous(memory_format=memory_format)
     targets = torch.randint(setup.num_head_classes, (batch,), device=setup.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)
@@ -474,7 +476,11 @@ def fit(
 
     ``resume``: a checkpoint file (or a directory holding one) to continue from.
     """
-    output = Path(output)
+    with memory_kept():  # each step reuses the memory the last one freed (grocery.allocator)
+        return _fit(config, Path(output), resume, callback)
+
+
+def _fit(config: TrainConfig, output: Path, resume: str | Path | None, callback: Callback | None) -> TrainResult:
     output.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.set_num_threads(resolve_threads(config.threads))
@@ -485,7 +491,7 @@ def fit(
     if resume is not None:
         # A resumed run keeps the epochs planned when it began (its checkpoint's config).
         start_epoch, history = load_checkpoint(setup, resume)
-    elif config.time_budget is not None:
+    elif config.time_budget:
         # Timing draws no numbers from the run's generators (the GPU's too, where it trains on one).
         with torch.random.fork_rng(devices=[setup.device] if setup.device.type == "cuda" else []):
             plan = plan_epochs(setup, started + config.time_budget * 60)
@@ -589,17 +595,17 @@ def checkpoint_config(path: str | Path) -> dict:
     config = torch.load(path, map_location="cpu", weights_only=True)["config"]
     # Checkpoints from before train_decode_scale cropped from photos decoded at the input size.
     config.setdefault("train_decode_scale", 1.0)
+    # Checkpoints from before the default budget recorded no budget as None, or not at all.
+    config["time_budget"] = config.get("time_budget") or 0.0
     return config
 
 
 def resumed_config(checkpoint: str | Path | None, given: dict) -> TrainConfig:
     """The config of a run continuing from ``checkpoint`` (None: a fresh run): the settings the
     checkpoint was trained with, ``given`` on top. A default changed between two attempts (an
-    upgrade) then cannot switch a run's schedule or augmentation partway."""
+    upgrade) then cannot switch a run's schedule or augmentation partway; a time budget's epochs stay
+    the ones planned as the run began, unless ``given`` asks for others."""
     recorded = checkpoint_config(checkpoint) if checkpoint is not None else {}
-    if recorded.get("time_budget") is not None:
-        # A budgeted run's epochs were planned as it began and recorded: the given ones were their bound.
-        given = {k: v for k, v in given.items() if k != "epochs"}
     return TrainConfig.from_dict({**recorded, **given})
 
 

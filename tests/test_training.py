@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
+from grocery.config import DEFAULT_TIME_BUDGET
 from grocery.engine import (
     CHECKPOINT_NAME,
     TrainConfig,
@@ -64,8 +65,9 @@ def test_callback_sees_progress_and_can_stop(tiny_config, tmp_path):
 
     result = fit(tiny_config(), tmp_path, callback=stop_at_third_step)
     assert result.status == "stopped" and result.epochs_done == 0
-    assert [e["step"] for e in events] == [1, 2, 3]
-    assert all(e["kind"] == "step" and e["epoch"] == 1 and e["loss"] > 0 for e in events)
+    plan, *steps = events  # the default time budget's plan comes before the first step
+    assert plan["kind"] == "plan" and [e["step"] for e in steps] == [1, 2, 3]
+    assert all(e["kind"] == "step" and e["epoch"] == 1 and e["loss"] > 0 for e in steps)
     assert not (tmp_path / WEIGHTS_NAME).exists()  # a stopped run registers no model
 
 
@@ -88,15 +90,19 @@ def test_resume_continues_where_it_stopped(tiny_config, tmp_path):
     assert all(torch.equal(whole_weights[k], resumed_weights[k]) for k in whole_weights)
 
 
-def test_resume_keeps_the_decode_size_a_checkpoint_was_trained_with(tiny_config, tmp_path):
-    """A checkpoint from before train_decode_scale cropped from input-size decodes, and resumes so."""
+def test_resume_keeps_the_decode_size_and_budget_a_checkpoint_was_trained_with(tiny_config, tmp_path):
+    """A checkpoint from before train_decode_scale cropped from input-size decodes, and resumes so;
+    one from before the default budget trained every epoch it was given."""
     config = tiny_config(train_decode_scale=1.5)
     fit(config, tmp_path, callback=lambda e: e["kind"] == "epoch" and e["epoch"] == 1)
     assert checkpoint_config(tmp_path)["train_decode_scale"] == 1.5
+    assert checkpoint_config(tmp_path)["time_budget"] == DEFAULT_TIME_BUDGET
     checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     del checkpoint["config"]["train_decode_scale"]
+    checkpoint["config"]["time_budget"] = None
     torch.save(checkpoint, tmp_path / CHECKPOINT_NAME)
     assert checkpoint_config(tmp_path)["train_decode_scale"] == 1.0
+    assert checkpoint_config(tmp_path)["time_budget"] == 0
 
 
 def test_a_resumed_run_keeps_its_checkpoints_settings_over_the_defaults(tiny_config, tmp_path):
@@ -169,7 +175,7 @@ def test_a_time_budget_plans_the_epochs_and_records_them(tiny_config, tmp_path):
     recorded = read_artifact(tmp_path / "budget").metadata["training"]
     assert recorded["epochs"] == plan["epochs"] and recorded["time_budget"] == 0.1
     # The recorded settings without the budget train the same model: the plan drew no random numbers.
-    fit(tiny_config(epochs=plan["epochs"]), tmp_path / "again")
+    fit(tiny_config(epochs=plan["epochs"], time_budget=0), tmp_path / "again")
     a, b = (load_file(str(tmp_path / d / WEIGHTS_NAME)) for d in ("budget", "again"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -183,18 +189,21 @@ def test_a_budgeted_run_resumes_with_its_planned_epochs(tiny_config, tmp_path):
 
     fit(tiny_config(epochs=1000, time_budget=0.1), tmp_path, callback=stop_after_the_first_epoch)
     [plan] = [e for e in events if e["kind"] == "plan"]
-    # The job's params, as a worker resumes it, still say 1,000 epochs: the bound, not the plan.
-    resumed = resumed_config(tmp_path, {"epochs": 1000, "time_budget": 0.1})
-    assert resumed.epochs == plan["epochs"] < 1000
+    # Resumed, it trains the epochs it planned: 1,000 were their bound; epochs given anew are asked for.
+    resumed = resumed_config(tmp_path, {"time_budget": 0.1})
+    assert resumed.epochs == plan["epochs"] < 1000 and resumed_config(tmp_path, {"epochs": 7}).epochs == 7
     result = fit(
         resumed, tmp_path, resume=tmp_path, callback=lambda e: e["kind"] == "plan" and pytest.fail("re-planned")
     )
     assert result.epochs_done == plan["epochs"]
 
 
-def test_a_budget_that_fits_every_epoch_keeps_them(tiny_config, tmp_path):
-    result = fit(tiny_config(epochs=2, time_budget=60), tmp_path)
-    assert result.epochs_done == 2
+def test_the_default_budget_keeps_every_epoch_that_fits_and_0_plans_none(tiny_config, tmp_path):
+    assert TrainConfig(data_dir="d").time_budget == DEFAULT_TIME_BUDGET  # the default recipe plans its epochs
+    for budget, planned in ((DEFAULT_TIME_BUDGET, [2]), (0, [])):
+        plans = []
+        result = fit(tiny_config(epochs=2, time_budget=budget), tmp_path / str(budget), callback=plans.append)
+        assert result.epochs_done == 2 and [e["epochs"] for e in plans if e["kind"] == "plan"] == planned
 
 
 def test_auto_compiles_long_fp32_runs_on_the_cpu(tiny_config):
@@ -208,6 +217,7 @@ def test_auto_compiles_long_fp32_runs_on_the_cpu(tiny_config):
     assert not resolve_compile(dataclasses.replace(default, time_budget=5), cpu, None, pool_steps)
     assert not resolve_compile(dataclasses.replace(default, min_input_size=128), cpu, None, pool_steps)
     assert resolve_compile(dataclasses.replace(default, time_budget=28), cpu, None, pool_steps)
+    assert resolve_compile(dataclasses.replace(default, time_budget=0), cpu, None, pool_steps)  # no budget
     assert not resolve_compile(dataclasses.replace(default, compile="off"), cpu, None, pool_steps)
     assert resolve_compile(dataclasses.replace(default, compile="on"), cpu, torch.bfloat16, 1)
     with pytest.raises(ValueError, match="compile must be one of auto, on, off, not 'yes'"):

@@ -66,7 +66,10 @@ def train(task, reporter, job, files: "AttemptFiles") -> Status | None:
         # An earlier attempt's checkpoint (a warm shutdown, a lost worker) is where this one starts,
         # with the settings it was trained with: the job's params name only what the user gave.
         resume = files.latest_checkpoint()
-        config = resumed_config(resume, {"data_dir": str(settings.data_dir), **spec.stored()})
+        given = {"data_dir": str(settings.data_dir), **spec.stored()}
+        if resume is not None:  # its epochs were the run's; a time budget's plan may have trained fewer
+            given.pop("epochs", None)
+        config = resumed_config(resume, given)
         # The settings the run uses, the defaults filled in, shown with the job from its start.
         reporter.keep_in_result(settings=effective_settings(config, given_data_dir))
         reporter.beat(done=0, total=config.epochs, force=True)
