@@ -4,7 +4,7 @@ A training step allocates and frees the same large activations and gradients eve
 hands blocks over its mmap threshold (128 KiB, rising to 32 MiB as it adapts) to fresh mappings and
 unmaps them when freed, and gives the top of its heap back too, so every step faults its pages in
 anew. On a 2-core AMD EPYC with AVX2 only, a fifth of the default recipe's CPU time went to the
-kernel that way, and keeping the memory made a fp32 step 1.3x faster (docs/figures.md).
+kernel that way, and keeping the memory made a fp32 step 1.55x faster (docs/figures.md).
 """
 
 import contextlib
