@@ -139,6 +139,28 @@ def test_a_worker_killed_mid_training_resumes_elsewhere_from_its_checkpoint(
     assert (settings.model_dir / job_id / "attempt-1" / "checkpoint.pt").is_file()
 
 
+def test_a_budgeted_training_resumed_elsewhere_trains_the_epochs_it_planned(
+    service, client, settings, launchers, tiny_dataset
+):
+    """A job's epochs bound a time budget's plan: the attempt that resumes from the checkpoint trains
+    the epochs the first attempt planned, not the bound (1,000 here), and says so."""
+    launchers += [Launcher(settings, "a", "train"), Launcher(settings, "b", "train")]
+    live_workers(client, 2)
+    params = {**TRAIN, "epochs": 1000, "time_budget": 0.5, "input_size": 64, "data_dir": str(tiny_dataset)}
+    job_id = client.post("/jobs", json={"type": "train", "params": params}).get_json()["id"]
+    progress(client, job_id, 1)
+    planned = client.get(f"/jobs/{job_id}").get_json()["result"]["plan"]["epochs"]
+    assert planned >= 3, f"the plan left no epoch to resume: {planned}"
+    os.kill(holder(client, job_id=job_id)["pid"], signal.SIGKILL)
+
+    job = wait_for(client, job_id, FINISHED, timeout=120)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    events = client.get(f"/jobs/{job_id}/events").get_json()["events"]
+    epochs = [e["data"]["epoch"] for e in events if e["kind"] == "epoch"]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == planned, (epochs, planned)
+    assert job["result"]["settings"]["epochs"] == planned == job["progress"]["total"]
+
+
 def test_a_worker_killed_mid_shard_leaves_each_file_one_row(service, client, settings, launchers, tiny_dataset):
     launchers += [Launcher(settings, "a", "predict"), Launcher(settings, "b", "predict")]
     job_id, _, victim = one_shard_under_way(client, settings, tiny_dataset)

@@ -17,7 +17,7 @@ from torch import nn
 
 from grocery import runtimes
 from grocery.artifact import CHECK_IMAGES_NAME, read_artifact
-from grocery.export import graph_module, prepare_for_serving, read_check_images
+from grocery.export import export, graph_module, prepare_for_serving, read_check_images
 from grocery.networks import FineToCoarse
 from grocery.predict import Predictor
 from grocery.transforms import normalize
@@ -135,6 +135,30 @@ def test_a_broken_export_leaves_the_model_served_by_torch_with_the_reason(tiny_m
     predictor = Predictor.from_path(artifact_dir, threads=1)
     assert predictor.runtime == "torch" and set(predictor.choice.record["variants"]) == {"torch"}
     assert read_artifact(artifact_dir).metadata["serving"]["exports"]["onnx"]["reason"] == onnx["reason"]
+
+
+def test_the_int8_graph_keeps_summed_weights_within_7_bits_for_cpus_without_vnni(served_model):
+    """AVX2 without VNNI sums pairs of int8 products in 16 bits, which saturate: convolutions that sum
+    across channels keep their weights in [-64, 64], so the graph answers there as on VNNI machines."""
+    import onnx
+    from onnx import numpy_helper
+
+    artifact_dir, _ = served_model
+    path = export(artifact_dir, "onnx-int8", calibration_images=8)
+    graph = onnx.load(str(path)).graph
+    tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    quantized = {
+        node.output[0]: tensors.get(node.input[0]) for node in graph.node if node.op_type == "DequantizeLinear"
+    }
+    summed = [
+        quantized[node.input[1]]
+        for node in graph.node
+        if node.op_type in ("Conv", "Gemm")
+        and all(a.i == 1 for a in node.attribute if a.name == "group")  # depthwise convolutions sum nothing
+        and quantized.get(node.input[1]) is not None
+    ]
+    assert summed and all(w.dtype == np.int8 and w.min() >= -64 and w.max() <= 64 for w in summed)
+    assert max(int(np.abs(w).max()) for w in summed) == 64  # the range is used, not squeezed further
 
 
 def degrade(artifact_dir, fmt: str) -> None:
