@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps at each size (after one warm-up)")
+    parser.add_argument(
+        "--steps", type=int, default=6, help="timed steps at each size (their median, after three untimed)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="timings of each size and variant (the median is shown)")
     parser.add_argument(
         "--recipes",
@@ -88,7 +90,7 @@ def measure(args, kept: bool) -> None:
     compile_seconds = {}
     for precision in precisions if args.compile else []:  # compiling, timed alone (later copies hit its cache)
         start = time.perf_counter()
-        seconds_per_image(setups[precision], input_size, steps=1, compiled=True)
+        seconds_per_image(setups[precision], input_size, steps=1, compiled=True, warmup=0)
         compile_seconds[precision] = round(time.perf_counter() - start, 1)
     # Rounds interleave the variants, so that a shared machine's slow spell falls on all of them.
     timings = defaultdict(list)
