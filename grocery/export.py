@@ -227,7 +227,7 @@ def quantize_int8(artifact: Artifact, fp32_path: Path, data_dir: str | Path, cou
 
     CPUs without VNNI (AVX2 only) sum int8 products in 16 bits, which saturate: a graph with full 8-bit
     weights agreed with fp32 on 87.8% of a model's check photos under OpenVINO on such a CPU, where VNNI
-    machines had agreed on 100%. With weights kept to 7 bits' range it agreed on 99.3%, and ran 1.45x
+    machines had agreed on 100%. With weights kept to 7 bits' range it agreed on 99.3%, and ran about 1.4x
     ONNX Runtime's int8; ONNX Runtime's own quantiser, 7-bit weights too, reached 96.3% (docs/figures.md).
     """
     samples = index.read_split(data_dir, "train", artifact.metadata["label_level"])
