@@ -19,9 +19,8 @@ import torch
 
 from grocery import images, index
 from grocery.artifact import read_artifact
-from grocery.export import quantize_int8, quiet_quantiser
+from grocery.export import calibration_input, calibration_samples, quantize_int8, quiet_quantiser
 from grocery.runtimes import choose
-from grocery.transforms import normalize
 
 ENGINES = ["onnx-int8", "openvino-int8"]
 
@@ -81,11 +80,9 @@ QUANTISERS = {
 
 
 def calibration_photos(artifact, data_dir: str, count: int) -> list[dict]:
-    """The photos quantize_int8 calibrates on (the same seeded choice), one a batch."""
-    samples = index.read_split(data_dir, "train", artifact.metadata["label_level"])
-    pre = artifact.preprocessing
-    chosen = random.Random(0).sample(samples, min(count, len(samples)))
-    return [{"input": normalize(images.load_resized(s.path, pre.input_size)[None], pre).numpy()} for s in chosen]
+    """The photos quantize_int8 calibrates on, as the graph takes them."""
+    one_photo = calibration_input(artifact)
+    return [one_photo(sample) for sample in calibration_samples(artifact, data_dir, count)]
 
 
 def other_photos(artifact, data_dir: str, count: int) -> torch.Tensor:
