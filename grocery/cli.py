@@ -149,9 +149,11 @@ class TrainingProgress:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{event['loss']:.3f}")
         elif event["kind"] == "plan":
+            timed = ", ".join(f"{step} {seconds:.4f} s" for step, seconds in event.get("steps_timed", {}).items())
             print(
                 f"time budget: {event['epochs']} epochs, about {event['seconds'] / 60:.1f} min"
-                f" of the {event['seconds_left'] / 60:.1f} left",
+                f" of the {event['seconds_left'] / 60:.1f} left, training steps {event['step']}"
+                + (f" (an image: {timed})" if timed else ""),
                 file=sys.stderr,
             )
         elif event["kind"] == "epoch":

@@ -162,8 +162,11 @@ class TrainConfig:
     layer_decay: float = param(0.7, help="learning rate factor per backbone stage below the head")
     # > 0: evaluate and save an exponential moving average of the weights.
     ema_decay: float = param(0.995, help="> 0: keep and save a moving average of the weights")
-    # Training matmuls: "bf16" autocast, "fp32", "auto" (bf16 where native).
-    precision: str = param("auto", choices=PRECISIONS, help="training autocast (auto: bf16 if native)")
+    # Training matmuls: "bf16" autocast, "fp32", "auto": bf16 where native, unless the run is long enough to
+    # compile and fp32 compiled times faster (grocery.engine.TrainingSetup.faster_step).
+    precision: str = param(
+        "auto", choices=PRECISIONS, help="training autocast (auto: bf16 where native, or fp32 compiled if faster)"
+    )
     # torch.compile fuses the training step's elementwise work (batch norms, activations and their
     # gradients), which eager fp32 runs op by op: 1.24x an image with AVX2 kernels, 1.26x with AVX-512,
     # 1.04x in bf16 (docs/figures.md). "auto": long CPU fp32 runs at one size (COMPILE_MIN_IMAGES).

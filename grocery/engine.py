@@ -92,11 +92,18 @@ class TrainingSetup:
         self.scheduler = self.schedule()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.mixer = batch_mixer(self.num_head_classes) if config.mix > 0 else None
-        compiled = (
-            resolve_compile(config, self.device, self.autocast_dtype, self.steps_per_epoch) and self.check_compile()
-        )
-        # The record says what ran, as it says the epochs a time budget planned.
-        self.config = dataclasses.replace(config, compile="on" if compiled else "off")
+        # The steps "auto" timed when it had two to choose from ({} when it had one): the plan records them.
+        self.step_seconds: dict[str, float] = {}
+        if self.chooses_step():
+            self.autocast_dtype, compiled = self.faster_step()
+        else:
+            compiled = (
+                resolve_compile(config, self.device, self.autocast_dtype, self.steps_per_epoch) and self.check_compile()
+            )
+        # The record says what ran, as it says the epochs a time budget planned: a run given its record
+        # (or resumed from its checkpoint) trains the same steps, not a new measurement's choice.
+        precision = "fp32" if self.autocast_dtype is None else "bf16"
+        self.config = dataclasses.replace(config, precision=precision, compile="on" if compiled else "off")
         # What a training step calls: the model, or its compiled form (which shares its weights).
         self.forward = torch.compile(self.model, dynamic=False) if self.compiled else self.model
 
@@ -105,7 +112,40 @@ class TrainingSetup:
         """Whether training steps run through torch.compile."""
         return self.config.compile == "on"
 
-    def check_compile(self) -> bool:
+    def chooses_step(self) -> bool:
+        """Whether "auto" has two steps to choose from: bf16 autocast (native on this CPU) and, the run
+        being long enough to compile, fp32 compiled. Which is faster depends on the CPU: on the AMX Xeon
+        fp32 compiled was 1.10x bf16, on Zen 5 bf16 was 1.36x fp32 eager (docs/figures.md)."""
+        config = self.config
+        return (
+            config.precision == "auto"
+            and self.autocast_dtype is not None
+            and resolve_compile(config, self.device, None, self.steps_per_epoch)
+        )
+
+    def faster_step(self, steps: int = 8, warmup: int = 3) -> tuple[torch.dtype | None, bool]:
+        """bf16 autocast or fp32 compiled, whichever step timed faster here (autocast dtype, compiled).
+
+        The two take turns, step for step, each timed by its median: timed one after the other, the
+        same two steps on an idle Zen 4 EPYC ranked the wrong way round in one run of three."""
+        size, timers = self.config.input_size, {}
+        with torch.random.fork_rng(devices=[]):  # a CPU choice: timing draws nothing from the run's generators
+            timers["bf16"] = step_timer(self, size, precision="bf16", compiled=False)
+            if self.check_compile(precision="fp32"):
+                timers["fp32 compiled"] = step_timer(self, size, precision="fp32", compiled=True)
+            for step, _ in timers.values():
+                for _ in range(warmup):
+                    step()
+            times = {name: [] for name in timers}
+            for _ in range(steps):
+                for name, (step, _) in timers.items():
+                    times[name].append(step())
+        self.step_seconds = {name: statistics.median(times[name]) / timers[name][1] for name in timers}
+        fastest = min(self.step_seconds, key=self.step_seconds.get)
+        log.info("training steps: %s (seconds an image: %s)", fastest, self.step_seconds)
+        return (None, True) if fastest == "fp32 compiled" else (torch.bfloat16, False)
+
+    def check_compile(self, precision: str | None = None) -> bool:
         """Whether a training step compiles here (torch.compile needs a C++ compiler), tried on a copy.
 
         The copy's compilation is cached for the model's own: a second compile of one graph took 1 s
@@ -113,7 +153,8 @@ class TrainingSetup:
         """
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                seconds_per_image(self, self.config.epoch_input_size(1), steps=1, compiled=True, warmup=0)
+                size = self.config.epoch_input_size(1)
+                seconds_per_image(self, size, steps=1, compiled=True, warmup=0, precision=precision)
             return True
         except Exception as error:
             log.warning("torch.compile failed here, training uncompiled: %s", str(error).strip().splitlines()[0][:300])
@@ -237,16 +278,20 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     Evaluation and the artifact stay fp32. On this project's Zen 5 machines (CPU time of one
     thread, batch 32) a step cost 0.76x fp32's with --freeze 6, the same with --freeze 4 and
     1.06x with nothing frozen: depthwise convolutions gain little. Elsewhere bf16 is emulated
-    and slower than fp32, so "auto" falls back.
+    and slower than fp32, so "auto" falls back. A CPU run long enough to compile then times bf16
+    against fp32 compiled (TrainingSetup.faster_step).
     """
     if precision == "fp32":
         return None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if precision == "bf16" or (precision == "auto" and native):
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.bfloat16
     if precision == "auto":
         return None
     raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+
+
+def native_bf16(device: torch.device) -> bool:
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_compile(
@@ -376,6 +421,9 @@ def plan_epochs(setup: TrainingSetup, deadline: float) -> dict:
         "seconds_left": round(seconds, 1),  # of the budget, once the decoding and timing were done
         "image_seconds": {str(k): round(v, 5) for k, v in per_image.items()},
         "evaluation_seconds": round(evaluation, 1),
+        # What "auto" chose its training step from, in seconds an image at the input size.
+        **({"steps_timed": {k: round(v, 5) for k, v in setup.step_seconds.items()}} if setup.step_seconds else {}),
+        "step": setup.config.precision + (" compiled" if setup.compiled else ""),
     }
 
 
@@ -386,16 +434,30 @@ def seconds_per_image(
     steps: int = 8,
     compiled: bool | None = None,
     warmup: int = 3,
+    precision: str | None = None,
 ) -> float:
     """Seconds a training image costs at ``size``, its augmentation included (or an evaluated one),
     timed on a copy of the model: the run's weights, optimiser and data order are untouched.
-    ``compiled``: train through torch.compile (default: as the run does).
+    ``compiled``: train through torch.compile; ``precision``: "bf16" or "fp32" (default: as the run does).
 
     The median of ``steps`` steps, after ``warmup`` untimed ones: on the idle AVX2 EPYC a compiled
     step's first few ran 1.0-1.1 s and later ones 0.81-0.97 s, and the mean of four steps after one
     gave 0.026 to 0.040 s an image from one call to the next, which planned 11 epochs where 16 fit."""
+    step, batch = step_timer(setup, size, train=train, compiled=compiled, precision=precision)
+    for _ in range(warmup):  # the first call pays one-off allocations, kernel choices and compilation
+        step()
+    seconds = statistics.median(step() for _ in range(steps))
+    return seconds / batch + (augmentation_seconds(setup, size) if train else 0.0)
+
+
+def step_timer(
+    setup: TrainingSetup, size: int, *, train: bool = True, compiled: bool | None = None, precision: str | None = None
+) -> tuple[Callable[[], float], int]:
+    """A function that runs one training step (or evaluation batch) on a copy of the model and returns
+    its seconds, and the batch's size. Defaults as the run does."""
     model = copy.deepcopy(setup.model)
     compiled = setup.compiled if compiled is None else compiled
+    autocast_dtype = setup.autocast_dtype if precision is None else resolve_precision(precision, setup.device)
     forward = torch.compile(model, dynamic=False) if compiled and train else model
     memory_format = torch.channels_last if setup.config.channels_last else torch.contiguous_format
     batch = setup.config.batch_size if train else min(max(64, setup.config.batch_size), max(1, len(setup.val_set)))
@@ -403,22 +465,17 @@ def seconds_per_image(
     targets = torch.randint(setup.num_head_classes, (batch,), device=setup.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.0)
 
-    def run() -> None:
+    def step() -> float:
+        start = time.perf_counter()
         if train:
             setup.set_train_mode(model)
-            training_step(forward, optimizer, setup.criterion, inputs, targets, setup.autocast_dtype)
+            training_step(forward, optimizer, setup.criterion, inputs, targets, autocast_dtype)
         else:
             with torch.inference_mode():
                 model.eval()(inputs)
+        return time.perf_counter() - start
 
-    for _ in range(warmup):  # the first call pays one-off allocations, kernel choices and compilation
-        run()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / batch + (augmentation_seconds(setup, size) if train else 0.0)
+    return step, batch
 
 
 def augmentation_seconds(setup: TrainingSetup, size: int, images: int = 32) -> float:

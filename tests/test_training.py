@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from grocery import engine
 from grocery.artifact import METADATA_NAME, WEIGHTS_NAME, ArtifactError, load_artifact, read_artifact
 from grocery.config import DEFAULT_TIME_BUDGET
 from grocery.engine import (
@@ -222,6 +224,23 @@ def test_auto_compiles_long_fp32_runs_on_the_cpu(tiny_config):
     assert resolve_compile(dataclasses.replace(default, compile="on"), cpu, torch.bfloat16, 1)
     with pytest.raises(ValueError, match="compile must be one of auto, on, off, not 'yes'"):
         resolve_compile(dataclasses.replace(default, compile="yes"), cpu, None, 1)
+
+
+def test_auto_times_bf16_against_fp32_compiled_and_trains_with_the_faster(tiny_config, monkeypatch):
+    """Where bf16 is native and a run is long enough to compile, "auto" times both steps, keeps the faster
+    and the plan says which and why. (bf16 runs on any CPU, emulated where not native: so it runs here.)"""
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    setup = TrainingSetup(tiny_config(epochs=100_000, time_budget=0))  # long enough to compile
+    assert set(setup.step_seconds) == {"bf16", "fp32 compiled"}
+    fastest = min(setup.step_seconds, key=setup.step_seconds.get)
+    assert setup.compiled == (fastest == "fp32 compiled") == (setup.autocast_dtype is None)
+    assert setup.config.precision == fastest.split()[0]  # recorded: the run given its record trains the same steps
+    plan = engine.plan_epochs(setup, time.perf_counter() + 60)
+    assert plan["step"] == fastest and plan["steps_timed"] == pytest.approx(setup.step_seconds, abs=1e-5)
+    # A short run, or one that names its precision, trains as it is told without timing anything.
+    for config in (tiny_config(epochs=2), tiny_config(epochs=100_000, time_budget=0, precision="bf16")):
+        setup = TrainingSetup(config)
+        assert setup.step_seconds == {} and setup.autocast_dtype == torch.bfloat16 and not setup.compiled
 
 
 def test_compiled_training_steps_train_as_eager_ones(tiny_config):

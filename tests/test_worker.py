@@ -56,6 +56,7 @@ def test_train_then_predict(stack, client, tiny_dataset, tmp_path):
     settings = job["result"]["settings"]
     assert settings["epochs"] == 2 and settings["label_level"] == "coarse" and settings["input_size"] > 0
     assert settings["compile"] == "off"  # what ran, not the "auto" asked for: a run this short is not compiled
+    assert settings["precision"] in ("bf16", "fp32")  # the same
     # Its card says where it comes from: the photos, the code, the settings and the machine.
     card = client.get(f"/models/{job['model_id']}/card").get_json()
     lineage = card["lineage"]
