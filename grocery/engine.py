@@ -114,8 +114,9 @@ class TrainingSetup:
 
     def chooses_step(self) -> bool:
         """Whether "auto" has two steps to choose from: bf16 autocast (native on this CPU) and, the run
-        being long enough to compile, fp32 compiled. Which is faster depends on the CPU: on the AMX Xeon
-        fp32 compiled was 1.10x bf16, on Zen 5 bf16 was 1.36x fp32 eager (docs/figures.md)."""
+        being long enough to compile, fp32 compiled. Which is faster depends on the CPU: fp32 compiled was
+        1.15x bf16 on the AMX Xeon and fp32 about 1.1x on a Zen 4 EPYC, where on Zen 5 bf16 was 1.36x
+        fp32 eager (docs/figures.md)."""
         config = self.config
         return (
             config.precision == "auto"
@@ -126,8 +127,9 @@ class TrainingSetup:
     def faster_step(self, steps: int = 8, warmup: int = 3) -> tuple[torch.dtype | None, bool]:
         """bf16 autocast or fp32 compiled, whichever step timed faster here (autocast dtype, compiled).
 
-        The two take turns, step for step, each timed by its median: timed one after the other, the
-        same two steps on an idle Zen 4 EPYC ranked the wrong way round in one run of three."""
+        The two take turns, step for step, each timed by its median, so that a drift in the machine's speed
+        falls on both: timed one after the other, a first run on an idle Zen 4 EPYC picked bf16, which
+        trained about 10% slower there."""
         size, timers = self.config.input_size, {}
         with torch.random.fork_rng(devices=[]):  # a CPU choice: timing draws nothing from the run's generators
             timers["bf16"] = step_timer(self, size, precision="bf16", compiled=False)
