@@ -119,7 +119,7 @@ class TrainingSetup:
         fp32 eager (docs/figures.md)."""
         config = self.config
         return (
-            config.precision == "auto"
+            config.precision == config.compile == "auto"  # a run told to compile compiles what auto picks
             and self.autocast_dtype is not None
             and resolve_compile(config, self.device, None, self.steps_per_epoch)
         )

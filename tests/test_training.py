@@ -237,10 +237,12 @@ def test_auto_times_bf16_against_fp32_compiled_and_trains_with_the_faster(tiny_c
     assert setup.config.precision == fastest.split()[0]  # recorded: the run given its record trains the same steps
     plan = engine.plan_epochs(setup, time.perf_counter() + 60)
     assert plan["step"] == fastest and plan["steps_timed"] == pytest.approx(setup.step_seconds, abs=1e-5)
-    # A short run, or one that names its precision, trains as it is told without timing anything.
+    # A short run, or one that names its precision or compiling, trains as it is told without timing anything.
     for config in (tiny_config(epochs=2), tiny_config(epochs=100_000, time_budget=0, precision="bf16")):
         setup = TrainingSetup(config)
         assert setup.step_seconds == {} and setup.autocast_dtype == torch.bfloat16 and not setup.compiled
+    setup = TrainingSetup(tiny_config(epochs=100_000, time_budget=0, compile="on"))
+    assert setup.step_seconds == {} and setup.autocast_dtype == torch.bfloat16 and setup.compiled
 
 
 def test_compiled_training_steps_train_as_eager_ones(tiny_config):
