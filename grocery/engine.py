@@ -115,7 +115,7 @@ class TrainingSetup:
     def chooses_step(self) -> bool:
         """Whether "auto" has two steps to choose from: bf16 autocast (native on this CPU) and, the run
         being long enough to compile, fp32 compiled. Which is faster depends on the CPU: fp32 compiled was
-        1.15x bf16 on the AMX Xeon and fp32 about 1.1x on a Zen 4 EPYC, where on Zen 5 bf16 was 1.36x
+        1.15-1.32x bf16 on the AMX Xeon and fp32 about 1.1x on a Zen 4 EPYC, where on Zen 5 bf16 was 1.36x
         fp32 eager (docs/figures.md)."""
         config = self.config
         return (
